@@ -1,0 +1,1 @@
+"""Benchmarks: each submodule exposes `run(quick: bool) -> list[dict]` rows; `transmamba bench <what>`."""

@@ -1,0 +1,5 @@
+import transmamba
+
+
+def test_import():
+    assert transmamba.__version__
