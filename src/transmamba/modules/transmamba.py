@@ -1,0 +1,317 @@
+"""TransMamba-Switch mixer: one set of projections, attention before the TransPoint, SSD after.
+
+Li et al. 2025 ("TransMamba: Flexibly Switching between Transformer and Mamba"). One projection
+serves both mechanisms:
+
+    attention's  Q, K, V   ==   the SSM's  C, B, x
+
+    positions t <  P :  y_t = softmax(q_t K_{<=t}^T / sqrt(n)) V_{<=t}              (causal attention)
+    positions t >= P :  state_t = exp(dt_t A) state_{t-1} + dt_t x_t B_t^T,  y_t = state_t C_t
+                        y_t <- gated_rmsnorm(y_t, z_t)                              (SSD scan)
+
+The scan at P starts from state_{P-1} = memory_convert(K_{<P}, V_{<P}, dt_{<P}, A): the exact SSM
+state the prefix would have produced (see `transmamba.ops.memory_converter`), so outputs at t >= P
+equal those of a pure SSM layer with the same weights, and outputs at t < P equal a pure attention
+layer's. Q/K/V pass through the short causal conv (and its activation) on both paths; the z gate
+acts on the SSM path only; RoPE (optional, for converting RoPE teachers) acts on attention only.
+
+Heads: q/C has n_heads (h) heads of dim n = head_dim; k/B and v/x have n_kv_heads (g) heads
+(grouped-query attention); on the SSM path x is expanded to every head and head i reads B group
+i // (h / g). dt, A_log (and D, off by default as in the paper) are per head.
+
+Decoding (`step`): before P the cache is a KV cache (RoPE'd keys, values and dt); when generation
+reaches P the converter turns it into the SSM state "b h p n" and the KV cache is freed, so memory
+stops growing past P.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
+from transmamba.ops.memory_converter import memory_convert
+from transmamba.ops.norm import gated_rms_norm
+from transmamba.ops.rope import apply_rope, rope_cos_sin
+from transmamba.ops.ssd import ssd_chunked, ssd_step
+from transmamba.ops.validate import check_dim, check_tensor
+from transmamba.schedule import ATTENTION_ONLY
+
+
+@dataclass
+class TransMambaConfig:
+    d_model: int
+    n_heads: int  # h: query heads = SSM heads
+    n_kv_heads: int | None = None  # g: key/value heads = B groups (None: n_heads)
+    head_dim: int = 64  # n (q/k dim = SSM state size) = p (v dim = SSM head dim)
+    d_conv: int = 4
+    conv_activation: str | None = "silu"  # None: the identity (lossless conversion of a Transformer)
+    conv_init_identity: bool = False
+    rope: bool = False
+    rope_theta: float = 10000.0
+    chunk_size: int = 64
+    use_D: bool = False
+    bias: bool = False
+    norm_eps: float = 1e-5
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    A_init_range: tuple[float, float] = (1.0, 16.0)
+    transpoint: int = ATTENTION_ONLY  # used when forward() is given none
+
+    def __post_init__(self):
+        self.n_kv_heads = self.n_kv_heads or self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
+
+
+@dataclass
+class TransMambaCache:
+    """Decoding state of one layer. `kv_len` tokens are in the KV cache until the TransPoint."""
+
+    conv_state: torch.Tensor  # "b c (k-1)"
+    transpoint: int
+    pos: int = 0  # tokens consumed so far
+    k: torch.Tensor | None = None  # "b T g n" (RoPE'd if rope), capacity T >= pos
+    v: torch.Tensor | None = None  # "b T g p"
+    dt: torch.Tensor | None = None  # "b T h"
+    ssm_state: torch.Tensor | None = None  # "b h p n", set once pos >= transpoint
+
+    def nbytes(self) -> int:
+        ts = (self.conv_state, self.k, self.v, self.dt, self.ssm_state)
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+class TransMambaMixer(nn.Module):
+    def __init__(self, cfg: TransMambaConfig, *, device=None, dtype=None):
+        super().__init__()
+        self.cfg = cfg
+        h, g, n = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.h, self.g, self.n, self.p = h, g, n, n
+        self.d_qkv = h * n + g * n + g * n  # conv channels: q | k | v
+        fk = dict(device=device, dtype=dtype)
+        # in_proj -> [z (h*p) | q=C (h*n) | k=B (g*n) | v=x (g*p) | dt (h)]
+        self.in_proj = nn.Linear(cfg.d_model, h * n + self.d_qkv + h, bias=cfg.bias, **fk)
+        self.conv_weight = nn.Parameter(torch.empty(self.d_qkv, cfg.d_conv, **fk))
+        self.conv_bias = nn.Parameter(torch.zeros(self.d_qkv, **fk))
+        self.dt_bias = nn.Parameter(torch.empty(h, **fk))
+        self.A_log = nn.Parameter(torch.empty(h, **fk))
+        self.D = nn.Parameter(torch.ones(h, **fk)) if cfg.use_D else None
+        self.norm_weight = nn.Parameter(torch.ones(h * n, **fk))
+        self.out_proj = nn.Linear(h * n, cfg.d_model, bias=cfg.bias, **fk)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        cfg = self.cfg
+        if cfg.conv_init_identity:
+            self.conv_weight.zero_()
+            self.conv_weight[:, -1] = 1.0  # the newest input passes through unchanged
+        else:
+            bound = 1 / math.sqrt(cfg.d_conv)
+            self.conv_weight.uniform_(-bound, bound)
+        self.conv_bias.zero_()
+        # dt log-uniform in [dt_min, dt_max]; dt_bias = softplus^{-1}(dt)
+        dt = torch.exp(torch.rand(self.h) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
+        dt = dt.clamp(min=cfg.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.log(torch.empty(self.h).uniform_(*cfg.A_init_range)))
+
+    # ------------------------------------------------------------------------------ pieces
+    def _project(self, u):
+        """u "... d" -> z "... (h p)", qkv "... c" (pre-conv), dt_raw "... h"."""
+        zqkvdt = self.in_proj(u)
+        return torch.split(zqkvdt, [self.h * self.p, self.d_qkv, self.h], dim=-1)
+
+    def _split_qkv(self, qkv):
+        q, k, v = torch.split(qkv, [self.h * self.n, self.g * self.n, self.g * self.p], dim=-1)
+        return (q.unflatten(-1, (self.h, self.n)), k.unflatten(-1, (self.g, self.n)),
+                v.unflatten(-1, (self.g, self.p)))
+
+    def _rope(self, t, positions, inverse=False):
+        if not self.cfg.rope:
+            return t
+        cos, sin = rope_cos_sin(positions, self.n, self.cfg.rope_theta, dtype=t.dtype)
+        return apply_rope(t, cos, -sin if inverse else sin)
+
+    def _dt_A(self, dt_raw):
+        return F.softplus(dt_raw + self.dt_bias), -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+
+    def _expand(self, t):
+        """"b l g d" -> "b l h d": grouped heads repeated for every query head."""
+        r = self.h // self.g
+        return t if r == 1 else t.repeat_interleave(r, dim=2)
+
+    def _attend(self, q, k, v, q_pos0: int):
+        """Causal softmax attention. q "b s h n" at positions q_pos0.., k/v "b T g *" at 0..T-1."""
+        s, T = q.shape[1], k.shape[1]
+        qh, kh, vh = (rearrange(t, "b l h d -> b h l d") for t in (q, k, v))
+        if q_pos0 == 0 and s == T:
+            o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, enable_gqa=self.g != self.h)
+        else:
+            qi = torch.arange(q_pos0, q_pos0 + s, device=q.device)[:, None]
+            mask = torch.arange(T, device=q.device)[None, :] <= qi
+            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, enable_gqa=self.g != self.h)
+        return rearrange(o, "b h l d -> b l h d")
+
+    def _gate_out(self, y, z):
+        """SSM output "b l h p" through the gated RMSNorm (one group per kv head)."""
+        y = gated_rms_norm(y.flatten(-2), z, self.norm_weight, group_size=self.h * self.p // self.g,
+                           eps=self.cfg.norm_eps)
+        return y
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, u, transpoint=None, cache: TransMambaCache | None = None):
+        """u "b l d" -> "b l d".
+
+        transpoint: int, or a LongTensor "b" (one P per row; not with a cache), or None for the
+        layer's scheduled `cfg.transpoint` (or the cache's). With a cache, u continues after the
+        cache's `pos` tokens and the cache is updated in place (prefill or chunked decoding).
+        """
+        check_tensor("u", u, 3, "(b, l, d_model)")
+        check_dim("u", u, 2, self.cfg.d_model, "d_model")
+        b, L, _ = u.shape
+        pos0 = cache.pos if cache is not None else 0
+        P = self._resolve_transpoint(transpoint, cache, b)
+        z, qkv, dt_raw = self._project(u)
+        if cache is not None:
+            qkv, cache.conv_state = causal_conv1d(qkv, self.conv_weight, self.conv_bias,
+                                                  initial_state=cache.conv_state, return_final_state=True,
+                                                  activation=self.cfg.conv_activation)
+        else:
+            qkv = causal_conv1d(qkv, self.conv_weight, self.conv_bias, activation=self.cfg.conv_activation)
+        q, k, v = self._split_qkv(qkv)
+        dt, A = self._dt_A(dt_raw)
+
+        if isinstance(P, torch.Tensor):  # one TransPoint per row: both paths over the overlap
+            s_lo, s_hi = int(P.min().clamp(0, L)), int(P.max().clamp(0, L))
+        else:
+            s_lo = s_hi = min(max(P - pos0, 0), L)
+        pieces = []
+        if s_hi > 0:  # attention on local positions [0, s_hi)
+            positions = torch.arange(pos0, pos0 + s_hi, device=u.device)
+            k_att = self._rope(k[:, :s_hi], positions)
+            q_att = self._rope(q[:, :s_hi], positions)
+            K, V = k_att, v[:, :s_hi]
+            if cache is not None and pos0 > 0:
+                K = torch.cat([cache.k[:, :pos0], K], 1)
+                V = torch.cat([cache.v[:, :pos0], V], 1)
+            y_att = self._attend(q_att, K, V, pos0)
+            if cache is not None and s_lo == L:  # the chunk ends before P: keep the KV cache
+                self._cache_append(cache, k_att, v, dt)
+            pieces.append(y_att.flatten(-2))
+        if s_lo < L:  # SSM on local positions [s_lo, L), from the exact state at pos0 + s_lo
+            state = self._state_at_switch(cache, k, v, dt, A, s_lo, pos0)
+            y_ssm = ssd_chunked(self._expand(v[:, s_lo:]), dt[:, s_lo:], A, self._expand(k[:, s_lo:]),
+                                q[:, s_lo:], chunk_size=self.cfg.chunk_size, D=self.D,
+                                initial_state=state, return_final_state=cache is not None)
+            if cache is not None:
+                y_ssm, cache.ssm_state = y_ssm
+                cache.k = cache.v = cache.dt = None  # past the TransPoint the KV cache is freed
+            pieces.append(self._gate_out(y_ssm, z[:, s_lo:]))
+
+        if isinstance(P, torch.Tensor) and s_lo < s_hi:  # per-row choice on the overlap
+            y_att, y_ssm = pieces
+            t = torch.arange(L, device=u.device)
+            use_att = t[None, :] < P[:, None]  # "b l"
+            y_att = F.pad(y_att, (0, 0, 0, L - s_hi))
+            y_ssm = F.pad(y_ssm, (0, 0, s_lo, 0))
+            y = torch.where(use_att[..., None], y_att, y_ssm)
+        else:
+            y = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+        if cache is not None:
+            cache.pos = pos0 + L
+        return self.out_proj(y)
+
+    def _resolve_transpoint(self, transpoint, cache, b):
+        if transpoint is None:
+            return cache.transpoint if cache is not None else self.cfg.transpoint
+        if isinstance(transpoint, torch.Tensor) and transpoint.dim() == 1:
+            if cache is not None:
+                raise ValueError("a per-row transpoint tensor cannot be used with a decoding cache")
+            if transpoint.shape[0] != b:
+                raise ValueError(f"transpoint has shape {tuple(transpoint.shape)}, expected ({b},) for batch {b}")
+            return transpoint.long().clamp(min=0)
+        P = int(transpoint)
+        if P < 0:
+            raise ValueError(f"transpoint must be >= 0, got {P}")
+        if cache is not None and P != cache.transpoint:
+            raise ValueError(f"transpoint={P} differs from the cache's transpoint={cache.transpoint}")
+        return P
+
+    def _state_at_switch(self, cache, k, v, dt, A, s, pos0):
+        """The SSM state just before local position s (absolute pos0 + s): the Memory converter."""
+        if cache is not None and cache.ssm_state is not None:
+            return cache.ssm_state  # already past the TransPoint
+        K, V, DT = k[:, :s], v[:, :s], dt[:, :s]
+        if cache is not None and pos0 > 0:  # prefix tokens live in the KV cache
+            k_prev = self._rope(cache.k[:, :pos0], torch.arange(pos0, device=k.device), inverse=True)
+            K = torch.cat([k_prev, K], 1)
+            V = torch.cat([cache.v[:, :pos0], V], 1)
+            DT = torch.cat([cache.dt[:, :pos0], DT], 1)
+        if K.shape[1] == 0:
+            return None
+        return memory_convert(self._expand(K), self._expand(V), DT, A, chunk_size=self.cfg.chunk_size)
+
+    # ------------------------------------------------------------------------------ decoding
+    def allocate_cache(self, batch: int, transpoint: int | None = None, max_len: int = 0,
+                       device=None, dtype=None) -> TransMambaCache:
+        w = self.in_proj.weight
+        device, dtype = device or w.device, dtype or w.dtype
+        P = self.cfg.transpoint if transpoint is None else int(transpoint)
+        cap = min(max_len, P) if max_len else 0
+        cache = TransMambaCache(conv_state=torch.zeros(batch, self.d_qkv, self.cfg.d_conv - 1, device=device, dtype=dtype),
+                                transpoint=P)
+        if cap:
+            cache.k = torch.empty(batch, cap, self.g, self.n, device=device, dtype=dtype)
+            cache.v = torch.empty(batch, cap, self.g, self.p, device=device, dtype=dtype)
+            cache.dt = torch.empty(batch, cap, self.h, device=device, dtype=dtype)
+        return cache
+
+    @staticmethod
+    def _cache_append(cache: TransMambaCache, k, v, dt):
+        """Write new k/v/dt "b s *" at [pos, pos+s), growing capacity by doubling."""
+        s, pos = k.shape[1], cache.pos
+        need = pos + s
+        if cache.k is None or cache.k.shape[1] < need:
+            cap = max(need, 2 * (cache.k.shape[1] if cache.k is not None else 0), 16)
+            cap = min(cap, max(cache.transpoint, need))
+            grow = lambda old, new: (torch.cat([old[:, :pos], new.new_empty(new.shape[0], cap - pos, *new.shape[2:])], 1)  # noqa: E731
+                                     if old is not None else new.new_empty(new.shape[0], cap, *new.shape[2:]))
+            cache.k, cache.v, cache.dt = grow(cache.k, k), grow(cache.v, v), grow(cache.dt, dt)
+        cache.k[:, pos:need] = k
+        cache.v[:, pos:need] = v
+        cache.dt[:, pos:need] = dt
+
+    def step(self, u_t, cache: TransMambaCache):
+        """One token u_t "b d" -> "b d"; attention while pos < P, the SSM from P on."""
+        check_tensor("u_t", u_t, 2, "(b, d_model)")
+        z, qkv, dt_raw = self._project(u_t)
+        qkv, cache.conv_state = causal_conv1d_step(cache.conv_state, qkv, self.conv_weight, self.conv_bias,
+                                                   self.cfg.conv_activation)
+        q, k, v = self._split_qkv(qkv[:, None])
+        dt, A = self._dt_A(dt_raw[:, None])
+        pos = cache.pos
+        if pos < cache.transpoint:  # attention over the KV cache
+            pos_t = torch.tensor([pos], device=u_t.device)
+            k = self._rope(k, pos_t)
+            self._cache_append(cache, k, v, dt)
+            y = self._attend(self._rope(q, pos_t), cache.k[:, :pos + 1], cache.v[:, :pos + 1], pos)
+            y = y[:, 0].flatten(-2)
+        else:
+            if cache.ssm_state is None:  # crossing the TransPoint: convert the KV cache, free it
+                cache.ssm_state = self._state_at_switch(cache, k[:, :0], v[:, :0], dt[:, :0], A, 0, pos)
+                if cache.ssm_state is None:
+                    cache.ssm_state = torch.zeros(u_t.shape[0], self.h, self.p, self.n, device=u_t.device,
+                                                  dtype=torch.promote_types(u_t.dtype, torch.float32))
+                cache.k = cache.v = cache.dt = None
+            y, cache.ssm_state = ssd_step(cache.ssm_state, self._expand(v)[:, 0], dt[:, 0], A,
+                                          self._expand(k)[:, 0], q[:, 0], D=self.D)
+            y = self._gate_out(y[:, None], z[:, None])[:, 0]
+        cache.pos = pos + 1
+        return self.out_proj(y)

@@ -1,0 +1,168 @@
+"""TransPoint schedules: which position P each TransMamba-Switch layer switches at.
+
+A TransMamba-Switch layer runs causal softmax attention on positions t < P and the SSD scan on
+positions t >= P (see `transmamba.modules.transmamba`). A schedule decides P for every layer,
+possibly as a function of the sequence length and of the training step, so TransPoints can move
+during training and inference.
+
+Every schedule answers `transpoints(n_layers, seq_len, step=None) -> list[int]`; `step=None` is the
+evaluation setting (deterministic). P >= seq_len means "attention only", P = 0 means "SSM only".
+
+Select by name from config or CLI with `make_schedule`:
+    "attention" | "ssm" | "staggered" | {"name": "fixed", "P": 128} | {"name": "per_layer", "P": [...]}
+    {"name": "depth", "start": 0, "end": 512, "order": "increasing"} | {"name": "fraction", "f": 0.5}
+    {"name": "random", "choices": [0, 128, 256], "eval": 128} | {"name": "staggered", "period": 8, "span": 1024}
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+ATTENTION_ONLY = 2**31 - 1  # a TransPoint beyond any sequence: the layer never switches
+
+
+class Schedule:
+    """Base class; subclasses implement `transpoints`."""
+
+    name = "base"
+
+    def transpoints(self, n_layers: int, seq_len: int, step: int | None = None) -> list[int]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **{k: v for k, v in self.__dict__.items()}}
+
+
+@dataclass
+class Fixed(Schedule):
+    """The same P in every layer."""
+
+    P: int
+    name = "fixed"
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        return [self.P] * n_layers
+
+
+@dataclass
+class PerLayer(Schedule):
+    """An explicit list of TransPoints, repeated cyclically if shorter than the depth."""
+
+    P: list[int]
+    name = "per_layer"
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        return [self.P[i % len(self.P)] for i in range(n_layers)]
+
+
+@dataclass
+class ByDepth(Schedule):
+    """P moves linearly with depth from `start` (first layer) to `end` (last layer)."""
+
+    start: int = 0
+    end: int | None = None  # None: the sequence length
+    order: str = "increasing"  # "decreasing" swaps start and end
+    name = "depth"
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        lo, hi = self.start, seq_len if self.end is None else self.end
+        if self.order == "decreasing":
+            lo, hi = hi, lo
+        if n_layers == 1:
+            return [lo]
+        return [round(lo + (hi - lo) * i / (n_layers - 1)) for i in range(n_layers)]
+
+
+@dataclass
+class Fraction(Schedule):
+    """P = round(f * seq_len) in every layer."""
+
+    f: float
+    name = "fraction"
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        return [round(self.f * seq_len)] * n_layers
+
+
+@dataclass
+class RandomChoice(Schedule):
+    """During training each layer draws its P from `choices`, seeded by the step; `eval` at inference."""
+
+    choices: list[int] = field(default_factory=lambda: [0, 128, 256, 384, 512])
+    eval: int | None = None  # None: the median choice
+    seed: int = 0
+    name = "random"
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        if step is None:
+            p = self.eval if self.eval is not None else sorted(self.choices)[len(self.choices) // 2]
+            return [p] * n_layers
+        rng = random.Random(self.seed * 1_000_003 + step)
+        return [rng.choice(self.choices) for _ in range(n_layers)]
+
+
+@dataclass
+class Attention(Schedule):
+    """No SSM: every position uses attention."""
+
+    name = "attention"
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        return [ATTENTION_ONLY] * n_layers
+
+
+@dataclass
+class SSM(Schedule):
+    """No attention: every position uses the SSM."""
+
+    name = "ssm"
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        return [0] * n_layers
+
+
+@dataclass
+class Staggered(Schedule):
+    """The paper's best: consecutive layers take P = (i mod period) * span / period.
+
+    With span = the training length T, the TransPoints of `period` consecutive layers are spread
+    evenly over [0, T) (Li et al. used steps of 128 over 8 layers), and the pattern repeats with
+    depth. P is in absolute tokens, so it stays put when inference runs longer sequences.
+    """
+
+    period: int = 8
+    span: int | None = None  # None: the sequence length at call time
+    name = "staggered"
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        span = seq_len if self.span is None else self.span
+        return [(i % self.period) * span // self.period for i in range(n_layers)]
+
+
+SCHEDULES: dict[str, type[Schedule]] = {
+    cls.name: cls for cls in (Fixed, PerLayer, ByDepth, Fraction, RandomChoice, Attention, SSM, Staggered)
+}
+
+
+def make_schedule(spec: str | dict | Schedule | int | None) -> Schedule:
+    """Build a schedule from a name, a dict {"name": ..., **params}, an int (fixed P) or a Schedule."""
+    if isinstance(spec, Schedule):
+        return spec
+    if spec is None:
+        return Attention()
+    if isinstance(spec, int):
+        return Fixed(spec)
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"schedule spec must be a name, an int or a dict with 'name', got {spec!r}")
+    params = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        cls = SCHEDULES[spec["name"]]
+    except KeyError:
+        raise ValueError(f"unknown schedule {spec['name']!r}; choose from {sorted(SCHEDULES)}") from None
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ValueError(f"bad parameters for schedule {spec['name']!r}: {e}") from None
