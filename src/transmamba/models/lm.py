@@ -1,0 +1,237 @@
+"""Decoder-only language model; one code path builds four architectures at equal width and depth.
+
+    tokens -> embedding -> n_layers x [x + mixer(RMSNorm(x));  x + SwiGLU(RMSNorm(x))] -> RMSNorm -> tied head
+
+arch = "transformer":  every mixer is causal self-attention (RoPE, grouped-query heads)
+arch = "mamba2":       every mixer is a Mamba-2 (SSD) mixer
+arch = "hybrid":       Mamba-2 mixers with one attention layer in `hybrid_attn_every` (the last of each group)
+arch = "transmamba":   every mixer is a TransMamba-Switch mixer; each layer's TransPoint comes from
+                       the schedule (`transmamba.schedule`), per call
+
+Parameter counts are equalised across architectures: each layer's SwiGLU width is set so that
+mixer + MLP has the parameter count of an attention layer with a `d_ff`-wide SwiGLU.
+Decoding: `allocate_caches` then `step` one token at a time (or `generate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from transmamba.modules.attention import CausalSelfAttention
+from transmamba.modules.mamba2 import Mamba2
+from transmamba.modules.mlp import SwiGLU
+from transmamba.modules.norm import RMSNorm
+from transmamba.modules.transmamba import TransMambaConfig, TransMambaMixer
+from transmamba.schedule import make_schedule
+
+ARCHS = ("transformer", "mamba2", "hybrid", "transmamba")
+
+
+@dataclass
+class LMConfig:
+    vocab_size: int = 8192
+    d_model: int = 384
+    n_layers: int = 8
+    arch: str = "transmamba"
+    n_heads: int = 6
+    n_kv_heads: int | None = None
+    head_dim: int = 64
+    d_ff: int | None = None  # SwiGLU width of an attention layer; None: 8/3 d_model rounded to 64
+    balance_params: bool = True  # widen/narrow each layer's MLP to match the attention layer's count
+    d_state: int = 64  # Mamba-2
+    expand: int = 2  # Mamba-2
+    d_conv: int = 4
+    chunk_size: int = 64
+    hybrid_attn_every: int = 4
+    schedule: str | dict | int | None = "staggered"  # TransMamba-Switch TransPoints
+    rope_theta: float = 10000.0
+    switch_rope: bool = True  # RoPE on the Switch layer's attention path
+    conv_activation: str | None = "silu"
+    conv_init_identity: bool = False
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    max_seq_len: int = 2048  # informational: the training length
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.d_ff is None:
+            self.d_ff = 64 * round(8 * self.d_model / 3 / 64)
+        make_schedule(self.schedule)  # fail early on a bad schedule
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown LMConfig keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def layer_kind(self, i: int) -> str:
+        if self.arch == "hybrid":
+            return "attention" if i % self.hybrid_attn_every == self.hybrid_attn_every - 1 else "mamba2"
+        return {"transformer": "attention", "mamba2": "mamba2", "transmamba": "transmamba"}[self.arch]
+
+
+def _n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def build_mixer(cfg: LMConfig, kind: str) -> nn.Module:
+    if kind == "attention":
+        return CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, rope_theta=cfg.rope_theta)
+    if kind == "mamba2":
+        return Mamba2(cfg.d_model, d_state=cfg.d_state, headdim=cfg.head_dim, expand=cfg.expand,
+                      d_conv=cfg.d_conv, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
+    return TransMambaMixer(TransMambaConfig(
+        d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+        d_conv=cfg.d_conv, conv_activation=cfg.conv_activation, conv_init_identity=cfg.conv_init_identity,
+        rope=cfg.switch_rope, rope_theta=cfg.rope_theta, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LMConfig, kind: str, d_ff: int):
+        super().__init__()
+        self.kind = kind
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = build_mixer(cfg, kind)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, d_ff)
+
+    def _mix(self, h, transpoint, cache):
+        if self.kind == "transmamba":
+            return self.mixer(h, transpoint=transpoint, cache=cache)
+        return self.mixer(h, cache=cache)
+
+    def forward(self, x, transpoint=None, cache=None):
+        x = x + self._mix(self.norm1(x), transpoint, cache)
+        return x + self.mlp(self.norm2(x))
+
+    def step(self, x_t, cache):
+        x_t = x_t + self.mixer.step(self.norm1(x_t), cache)
+        return x_t + self.mlp(self.norm2(x_t))
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.schedule = make_schedule(cfg.schedule)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        ref = _n_params(build_mixer(cfg, "attention")) + 3 * cfg.d_model * cfg.d_ff
+        blocks = []
+        for i in range(cfg.n_layers):
+            kind = cfg.layer_kind(i)
+            d_ff = cfg.d_ff
+            if cfg.balance_params and kind != "attention":
+                d_ff = max(16, (ref - _n_params(build_mixer(cfg, kind))) // (3 * cfg.d_model))
+            blocks.append(Block(cfg, kind, d_ff))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        for name, p in self.named_parameters():  # residual-branch outputs scaled by depth (GPT-2)
+            if name.endswith(("out_proj.weight", "o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, std=cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+
+    def _init_weights(self, m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=self.cfg.init_std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = _n_params(self)
+        return n - self.embed.weight.numel() if non_embedding else n
+
+    def transpoints_for(self, seq_len: int, step: int | None = None) -> list[int]:
+        """Per-layer TransPoints from the schedule (step=None: the evaluation setting)."""
+        return self.schedule.transpoints(self.cfg.n_layers, seq_len, step)
+
+    def _check_idx(self, idx):
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.is_floating_point():
+            raise ValueError(f"idx must be an integer tensor of shape (b, l), got "
+                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"idx has token ids outside [0, {self.cfg.vocab_size}): "
+                             f"min {int(idx.min())}, max {int(idx.max())}")
+
+    def forward(self, idx, targets=None, transpoints=None, caches=None, return_hidden: bool = False):
+        """idx "b l" -> (logits "b l V", loss or None[, hidden states list]).
+
+        transpoints: per-layer list (or one int) for TransMamba-Switch layers; None: the schedule's
+        evaluation setting. caches: from `allocate_caches` (prefill; continue with `step`).
+        """
+        self._check_idx(idx)
+        L = idx.shape[1]
+        if transpoints is None:
+            transpoints = (caches and [getattr(c, "transpoint", None) for c in caches]) or self.transpoints_for(L)
+        elif isinstance(transpoints, int):
+            transpoints = [transpoints] * self.cfg.n_layers
+        x = self.embed(idx)
+        hidden = [x] if return_hidden else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, transpoints[i], None if caches is None else caches[i])
+            if return_hidden:
+                hidden.append(x)
+        logits = self.lm_head(self.norm_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return (logits, loss, hidden) if return_hidden else (logits, loss)
+
+    # ------------------------------------------------------------------------------ decoding
+    def allocate_caches(self, batch: int, max_len: int | None = None, transpoints=None, device=None, dtype=None):
+        if transpoints is None:
+            transpoints = self.transpoints_for(max_len or self.cfg.max_seq_len)
+        elif isinstance(transpoints, int):
+            transpoints = [transpoints] * self.cfg.n_layers
+        caches = []
+        for block, P in zip(self.blocks, transpoints):
+            if block.kind == "transmamba":
+                caches.append(block.mixer.allocate_cache(batch, transpoint=P, max_len=max_len or 0,
+                                                         device=device, dtype=dtype))
+            else:
+                caches.append(block.mixer.allocate_cache(batch, max_len, device=device, dtype=dtype))
+        return caches
+
+    def step(self, idx_t, caches):
+        """One token per row, idx_t "b" -> logits "b V"."""
+        x = self.embed(idx_t)
+        for block, cache in zip(self.blocks, caches):
+            x = block.step(x, cache)
+        return self.lm_head(self.norm_f(x))
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 transpoints=None):
+        """Prefill the prompt once, then decode token by token (temperature 0: greedy)."""
+        self._check_idx(idx)
+        caches = self.allocate_caches(idx.shape[0], idx.shape[1] + max_new_tokens, transpoints)
+        logits, _ = self(idx, caches=caches)
+        logits = logits[:, -1]
+        out = [idx]
+        for i in range(max_new_tokens):
+            if temperature <= 0:
+                nxt = logits.argmax(-1)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
+                    logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
+                nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0]
+            out.append(nxt[:, None])
+            if i + 1 < max_new_tokens:
+                logits = self.step(nxt, caches)
+        return torch.cat(out, 1)
