@@ -1,0 +1,42 @@
+import pytest
+
+from transmamba.schedule import ATTENTION_ONLY, SCHEDULES, make_schedule
+
+
+def test_staggered_spreads_points_evenly_and_repeats():
+    s = make_schedule({"name": "staggered", "period": 8, "span": 1024})
+    assert s.transpoints(16, 1024) == [0, 128, 256, 384, 512, 640, 768, 896] * 2
+    assert s.transpoints(8, 4096) == [0, 128, 256, 384, 512, 640, 768, 896]  # absolute tokens
+
+
+def test_named_schedules():
+    assert make_schedule("attention").transpoints(3, 100) == [ATTENTION_ONLY] * 3
+    assert make_schedule("ssm").transpoints(3, 100) == [0, 0, 0]
+    assert make_schedule(64).transpoints(2, 100) == [64, 64]
+    assert make_schedule({"name": "per_layer", "P": [1, 2]}).transpoints(5, 9) == [1, 2, 1, 2, 1]
+    assert make_schedule({"name": "depth", "start": 0, "end": 300}).transpoints(4, 9) == [0, 100, 200, 300]
+    assert make_schedule({"name": "depth", "order": "decreasing"}).transpoints(3, 100) == [100, 50, 0]
+    assert make_schedule({"name": "fraction", "f": 0.25}).transpoints(2, 100) == [25, 25]
+
+
+def test_random_schedule_is_seeded_by_step_and_fixed_at_eval():
+    s = make_schedule({"name": "random", "choices": [0, 64, 128]})
+    assert s.transpoints(6, 256, step=3) == s.transpoints(6, 256, step=3)
+    draws = {tuple(s.transpoints(6, 256, step=k)) for k in range(20)}
+    assert len(draws) > 1 and all(p in (0, 64, 128) for d in draws for p in d)
+    assert s.transpoints(4, 256) == [64] * 4
+
+
+def test_round_trip_through_dict():
+    for name in SCHEDULES:
+        if name in ("fixed", "per_layer", "fraction"):
+            continue
+        s = make_schedule(name)
+        assert make_schedule(s.to_dict()).transpoints(5, 77, 1) == s.transpoints(5, 77, 1)
+
+
+@pytest.mark.parametrize("spec,match", [("nope", "unknown schedule"), ({"name": "fixed"}, "bad parameters"),
+                                        ([1, 2], "schedule spec")])
+def test_bad_specs(spec, match):
+    with pytest.raises(ValueError, match=match):
+        make_schedule(spec)
