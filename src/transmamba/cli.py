@@ -1,14 +1,81 @@
-"""The `transmamba` console script."""
+"""The `transmamba` console script: one entry point, subcommands dispatched to their modules.
+
+    transmamba bench {kernels,lm,convert} [--json] [--quick]
+    transmamba train --config configs/lm/<name>.yaml [--key value ...]
+    transmamba generate --checkpoint DIR --prompt "..." [--transpoint P]
+    transmamba teacher prepare [--cache-dir DIR]
+    transmamba convert --teacher smollm2 --student configs/convert/<name>.yaml [--key value ...]
+    transmamba train-teacher --config configs/vision/vit-fmnist.yaml [--key value ...]
+    transmamba distill --config configs/vision/<student>-fmnist.yaml [--key value ...]
+
+Heavy modules are imported only by the subcommand that needs them.
+"""
+
+from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import sys
+
+BENCHES = {
+    "kernels": "transmamba.bench.kernels",
+    "lm": "transmamba.bench.lm",
+    "convert": "transmamba.bench.convert",
+}
+
+# subcommand -> (module, function taking the remaining argv)
+COMMANDS = {
+    "train": ("transmamba.train", "train_main"),
+    "generate": ("transmamba.generate", "generate_main"),
+    "convert": ("transmamba.convert", "convert_main"),
+    "train-teacher": ("transmamba.train_vision", "train_teacher_main"),
+    "distill": ("transmamba.train_vision", "distill_main"),
+}
+
+
+def _bench(argv):
+    p = argparse.ArgumentParser(prog="transmamba bench", description="benchmarks; ratio = peer/ours (> 1: we are faster)")
+    p.add_argument("what", choices=sorted(BENCHES))
+    p.add_argument("--json", action="store_true", help="print one JSON object {'results': [...]}")
+    p.add_argument("--quick", action="store_true", help="a short run (under ~40 s)")
+    args = p.parse_args(argv)
+    from transmamba.bench.harness import emit
+
+    rows = importlib.import_module(BENCHES[args.what]).run(quick=args.quick)
+    emit(rows, args.json)
+
+
+def _teacher(argv):
+    p = argparse.ArgumentParser(prog="transmamba teacher")
+    sub = p.add_subparsers(dest="action", required=True)
+    prep = sub.add_parser("prepare", help="dequantize SmolLM2's GGUF once into an fp32 safetensors cache")
+    prep.add_argument("--cache-dir", default="cache/teachers/smollm2")
+    args = p.parse_args(argv)
+    from transmamba.models.hf_llama import prepare_smollm2
+
+    print(prepare_smollm2(args.cache_dir))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="transmamba")
-    parser.add_subparsers(dest="command")
-    args = parser.parse_args(argv)
-    parser.print_help()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    commands = ["bench", "teacher", *COMMANDS]
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown command {argv[0]!r}; choose from {commands}", file=sys.stderr)
+            return 2
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "bench":
+        return _bench(rest)
+    if cmd == "teacher":
+        return _teacher(rest)
+    module, fn = COMMANDS[cmd]
+    return getattr(importlib.import_module(module), fn)(rest)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
