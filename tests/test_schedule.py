@@ -40,3 +40,18 @@ def test_round_trip_through_dict():
 def test_bad_specs(spec, match):
     with pytest.raises(ValueError, match=match):
         make_schedule(spec)
+
+
+def test_annealing_starts_at_attention_and_ends_at_target():
+    target = {"name": "per_layer", "P": [0, 64, 128, 192]}
+    s = make_schedule({"name": "annealed", "target": target, "steps": 100})
+    assert s.transpoints(4, 256, step=0) == [256] * 4
+    assert s.transpoints(4, 256, step=50) == [128, 160, 192, 224]
+    assert s.transpoints(4, 256, step=100) == [0, 64, 128, 192] == s.transpoints(4, 256)
+    lw = make_schedule({"name": "annealed", "target": target, "steps": 100, "mode": "layerwise"})
+    assert lw.transpoints(4, 256, step=0) == [256] * 4
+    assert lw.transpoints(4, 256, step=25) == [256, 256, 256, 192]  # the top layer has annealed
+    assert lw.transpoints(4, 256, step=60) == [256, 179, 128, 192]  # 179 = 64 + (256 - 64) * 0.6
+    assert lw.transpoints(4, 256, step=100) == [0, 64, 128, 192]
+    mono = [lw.transpoints(4, 256, step=k) for k in range(0, 101, 5)]
+    assert all(a >= b for x, y in zip(mono, mono[1:]) for a, b in zip(x, y))  # P only moves down

@@ -12,6 +12,7 @@ Select by name from config or CLI with `make_schedule`:
     "attention" | "ssm" | "staggered" | {"name": "fixed", "P": 128} | {"name": "per_layer", "P": [...]}
     {"name": "depth", "start": 0, "end": 512, "order": "increasing"} | {"name": "fraction", "f": 0.5}
     {"name": "random", "choices": [0, 128, 256], "eval": 128} | {"name": "staggered", "period": 8, "span": 1024}
+    {"name": "annealed", "target": "staggered", "steps": 500, "mode": "together" | "layerwise"}
 """
 
 from __future__ import annotations
@@ -140,8 +141,43 @@ class Staggered(Schedule):
         return [(i % self.period) * span // self.period for i in range(n_layers)]
 
 
+@dataclass
+class Annealed(Schedule):
+    """TransPoint annealing: start as a Transformer (P = seq_len) and move down to `target` over `steps`.
+
+    mode "together": P_i(s) = T_i + (L - T_i) * max(0, 1 - s / steps) for every layer at once.
+    mode "layerwise": layer i (counted from the top, `order` "top_down") anneals during its own slot
+    [i, i + 1) * steps / n_layers, so layers switch one after another.
+    T_i = the target schedule's TransPoint; step None (evaluation) gives the target.
+    """
+
+    target: dict | str | int = "staggered"
+    steps: int = 1000
+    mode: str = "together"
+    order: str = "top_down"
+    name = "annealed"
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        target = make_schedule(self.target).transpoints(n_layers, seq_len, None)
+        if step is None:
+            return target
+        out = []
+        for i, t in enumerate(target):
+            if self.mode == "together":
+                frac = 1 - step / self.steps
+            elif self.mode == "layerwise":
+                slot = (n_layers - 1 - i) if self.order == "top_down" else i
+                frac = 1 - (step * n_layers / self.steps - slot)
+            else:
+                raise ValueError(f"annealing mode must be 'together' or 'layerwise', got {self.mode!r}")
+            frac = min(max(frac, 0.0), 1.0)
+            lo = min(t, seq_len)
+            out.append(t if frac == 0 else round(lo + (seq_len - lo) * frac))
+        return out
+
+
 SCHEDULES: dict[str, type[Schedule]] = {
-    cls.name: cls for cls in (Fixed, PerLayer, ByDepth, Fraction, RandomChoice, Attention, SSM, Staggered)
+    cls.name: cls for cls in (Fixed, PerLayer, ByDepth, Fraction, RandomChoice, Attention, SSM, Staggered, Annealed)
 }
 
 
