@@ -70,11 +70,13 @@ def main(argv=None):
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "bench":
-        return _bench(rest)
-    if cmd == "teacher":
-        return _teacher(rest)
-    module, fn = COMMANDS[cmd]
-    return getattr(importlib.import_module(module), fn)(rest)
+        _bench(rest)
+    elif cmd == "teacher":
+        _teacher(rest)
+    else:  # the subcommands return their summaries; success is exit status 0
+        module, fn = COMMANDS[cmd]
+        getattr(importlib.import_module(module), fn)(rest)
+    return 0
 
 
 if __name__ == "__main__":

