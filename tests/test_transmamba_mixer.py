@@ -14,7 +14,14 @@ from transmamba.ops.norm import gated_rms_norm_ref
 from transmamba.ops.rope import apply_rope, rope_cos_sin
 from transmamba.ops.ssd import ssd_ref
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def make(h=4, g=2, n=8, d=16, rope=False, act="silu", use_D=False, chunk=8, seed=0):

@@ -7,8 +7,6 @@ deltaA = exp(delta A) and BX = delta B x of shape "(b, l, d, n)" and runs a Blel
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 
 import torch
 
@@ -16,7 +14,6 @@ from transmamba.bench.harness import emit, fwd_bwd, peak_memory_mb, row, time_ms
 from transmamba.ops.selective_scan import selective_scan
 
 BATCH, D_INNER, D_STATE = 1, 768, 16
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
 
 
 def _peer(x, delta, A, B, C, D):
@@ -41,36 +38,12 @@ def _inputs(L: int, seed: int = 0):
     return [t.requires_grad_() for t in (x, delta, A, B, C, D)]
 
 
-@contextlib.contextmanager
-def _strict_heap():
-    """Make glibc return freed blocks >= 256 KiB to the OS while memory is measured.
-
-    By default glibc raises its mmap threshold (up to 32 MiB) after large frees and keeps freed
-    memory in the heap, so a later call can peak inside already-resident pages and read ~0 MiB.
-    Afterwards the thresholds are set to the values glibc's dynamic rule settles on.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        yield
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 256 << 10)
-    libc.mallopt(_M_TRIM_THRESHOLD, 256 << 10)
-    libc.malloc_trim(0)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-
-
-def rows(Ls: list[int], threads: int | None = 1) -> list[dict]:
+def rows(Ls: list[int], threads: int | None = None) -> list[dict]:
     """Per L: forward and forward+backward time, peak memory and max |ours - peer| (y, then grads).
 
-    Both sides run with `threads` intra-op threads (restored afterwards; None leaves torch's
-    setting alone). The default of 1 is deliberate: on a shared, oversubscribed 2-core box the
-    OpenMP fork/join of every mid-sized op waits on descheduled threads, and wall times swing
-    ~10x for both sides, so ratios taken with 2 threads there say more about the load than the scan.
+    Both sides run with `threads` intra-op threads (restored afterwards; None, the default, leaves
+    torch's setting alone). On an oversubscribed box, 1 thread gives steadier ratios: the OpenMP
+    fork/join of every mid-sized op then waits on descheduled threads.
     """
     prev = torch.get_num_threads()
     if threads is not None:
@@ -90,19 +63,17 @@ def _rows_at(L: int) -> list[dict]:
     reps = 3 if L <= 512 else 2 if L <= 2048 else 1
     ys = {}  # outputs kept from the memory runs, so no extra forward is needed for the error
     with torch.no_grad():
-        with _strict_heap():
-            m_ours = peak_memory_mb(lambda: ys.__setitem__("ours", ours()))
-            m_peer = peak_memory_mb(lambda: ys.__setitem__("peer", peer()))
+        m_ours = peak_memory_mb(lambda: ys.__setitem__("ours", ours()))
+        m_peer = peak_memory_mb(lambda: ys.__setitem__("peer", peer()))
         err = (ys.pop("ours") - ys.pop("peer")).abs().max().item()
         t_ours = time_ms(ours, reps=reps, warmup=0)
         t_peer = time_ms(peer, reps=reps, warmup=0)
     fwd = row("selective_scan fwd", L, t_ours, t_peer, ours_mb=round(m_ours, 1),
                  peer_mb=round(m_peer, 1), max_abs_err=err)
     f_ours, f_peer = fwd_bwd(ours, ins), fwd_bwd(peer, ins)
-    with _strict_heap():
-        m_ours = peak_memory_mb(f_ours)
-        g_ours = [p.grad.clone() for p in ins]
-        m_peer = peak_memory_mb(f_peer)
+    m_ours = peak_memory_mb(f_ours)
+    g_ours = [p.grad.clone() for p in ins]
+    m_peer = peak_memory_mb(f_peer)
     gerr = max((p.grad - g).abs().max().item() for p, g in zip(ins, g_ours))
     t_ours = time_ms(f_ours, reps=reps, warmup=0)
     t_peer = time_ms(f_peer, reps=reps, warmup=0)

@@ -1,0 +1,89 @@
+"""Decoding caches of the mixers: small dataclasses that `forward(x, cache)` fills and `step` advances.
+
+- `SSMCache` (Mamba-2 and Mamba-1): the last k-1 conv inputs "b c (k-1)" and the SSM state
+  (Mamba-2 "b h p n", Mamba-1 "b d n"), plus how many tokens have been consumed.
+- `KVCache` (attention): keys/values "b kv_heads L head_dim", either preallocated to `max_len`
+  (written in place) or growing by concatenation (`max_len=None`).
+
+The mixers replace the tensors held here rather than writing into them (except the preallocated
+KV buffers), so a cache used under autograd keeps a valid graph; decode under `torch.no_grad()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SSMCache:
+    """conv_state "b c (k-1)", ssm_state "b h p n" (Mamba-2) or "b d n" (Mamba-1), seqlen tokens seen."""
+
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+    seqlen: int = 0
+
+    @property
+    def batch(self) -> int:
+        return self.conv_state.shape[0]
+
+    def reset(self) -> None:
+        """Back to the empty-prefix state (zeros)."""
+        self.conv_state = torch.zeros_like(self.conv_state)
+        self.ssm_state = torch.zeros_like(self.ssm_state)
+        self.seqlen = 0
+
+
+class Mamba2Cache(SSMCache):
+    """SSMCache of a `Mamba2` mixer (ssm_state "b h p n")."""
+
+
+class Mamba1Cache(SSMCache):
+    """SSMCache of a `Mamba1` mixer (ssm_state "b d n")."""
+
+
+@dataclass
+class KVCache:
+    """Keys and values "b kv_heads L head_dim" of the `length` tokens seen so far.
+
+    With `max_len` set, `k`/`v` are buffers of that length written in place; with `max_len=None`
+    they hold exactly `length` positions and grow by concatenation.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+    max_len: int | None = None
+
+    @classmethod
+    def allocate(cls, batch: int, n_kv_heads: int, head_dim: int, max_len: int | None = None,
+                 *, device=None, dtype=None) -> "KVCache":
+        shape = (batch, n_kv_heads, 0 if max_len is None else max_len, head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype),
+                   torch.zeros(shape, device=device, dtype=dtype), 0, max_len)
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[0]
+
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add "b kv_heads l head_dim" keys/values; returns all keys/values so far (views)."""
+        l = k_new.shape[2]
+        if self.max_len is None:
+            self.k = torch.cat([self.k, k_new.to(self.k.dtype)], dim=2)
+            self.v = torch.cat([self.v, v_new.to(self.v.dtype)], dim=2)
+        else:
+            if self.length + l > self.max_len:
+                raise ValueError(f"KVCache overflow: {self.length} cached + {l} new tokens > "
+                                 f"max_len={self.max_len}")
+            self.k[:, :, self.length:self.length + l] = k_new
+            self.v[:, :, self.length:self.length + l] = v_new
+        self.length += l
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+    def reset(self) -> None:
+        self.length = 0
+        if self.max_len is None:
+            self.k = self.k[:, :, :0]
+            self.v = self.v[:, :, :0]

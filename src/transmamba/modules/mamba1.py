@@ -1,0 +1,149 @@
+"""Mamba-1 mixer (selective scan) with prefill/step decoding; parameter names as mamba_ssm / HF.
+
+    x, z = split(in_proj(u))                     "b l d_inner" each
+    x = silu(causal_conv1d(x))                   depthwise, kernel d_conv
+    dt, B, C = split(x_proj(x))                  "b l dt_rank", "b l n", "b l n"
+    delta = softplus(dt_proj(dt))                "b l d_inner" (dt_proj has the bias)
+    A = -exp(A_log)                              "d_inner n"
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t ;  y_t = (h_t C_t + D x_t) * silu(z_t)
+    out = out_proj(y)
+
+Names in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj match HF `MambaMixer`
+(`Mamba1.from_hf_mixer`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transmamba.modules.cache import Mamba1Cache
+from transmamba.modules.mamba2 import sample_dt_bias
+from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
+from transmamba.ops.selective_scan import selective_scan, selective_scan_step
+from transmamba.ops.validate import check_dim, check_tensor
+
+
+class Mamba1(nn.Module):
+    """Mamba-1 mixer: "b l d_model" -> "b l d_model"; `step` decodes one token "b d_model"."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, chunk_size: int = 64,
+                 device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = round(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.chunk_size = chunk_size
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **kw)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **kw)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **kw)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **kw)
+        std = self.dt_rank ** -0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                self.dt_proj.weight.fill_(std)
+            elif dt_init == "random":
+                self.dt_proj.weight.uniform_(-std, std)
+            else:
+                raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+            self.dt_proj.bias.copy_(sample_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, device))
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A).to(dtype or torch.float32))
+        self.D = nn.Parameter(torch.ones(self.d_inner, **kw))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **kw)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def _A(self) -> torch.Tensor:
+        """A = -exp(A_log), computed in at least float32."""
+        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+
+    def _check_x(self, name: str, x, rank: int, doc: str) -> None:
+        check_tensor(name, x, rank, doc)
+        check_dim(name, x, -1, self.d_model, "d_model")
+
+    def allocate_cache(self, batch: int, max_len: int | None = None, *, device=None,
+                       dtype=None) -> Mamba1Cache:
+        """Zero conv state "b d_inner (d_conv-1)" and SSM state "b d_inner n" (max_len unused)."""
+        w = self.in_proj.weight
+        device = device or w.device
+        dtype = dtype or w.dtype
+        sdt = torch.promote_types(dtype, torch.float32)
+        return Mamba1Cache(
+            torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=sdt))
+
+    def _ssm_inputs(self, x: torch.Tensor):
+        """x "... d_inner" -> delta "... d_inner", B, C "... n"."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.softplus(self.dt_proj(dt)), B, C
+
+    def forward(self, x: torch.Tensor, cache: Mamba1Cache | None = None) -> torch.Tensor:
+        """x "b l d_model" -> "b l d_model"; with a cache, continue from it and update it."""
+        self._check_x("x", x, 3, "(b, l, d_model)")
+        b, l, _ = x.shape
+        if cache is not None and cache.batch != b:
+            raise ValueError(f"cache has batch {cache.batch}, x has batch {b} (shape {tuple(x.shape)})")
+        if l == 0:
+            return x.new_zeros(b, 0, self.d_model)
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        conv_w = self.conv1d.weight.squeeze(1)
+        if cache is None:
+            xs = causal_conv1d(xs, conv_w, self.conv1d.bias, activation="silu")
+        else:
+            xs, conv_state = causal_conv1d(xs, conv_w, self.conv1d.bias, activation="silu",
+                                           initial_state=cache.conv_state, return_final_state=True)
+        delta, B, C = self._ssm_inputs(xs)
+        A = self._A()
+        out = selective_scan(xs, delta, A, B, C, D=self.D, z=z,
+                             initial_state=None if cache is None else cache.ssm_state,
+                             return_final_state=cache is not None, chunk_size=self.chunk_size)
+        if cache is not None:
+            y, ssm_state = out
+            cache.conv_state = conv_state.to(cache.conv_state.dtype)
+            cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
+            cache.seqlen += l
+        else:
+            y = out
+        return self.out_proj(y)
+
+    def step(self, x_t: torch.Tensor, cache: Mamba1Cache) -> torch.Tensor:
+        """One token x_t "b d_model" -> "b d_model", advancing `cache` by one position."""
+        self._check_x("x_t", x_t, 2, "(b, d_model)")
+        if cache is None or cache.batch != x_t.shape[0]:
+            raise ValueError(f"cache must be a Mamba1Cache with batch {x_t.shape[0]} "
+                             f"(x_t shape {tuple(x_t.shape)})")
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)
+        xs, conv_state = causal_conv1d_step(cache.conv_state, xs, self.conv1d.weight.squeeze(1),
+                                            self.conv1d.bias, "silu")
+        delta, B, C = self._ssm_inputs(xs)
+        A = self._A()
+        y, ssm_state = selective_scan_step(cache.ssm_state, xs, delta, A, B, C, D=self.D, z_t=z)
+        cache.conv_state = conv_state.to(cache.conv_state.dtype)
+        cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
+        cache.seqlen += 1
+        return self.out_proj(y)
+
+    @classmethod
+    def from_hf_mixer(cls, hf_mixer) -> "Mamba1":
+        """A Mamba1 with the config and weights of a `transformers` MambaMixer (copied 1:1)."""
+        if getattr(hf_mixer, "activation", "silu") != "silu":
+            raise ValueError(f"hf_mixer.activation must be 'silu', got {hf_mixer.activation!r}")
+        d_model, d_inner = hf_mixer.hidden_size, hf_mixer.intermediate_size
+        w = hf_mixer.in_proj.weight
+        m = cls(d_model, d_state=hf_mixer.ssm_state_size, d_conv=hf_mixer.conv_kernel_size,
+                expand=d_inner / d_model, dt_rank=hf_mixer.time_step_rank,
+                conv_bias=hf_mixer.use_conv_bias, bias=hf_mixer.use_bias,
+                device=w.device, dtype=w.dtype)
+        if m.d_inner != d_inner:
+            raise ValueError(f"hf_mixer.intermediate_size={d_inner} is not expand * hidden_size")
+        m.load_state_dict(hf_mixer.state_dict(), strict=True)
+        return m
