@@ -1,0 +1,307 @@
+"""Mamba-2 state-space duality (SSD) scan: a sequential reference, a chunked fast path, one step.
+
+Recurrence (per batch b and head h; state is (p, n), head h reads group h // (h / g) of B, C):
+
+    state_t = exp(dt_t * A) * state_{t-1} + dt_t * x_t B_t^T
+    y_t     = state_t C_t + D * x_t
+
+Shapes (einops): x "b l h p", dt "b l h" (> 0, softplus and bias already applied), A "h" (< 0),
+B and C "b l g n", D "h" or None, state "b h p n".
+
+`ssd_ref` is the plain loop over time; `ssd_chunked` is the four-step chunked algorithm of the
+Mamba-2 paper (intra-chunk quadratic form, per-chunk states, state passing between chunks,
+state-to-output) written with matmuls; `ssd_step` is one token of the recurrence for decoding.
+Half-precision inputs are computed in float32 and the output is cast back to x's dtype; final
+states are returned in the compute dtype (float32 for fp16/bf16 inputs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from transmamba.ops.validate import check_dim, check_divisible, check_finite, check_tensor
+
+__all__ = [
+    "ssd_ref",
+    "ssd_chunked",
+    "ssd_step",
+    "ssd_chunk_state",
+    "ssd_state_passing",
+    "segsum",
+]
+
+
+# ----------------------------------------------------------------------------------- validation
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float64 if any input is float64, else float32 (fp16/bf16 accumulate in float32)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _check_positive(name: str, t: torch.Tensor) -> None:
+    check_finite(name, t)
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return
+    if t.numel() and not bool((t > 0).all()):
+        raise ValueError(
+            f"{name} must be > 0 everywhere (softplus + bias applied), got min {t.min().item():.3g} "
+            f"(shape {tuple(t.shape)})"
+        )
+
+
+def _check_A_D(A, D, h: int) -> None:
+    check_tensor("A", A, 1, "(h,)")
+    check_dim("A", A, 0, h, f"h={h} heads of x")
+    check_finite("A", A)
+    if D is not None:
+        check_tensor("D", D, 1, "(h,)")
+        check_dim("D", D, 0, h, f"h={h} heads of x")
+
+
+def _check_state(name: str, state, b: int, h: int, p: int, n: int) -> None:
+    check_tensor(name, state, 4, "(b, h, p, n)")
+    for dim, (size, what) in enumerate(
+        [(b, f"batch b={b}"), (h, f"heads h={h}"), (p, f"head dim p={p}"), (n, f"state dim n={n}")]
+    ):
+        check_dim(name, state, dim, size, what)
+
+
+def _check_seq_args(x, dt, A, B, C, D, initial_state) -> tuple[int, int, int, int, int, int]:
+    """Validate full-sequence arguments; returns (b, l, h, p, g, n)."""
+    check_tensor("x", x, 4, "(b, l, h, p)")
+    b, l, h, p = x.shape
+    check_tensor("dt", dt, 3, "(b, l, h)")
+    check_dim("dt", dt, 0, b, f"batch b={b} of x")
+    check_dim("dt", dt, 1, l, f"length l={l} of x")
+    check_dim("dt", dt, 2, h, f"heads h={h} of x")
+    check_tensor("B", B, 4, "(b, l, g, n)")
+    check_dim("B", B, 0, b, f"batch b={b} of x")
+    check_dim("B", B, 1, l, f"length l={l} of x")
+    g, n = B.shape[2], B.shape[3]
+    check_tensor("C", C, 4, "(b, l, g, n)")
+    check_dim("C", C, 0, b, f"batch b={b} of x")
+    check_dim("C", C, 1, l, f"length l={l} of x")
+    check_dim("C", C, 2, g, f"groups g={g} of B")
+    check_dim("C", C, 3, n, f"state dim n={n} of B")
+    if g < 1:
+        raise ValueError(f"B must have at least one group, got shape {tuple(B.shape)}")
+    check_divisible("h (heads of x)", h, "g (groups of B)", g)
+    _check_A_D(A, D, h)
+    if initial_state is not None:
+        _check_state("initial_state", initial_state, b, h, p, n)
+    _check_positive("dt", dt)
+    return b, l, h, p, g, n
+
+
+# ------------------------------------------------------------------------------------ reference
+
+
+def _step(state, x_t, dt_t, A, B_t, C_t, r: int):
+    """One recurrence step in the compute dtype; B_t/C_t "b g n" are expanded to heads here.
+
+    state "b h p n", x_t "b h p", dt_t "b h"  ->  (y_t "b h p" without D, new state).
+    """
+    B_h = B_t.repeat_interleave(r, dim=1)  # b h n
+    C_h = C_t.repeat_interleave(r, dim=1)
+    decay = torch.exp(dt_t * A)  # b h
+    state = decay[..., None, None] * state + (dt_t[..., None] * x_t)[..., :, None] * B_h[..., None, :]
+    y_t = torch.einsum("bhpn,bhn->bhp", state, C_h)
+    return y_t, state
+
+
+def ssd_ref(x, dt, A, B, C, *, D=None, initial_state=None, return_final_state=False):
+    """Sequential SSD scan, one python step per token (the reference; slow but obviously right).
+
+        state_t = exp(dt_t A) state_{t-1} + dt_t x_t B_t^T ;   y_t = state_t C_t + D x_t
+
+    x "b l h p", dt "b l h", A "h", B/C "b l g n", D "h" | None, initial_state "b h p n" | None
+    -> y "b l h p" (x's dtype) [, final_state "b h p n" (compute dtype)].
+    """
+    b, l, h, p, g, n = _check_seq_args(x, dt, A, B, C, D, initial_state)
+    ct = _compute_dtype(x.dtype, dt.dtype, B.dtype, C.dtype)
+    r = h // g
+    xs = x.to(ct)
+    dts = dt.to(ct)
+    decay = torch.exp(dts * A.to(ct))  # b l h
+    dtx = dts[..., None] * xs  # b l h p
+    B_h = B.to(ct).repeat_interleave(r, dim=2)  # b l h n (per-head copies: fine for a reference)
+    C_h = C.to(ct).repeat_interleave(r, dim=2)
+    if initial_state is None:
+        state = x.new_zeros((b, h, p, n), dtype=ct)
+    else:
+        state = initial_state.to(ct)
+    ys = []
+    for t in range(l):
+        state = decay[:, t, :, None, None] * state + dtx[:, t, :, :, None] * B_h[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, C_h[:, t]))
+    y = torch.stack(ys, dim=1) if ys else xs.new_zeros((b, 0, h, p))
+    if D is not None:
+        y = y + D.to(ct)[:, None] * xs
+    y = y.to(x.dtype)
+    return (y, state) if return_final_state else y
+
+
+def ssd_step(state, x_t, dt_t, A, B_t, C_t, *, D=None):
+    """One decoding step of the SSD recurrence.
+
+        new_state = exp(dt_t A) state + dt_t x_t B_t^T ;   y_t = new_state C_t + D x_t
+
+    state "b h p n", x_t "b h p", dt_t "b h", A "h", B_t/C_t "b g n", D "h" | None
+    -> (y_t "b h p" in x_t's dtype, new_state "b h p n" in the compute dtype).
+    """
+    check_tensor("x_t", x_t, 3, "(b, h, p)")
+    b, h, p = x_t.shape
+    check_tensor("dt_t", dt_t, 2, "(b, h)")
+    check_dim("dt_t", dt_t, 0, b, f"batch b={b} of x_t")
+    check_dim("dt_t", dt_t, 1, h, f"heads h={h} of x_t")
+    check_tensor("B_t", B_t, 3, "(b, g, n)")
+    check_dim("B_t", B_t, 0, b, f"batch b={b} of x_t")
+    g, n = B_t.shape[1], B_t.shape[2]
+    check_tensor("C_t", C_t, 3, "(b, g, n)")
+    check_dim("C_t", C_t, 0, b, f"batch b={b} of x_t")
+    check_dim("C_t", C_t, 1, g, f"groups g={g} of B_t")
+    check_dim("C_t", C_t, 2, n, f"state dim n={n} of B_t")
+    if g < 1:
+        raise ValueError(f"B_t must have at least one group, got shape {tuple(B_t.shape)}")
+    check_divisible("h (heads of x_t)", h, "g (groups of B_t)", g)
+    _check_A_D(A, D, h)
+    _check_state("state", state, b, h, p, n)
+    _check_positive("dt_t", dt_t)
+    ct = _compute_dtype(x_t.dtype, dt_t.dtype, B_t.dtype, C_t.dtype, state.dtype)
+    x32 = x_t.to(ct)
+    y_t, new_state = _step(state.to(ct), x32, dt_t.to(ct), A.to(ct), B_t.to(ct), C_t.to(ct), h // g)
+    if D is not None:
+        y_t = y_t + D.to(ct)[:, None] * x32
+    return y_t.to(x_t.dtype), new_state
+
+
+# ------------------------------------------------------------------------------- chunked pieces
+
+
+def segsum(a: torch.Tensor) -> torch.Tensor:
+    """Stable masked segment sum over the last axis.
+
+        out[..., i, j] = sum_{k=j+1}^{i} a[..., k]   (i >= j; 0 on the diagonal),  -inf for i < j
+
+    a "... t" -> "... t t". Built as a cumsum of a strictly-lower-masked copy, so no difference of
+    two long cumsums is ever taken (no cancellation); with a <= 0 every finite entry is <= 0 and
+    exp(out) is the causal decay matrix with exact zeros above the diagonal.
+    """
+    t = a.shape[-1]
+    ones = torch.ones(t, t, dtype=torch.bool, device=a.device)
+    a = a[..., None].expand(*a.shape, t)  # [..., i, j] = a_i
+    a = a.masked_fill(~torch.tril(ones, diagonal=-1), 0.0)
+    s = torch.cumsum(a, dim=-2)
+    return s.masked_fill(~torch.tril(ones), float("-inf"))
+
+
+def _sum_after(a: torch.Tensor) -> torch.Tensor:
+    """out[..., j] = sum_{k>j} a[..., k] (exclusive reverse cumsum, no subtraction)."""
+    return F.pad(a[..., 1:], (0, 1)).flip(-1).cumsum(-1).flip(-1)
+
+
+def _to_chunks(t: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Zero-pad the length axis (dim 1) to a multiple of chunk_size and split it: "b (c q) ..." ->
+    "b c q ...". Zero dt on padded tokens means decay exp(0)=1 and no contribution."""
+    l = t.shape[1]
+    pad = (-l) % chunk_size
+    if pad:
+        t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
+    return t.view(t.shape[0], -1, chunk_size, *t.shape[2:])
+
+
+def ssd_chunk_state(xc, dtc, A, Bc):
+    """Step 2 of chunked SSD: the state each chunk produces on its own (from a zero state).
+
+        states[c] = sum_{j in chunk c} exp(A * sum_{k>j, k in c} dt_k) * dt_j * x_j B_j^T
+        dA_chunk[c] = A * sum_{j in c} dt_j        (log of the chunk's total decay)
+
+    xc "b c q g r p", dtc "b c q g r", A "g r", Bc "b c q g n" (already chunked, compute dtype; h is
+    split as (g r))  ->  (states "b c g r p n", dA_chunk "b c g r").
+    """
+    dA = (dtc * A).permute(0, 1, 3, 4, 2)  # b c g r q
+    return _chunk_states(xc * dtc[..., None], dA, Bc), dA.sum(-1)
+
+
+def _chunk_states(xdt, dA, Bc):
+    """states[c] = sum_j exp(sum_{k>j} dA_k) xdt_j B_j^T: xdt "b c q g r p", dA "b c g r q"."""
+    w = torch.exp(_sum_after(dA)).permute(0, 1, 4, 2, 3)  # b c q g r: decay from j to chunk end
+    return torch.einsum("bcjgn,bcjgrp->bcgrpn", Bc, xdt * w[..., None])
+
+
+def ssd_state_passing(states, dA_chunk, initial_state=None):
+    """Step 3 of chunked SSD: carry the state across chunks.
+
+        S_0 = initial_state (or 0);   S_{c+1} = exp(dA_chunk[c]) S_c + states[c]
+
+    states "b c g r p n", dA_chunk "b c g r", initial_state "b g r p n" | None
+    -> (prev "b c g r p n" = state entering each chunk, final "b g r p n").
+    A short python recurrence over chunks (not tokens): l / chunk_size cheap elementwise steps.
+    """
+    s = torch.zeros_like(states[:, 0]) if initial_state is None else initial_state
+    decay = torch.exp(dA_chunk)[..., None, None]
+    prev = []
+    # unbind (not states[:, c]): its backward stacks the grads once instead of scattering each
+    # step's grad into a zero tensor of the full size
+    for decay_c, states_c in zip(decay.unbind(1), states.unbind(1)):
+        prev.append(s)
+        s = decay_c * s + states_c
+    return torch.stack(prev, dim=1), s
+
+
+def ssd_chunked(x, dt, A, B, C, *, chunk_size=64, D=None, initial_state=None, return_final_state=False):
+    """Chunked SSD (Mamba-2, four steps), same result as `ssd_ref` up to rounding.
+
+    With the sequence cut into chunks of q tokens and cs the in-chunk inclusive cumsum of dt*A:
+      1. y_diag[i] = sum_{j<=i in chunk} (C_i . B_j) exp(segsum(dt A))[i, j] dt_j x_j
+      2. states[c] = sum_j exp(A sum_{k>j} dt_k) dt_j x_j B_j^T          (per chunk, from zero)
+      3. S_{c+1} = exp(A sum_{chunk c} dt) S_c + states[c],  S_0 = initial_state
+      4. y_off[i] = exp(cs_i) S_c C_i ;   y = y_diag + y_off + D x
+
+    x "b l h p", dt "b l h", A "h", B/C "b l g n", D "h" | None, initial_state "b h p n" | None
+    -> y "b l h p" (x's dtype) [, final_state "b h p n" (compute dtype)].
+    Any l (padded inside to a multiple of chunk_size); fp16/bf16 accumulate in float32.
+    """
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    b, l, h, p, g, n = _check_seq_args(x, dt, A, B, C, D, initial_state)
+    ct = _compute_dtype(x.dtype, dt.dtype, B.dtype, C.dtype)
+    r = h // g
+    if l == 0:
+        y = x.new_zeros((b, 0, h, p))
+        if not return_final_state:
+            return y
+        s = x.new_zeros((b, h, p, n), dtype=ct) if initial_state is None else initial_state.to(ct)
+        return y, s
+    q = min(chunk_size, l)  # a single short chunk needs no padding
+    xc = _to_chunks(x.to(ct), q).unflatten(3, (g, r))  # b c q g r p
+    dtc = _to_chunks(dt.to(ct), q).unflatten(3, (g, r))  # b c q g r
+    Bc = _to_chunks(B.to(ct), q)  # b c q g n
+    Cc = _to_chunks(C.to(ct), q)
+    A_gr = A.to(ct).view(g, r)
+
+    # 1. intra-chunk: masked decay matrix times C B^T, applied to dt*x
+    dA = (dtc * A_gr).permute(0, 1, 3, 4, 2)  # b c g r q
+    Lmat = torch.exp(segsum(dA))  # b c g r q q
+    CB = torch.einsum("bcign,bcjgn->bcgij", Cc, Bc)  # b c g q q (shared by the r heads of a group)
+    xdt = xc * dtc[..., None]
+    y = torch.einsum("bcgrij,bcjgrp->bcigrp", CB[:, :, :, None] * Lmat, xdt)
+
+    # 2. per-chunk states (the step the memory converter is built on)
+    states, dA_chunk = _chunk_states(xdt, dA, Bc), dA.sum(-1)  # = ssd_chunk_state(xc, dtc, A_gr, Bc)
+
+    # 3. state passing between chunks
+    s0 = None if initial_state is None else initial_state.to(ct).reshape(b, g, r, p, n)
+    prev, final = ssd_state_passing(states, dA_chunk, s0)
+
+    # 4. state -> output, decayed from the chunk start to each token
+    decay_in = torch.exp(torch.cumsum(dA, dim=-1)).permute(0, 1, 4, 2, 3)  # b c q g r
+    y = torch.addcmul(y, torch.einsum("bcign,bcgrpn->bcigrp", Cc, prev), decay_in[..., None])
+
+    y = y.reshape(b, -1, h, p)[:, :l]
+    if D is not None:
+        y = torch.addcmul(y, x.to(ct), D.to(ct)[:, None])
+    y = y.to(x.dtype)
+    return (y, final.reshape(b, h, p, n)) if return_final_state else y
