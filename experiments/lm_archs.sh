@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 4, experiments 1 and 2 at CPU scale: the four architectures at equal width, depth, parameters
 # and tokens, then the TransPoint-schedule ablation. Results: runs/lm/<name>/summary.json, metrics.csv.
-# Usage: bash experiments/lm_archs.sh [tokens]   (default 400000)
+# Usage: bash experiments/lm_archs.sh [tokens]   (default 150000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOKENS=${1:-400000}
+TOKENS=${1:-150000}
 SMALL="--model.d_model 256 --model.n_layers 6 --model.n_heads 4 --model.n_kv_heads 4 --model.max_seq_len 256
        --train.seq_len 256 --train.batch_size 16 --train.tokens $TOKENS --train.warmup_steps 10
        --train.eval_every 40 --train.eval_batches 8 --train.ckpt_every 100000 --train.log_every 5"

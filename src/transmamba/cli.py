@@ -39,10 +39,17 @@ def _bench(argv):
     p.add_argument("what", choices=sorted(BENCHES))
     p.add_argument("--json", action="store_true", help="print one JSON object {'results': [...]}")
     p.add_argument("--quick", action="store_true", help="a short run (under ~40 s)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both sides (default: torch's)")
     args = p.parse_args(argv)
+    import torch
+
     from transmamba.bench.harness import emit
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = importlib.import_module(BENCHES[args.what]).run(quick=args.quick)
+    for r in rows:
+        r.setdefault("threads", torch.get_num_threads())
     emit(rows, args.json)
 
 

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from transmamba.modules.mamba2 import sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
 from transmamba.ops.memory_converter import memory_convert
 from transmamba.ops.norm import gated_rms_norm
@@ -116,10 +117,7 @@ class TransMambaMixer(nn.Module):
             bound = 1 / math.sqrt(cfg.d_conv)
             self.conv_weight.uniform_(-bound, bound)
         self.conv_bias.zero_()
-        # dt log-uniform in [dt_min, dt_max]; dt_bias = softplus^{-1}(dt)
-        dt = torch.exp(torch.rand(self.h) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
-        dt = dt.clamp(min=cfg.dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias.copy_(sample_dt_bias(self.h, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor))
         self.A_log.copy_(torch.log(torch.empty(self.h).uniform_(*cfg.A_init_range)))
 
     # ------------------------------------------------------------------------------ pieces
