@@ -1,0 +1,325 @@
+"""TransMamba-Adapt: subcloning, layered init, adaptive multi-directional distillation, cross-Mamba."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transmamba.adapt import distill as D
+from transmamba.adapt.cross_mamba import CrossMamba
+from transmamba.adapt.layered_init import transfer_vit_to_student, weight_norm_stats
+from transmamba.adapt.subclone import (activation_importance, attention_to_ssm, cut_linear,
+                                       norm_cut_scale, qk_dims_for_state, top_k_indices,
+                                       weight_importance)
+from transmamba.models.teachers import ViT, ViTConfig
+from transmamba.models.vision import build_student
+from transmamba.modules.norm import RMSNorm
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a busy shared CPU it is several times faster than two."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+SETTINGS = dict(max_examples=15, deadline=None)
+
+
+def _teacher(d=16, depth=2, heads=4, ff=32, seed=0):
+    torch.manual_seed(seed)
+    return ViT(ViTConfig(img_size=8, patch_size=2, d_model=d, depth=depth, num_heads=heads,
+                         d_ff=ff, num_classes=5)).double()
+
+
+# ---------------------------------------------------------------------------------------------
+# subcloning
+
+
+@settings(**SETTINGS)
+@given(n=st.integers(1, 20), data=st.data())
+def test_top_k_picks_the_most_important(n, data):
+    imp = torch.tensor(data.draw(st.lists(st.floats(-5, 5), min_size=n, max_size=n)))
+    k = data.draw(st.integers(0, n))
+    idx = top_k_indices(imp, k)
+    assert idx.tolist() == sorted(idx.tolist()) and len(set(idx.tolist())) == k
+    kept, dropped = imp[idx], imp[[j for j in range(n) if j not in idx.tolist()]]
+    if k and dropped.numel():
+        assert kept.min() >= dropped.max()
+
+
+def test_importances():
+    a = torch.tensor([[[1.0, -2.0, 0.0]], [[-3.0, 2.0, 1.0]]])
+    torch.testing.assert_close(activation_importance(a), torch.tensor([2.0, 2.0, 0.5]))
+    w_out = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # writes dims 0, 1 (rows)
+    w_in = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # reads dims 0, 1 (columns)
+    torch.testing.assert_close(weight_importance([w_out], [w_in]), torch.tensor([6.0, 1.0]))
+    with pytest.raises(ValueError, match="k="):
+        top_k_indices(torch.ones(3), 4)
+
+
+def test_norm_cut_scale_hand_example():
+    x = torch.tensor([[3.0, 4.0, 0.0, 0.0]])
+    idx = torch.tensor([0, 1])
+    assert norm_cut_scale(x, idx, "rms") == pytest.approx(math.sqrt(12.5) / 2.5)
+    assert norm_cut_scale(x, idx, "layer") == pytest.approx(0.5 / math.sqrt(3.1875))
+    assert norm_cut_scale(None, idx, "rms", d_full=8) == pytest.approx(2.0)
+
+
+def test_cut_rmsnorm_reproduces_teacher_scale():
+    """With all energy on the kept dims, the rescaled cut norm equals the teacher's norm there."""
+    torch.manual_seed(0)
+    g = torch.randn(6, dtype=torch.float64)
+    idx = torch.tensor([1, 3, 4])
+    x = torch.zeros(5, 6, dtype=torch.float64)
+    x[:, idx] = torch.randn(5, 3, dtype=torch.float64)
+    x[:, idx] *= torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    teacher = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * g)[:, idx]
+    s = norm_cut_scale(x, idx, "rms")
+    student = RMSNorm(3, eps=0.0).double()
+    student.weight.data = g[idx] * s
+    # per token the ratio rms_S / rms_D is the constant sqrt(6/3), so the mean is exact
+    torch.testing.assert_close(student(x[:, idx]), teacher)
+
+
+@settings(**SETTINGS)
+@given(D_t=st.integers(4, 10), frac=st.floats(0.3, 1.0), v_extra=st.integers(0, 4), n=st.integers(1, 4),
+       seed=st.integers(0, 99))
+def test_attention_to_ssm_reproduces_k_q_through_x(D_t, frac, v_extra, n, seed):
+    """W_B W_x = W_K[qk][:, S] and W_C W_x = W_Q[qk][:, S] whenever |v| >= |S|."""
+    g = torch.Generator().manual_seed(seed)
+    W = [torch.randn(D_t, D_t, generator=g, dtype=torch.float64) for _ in range(4)]
+    S = max(1, int(frac * D_t))
+    in_idx = torch.randperm(D_t, generator=g)[:S].sort().values
+    v_idx = torch.randperm(D_t, generator=g)[:min(D_t, S + v_extra)].sort().values
+    qk_idx = torch.randperm(D_t, generator=g)[:min(n, D_t)]
+    m = attention_to_ssm(*W, in_idx=in_idx, v_idx=v_idx, qk_idx=qk_idx)
+    torch.testing.assert_close(m.B_weight @ m.x_weight, cut_linear(W[1], None, qk_idx, in_idx)[0])
+    torch.testing.assert_close(m.C_weight @ m.x_weight, cut_linear(W[0], None, qk_idx, in_idx)[0])
+    torch.testing.assert_close(m.out_weight, W[3][in_idx][:, v_idx])
+
+
+def test_qk_dims_for_state():
+    imp = torch.tensor([[0.1, 0.9, 0.5], [0.8, 0.2, 0.7]])
+    order = torch.tensor([1, 0])
+    assert qk_dims_for_state(imp, order, 2).tolist() == [3, 5]  # head 1: its dims 0 and 2
+    assert qk_dims_for_state(imp, order, 2, start=1).tolist() == [1, 2]  # head 0
+    assert qk_dims_for_state(imp, order, 4).tolist() == [3, 4, 5, 1]
+
+
+@pytest.mark.parametrize("arch", ["vim", "vmamba", "plainmamba"])
+def test_exact_width_subclone_reproduces_teacher_linear_maps(arch):
+    """Student width == teacher width, d_inner == teacher width, d_ff == teacher d_ff: every dim is
+    kept, so the copied maps equal the teacher's (B, C through the x projection)."""
+    t = _teacher()
+    s = build_student(dict(arch=arch, img_size=8, patch_size=2, d_model=16, depth=2, d_state=4,
+                           expand=1.0, mlp_ratio=2.0, num_classes=5, bias=True)).double()
+    calib = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    rep = transfer_vit_to_student(t, s, 2, calib=calib)
+    assert rep["resid_idx"].tolist() == list(range(16))
+    torch.testing.assert_close(s.patch_embed.weight, t.patch_embed.weight)
+    torch.testing.assert_close(s.head.weight, t.head.weight)
+    torch.testing.assert_close(s.norm_f.weight, t.norm.weight)
+    stats = t.calibration_stats(calib)
+    for i, (tb, sb) in enumerate(zip(t.blocks, s.blocks)):
+        a, m = tb.attn, sb.mixer
+        x_w = m.in_proj.weight[:16]
+        torch.testing.assert_close(x_w, a.v_proj.weight)  # all heads kept, in order
+        torch.testing.assert_close(m.in_proj.bias[:16], a.v_proj.bias)
+        torch.testing.assert_close(m.out_proj.weight, a.o_proj.weight)
+        torch.testing.assert_close(sb.norm1.weight, tb.norm1.weight)
+        torch.testing.assert_close(sb.mlp.fc1.weight, tb.mlp.fc1.weight)
+        torch.testing.assert_close(sb.mlp.fc2.weight, tb.mlp.fc2.weight)
+        r, n = m.dt_rank, m.d_state
+        head_order = torch.argsort(-stats["heads"][i], stable=True)
+        for k in range(m.n_orders):
+            qk = qk_dims_for_state(stats["qk"][i], head_order, n, start=k)
+            torch.testing.assert_close(m.x_proj_weight[k, r:r + n] @ x_w, a.k_proj.weight[qk])
+            torch.testing.assert_close(m.x_proj_weight[k, r + n:] @ x_w, a.q_proj.weight[qk])
+
+
+def test_subclone_picks_top_importance_dims():
+    t = _teacher()
+    s = build_student(dict(arch="plainmamba", img_size=8, patch_size=2, d_model=6, depth=2, d_state=2,
+                           num_classes=5, mlp_ratio=1.0)).double()
+    stats = weight_norm_stats(t)
+    stats["resid"] = (torch.arange(16.0) * 5) % 7  # a scrambled ranking ...
+    stats["resid"][[2, 9]] = 10.0  # ... with two clear winners
+    rep = transfer_vit_to_student(t, s, 1, stats=stats)
+    expect = top_k_indices(stats["resid"], 6)
+    assert set(expect.tolist()) >= {2, 9}
+    assert torch.equal(rep["resid_idx"], expect)
+    torch.testing.assert_close(s.patch_embed.weight, t.patch_embed.weight[expect])
+    torch.testing.assert_close(s.pos_embed, t.pos_embed[:, 1:, expect])
+    # MLP: student keeps the 6 most important of the teacher's 32 neurons
+    neurons = top_k_indices(stats["neurons"][0], 6)
+    torch.testing.assert_close(s.blocks[0].mlp.fc1.weight, t.blocks[0].mlp.fc1.weight[neurons][:, expect])
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_layered_init_copies_exactly_the_first_n_layers(n):
+    t = _teacher(depth=3)
+    s = build_student(dict(arch="vim", img_size=8, patch_size=2, d_model=12, depth=3, d_state=4,
+                           num_classes=5)).double()
+    before = copy.deepcopy(s.state_dict())
+    rep = transfer_vit_to_student(t, s, n, calib=torch.randn(4, 1, 8, 8, dtype=torch.float64))
+    after = s.state_dict()
+    for i in range(3):
+        keys = [k for k in after if k.startswith(f"blocks.{i}.")]
+        changed = [k for k in keys if not torch.equal(before[k], after[k])]
+        if i < n:
+            expected = {f"blocks.{i}.{k}" for k in ("norm1.weight", "mixer.in_proj.weight",
+                                                    "mixer.out_proj.weight", "mixer.x_proj_weight")}
+            assert expected <= set(changed)
+        else:
+            assert changed == [], changed
+    for k in ("patch_embed.weight", "cls_token", "pos_embed", "head.weight", "norm_f.weight"):
+        assert not torch.equal(before[k], after[k]), k
+    # ViM's class token sits in the middle; its position embedding is the teacher's class slot
+    idx = rep["resid_idx"]
+    torch.testing.assert_close(s.pos_embed[0, s.cls_pos], t.pos_embed[0, 0, idx])
+    torch.testing.assert_close(s.pos_embed[0, 0], t.pos_embed[0, 1, idx])
+
+
+def test_layered_init_rejects_bad_n():
+    t = _teacher(depth=2)
+    s = build_student(dict(arch="vim", img_size=8, patch_size=2, d_model=8, depth=4, num_classes=5))
+    with pytest.raises(ValueError, match="n_layers"):
+        transfer_vit_to_student(t.float(), s, 3)
+
+
+def test_videomamba_inflated_tubelets_embed_static_clips_like_frames():
+    t = _teacher()
+    s = build_student(dict(arch="videomamba", img_size=8, patch_size=2, d_model=16, depth=2, d_state=4,
+                           frames=4, tubelet=2, num_classes=5)).double()
+    transfer_vit_to_student(t, s, 1)
+    frame = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    clip = frame[:, None].expand(-1, 4, -1, -1, -1)
+    tub = s.patch_embed(clip.transpose(1, 2))[:, :, 0]  # first tubelet "b d h w"
+    torch.testing.assert_close(tub, t.patch_embed(frame))
+
+
+# ---------------------------------------------------------------------------------------------
+# distillation
+
+
+def test_adaptive_weights_hand_examples():
+    cos = torch.tensor([0.5, 1.0])
+    torch.testing.assert_close(D.adaptive_weights(cos), torch.tensor([3.0, 1.5]))
+    assert float(D.adaptive_layer_loss(cos)) == pytest.approx(3.0 * 0.5 + 1.5 * 0.0)
+    cos = torch.tensor([-0.2, 0.8])  # clamped to [0.05, 0.8]: sum 0.85
+    torch.testing.assert_close(D.adaptive_weights(cos, eps=0.05), torch.tensor([17.0, 1.0625]))
+    assert float(D.adaptive_layer_loss(cos, eps=0.05)) == pytest.approx(17 * 1.2 + 1.0625 * 0.2)
+    assert float(D.adaptive_layer_loss(cos, adaptive=False)) == pytest.approx(1.2 + 0.2)
+    assert float(D.fixed_depth_loss(torch.tensor([0.5, 0.5, 1.0]))) == pytest.approx(
+        (1 / 3) * 0.5 + (2 / 3) * 0.5)
+
+
+def test_adaptive_weights_are_detached():
+    cos = torch.tensor([0.4, 0.6, 0.9], requires_grad=True)
+    D.adaptive_layer_loss(cos).backward()
+    torch.testing.assert_close(cos.grad, -D.adaptive_weights(cos.detach()))
+
+
+def test_kl_logit_loss():
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 6), torch.randn(4, 6)
+    T = 2.0
+    ps, pt = F.softmax(s / T, -1), F.softmax(t / T, -1)
+    manual = T * T * (pt * (pt.log() - ps.log())).sum(-1).mean()
+    torch.testing.assert_close(D.kl_logit_loss(s, t, T), manual)
+    assert float(D.kl_logit_loss(t, t, T)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="same shape"):
+        D.kl_logit_loss(s, t[:, :5])
+
+
+def test_feature_calibration_shapes_and_identity_at_init():
+    torch.manual_seed(0)
+    calib = D.FeatureCalibration(5, 8, hidden=7)
+    s = torch.randn(2, 3, 5)
+    out = calib(s)
+    assert out.shape == (2, 3, 8)
+    torch.testing.assert_close(out, D.token_normalize(F.pad(s, (0, 3))))
+    torch.testing.assert_close(out.mean(-1), torch.zeros(2, 3), atol=1e-6, rtol=0)
+    idx = torch.tensor([6, 0, 2, 3, 7])
+    out = D.FeatureCalibration(5, 8, index=idx)(s)
+    torch.testing.assert_close(out[..., idx], D.token_normalize(D.pad_to(s, 8, idx))[..., idx])
+    assert torch.equal(D.pad_to(s, 8, idx)[..., [1, 4, 5]], torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="d_student"):
+        D.FeatureCalibration(9, 8)
+    with pytest.raises(ValueError, match="width"):
+        calib(torch.randn(2, 3, 4))
+
+
+def test_directional_loss_is_zero_for_a_perfect_student():
+    """Direction k's output equal to the teacher's tokens in order k gives cos 1 and loss 0; the
+    same features compared without the permutation do not."""
+    torch.manual_seed(0)
+    perms = torch.stack([torch.arange(6), torch.arange(6).flip(0), torch.randperm(6)])
+    teacher = [torch.randn(2, 6, 4) for _ in range(2)]
+    feats = [[t.index_select(1, p) for p in perms] for t in teacher]
+    loss_fn = D.DirectionalDistillLoss(2, 2, 4, 4)
+    loss, cos = loss_fn(feats, teacher, perms)
+    torch.testing.assert_close(cos, torch.ones(2, 3))
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
+    _, cos_wrong = loss_fn(feats, teacher, torch.stack([torch.arange(6)] * 3))
+    assert (cos_wrong[:, 1:] < 0.99).all()
+
+
+def test_layer_alignment_and_released_form():
+    assert [D.aligned_teacher_layer(i, 4, 8) for i in range(4)] == [1, 3, 5, 7]
+    assert [D.aligned_teacher_layer(i, 3, 3) for i in range(3)] == [0, 1, 2]
+    torch.manual_seed(1)
+    perms = torch.stack([torch.arange(5)])
+    teacher = [torch.randn(1, 5, 3) for _ in range(3)]
+    feats = [[teacher[-1]], [teacher[-1]]]  # both student layers equal the teacher's final layer
+    loss, cos = D.DirectionalDistillLoss(2, 3, 3, 3, form="released")(feats, teacher, perms)
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
+    paper, cos_p = D.DirectionalDistillLoss(2, 3, 3, 3, form="paper")(feats, teacher, perms)
+    assert paper.item() > 0.1  # the paper form compares layer 0 with teacher layer 0 (a(0) = 0)
+    with pytest.raises(ValueError, match="form"):
+        D.DirectionalDistillLoss(2, 3, 3, 3, form="other")
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-Mamba
+
+
+def test_cross_mamba_modulate_starts_as_plain_mixer_then_uses_text():
+    torch.manual_seed(0)
+    m = CrossMamba(8, 5, d_state=4, mode="modulate").double()
+    v = torch.randn(2, 7, 8, dtype=torch.float64)
+    t1, t2 = torch.randn(2, 3, 5, dtype=torch.float64), torch.randn(2, 3, 5, dtype=torch.float64)
+    torch.testing.assert_close(m(v, t1), m(v, t2))
+    torch.testing.assert_close(m(v, t1), m._scan(v))
+    torch.nn.init.normal_(m.text_mod.weight, std=0.5)
+    assert not torch.allclose(m(v, t1), m(v, t2))
+    # the mask: padded tokens do not change the summary
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    t3 = t1.clone()
+    t3[0, 2] = 100.0
+    torch.testing.assert_close(m(v, t1, mask)[0], m(v, t3, mask)[0])
+    out = m(v, t1)
+    out.sum().backward()
+    assert m.text_mod.weight.grad.abs().sum() > 0
+
+
+def test_cross_mamba_prefix_equals_concatenated_scan():
+    torch.manual_seed(1)
+    m = CrossMamba(6, 4, d_state=3, mode="prefix").double()
+    v = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+    out, ref = m(v, t), m.forward_concat_ref(v, t)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [v, t], g), torch.autograd.grad(ref, [v, t], g)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="text_mask"):
+        m(v, t, torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="text"):
+        m(v, torch.randn(3, 4, 4, dtype=torch.float64))
