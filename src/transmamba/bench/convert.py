@@ -45,13 +45,12 @@ def _teacher_kv_bytes(past) -> int:
 def _decode_teacher(teacher, context: int, n_tokens: int):
     idx = torch.randint(0, teacher.config.vocab_size, (1, context))
     out = teacher(idx, use_cache=True)
-    past, tok = out.past_key_values, idx[:, -1:]
+    past, tok = getattr(out, "cache", None) or out.past_key_values, idx[:, -1:]
     state = {"past": past, "pos": context}
 
     def one():
-        o = teacher(tok, past_key_values=state["past"], use_cache=True,
-                    position_ids=torch.tensor([[state["pos"]]]))
-        state["past"], state["pos"] = o.past_key_values, state["pos"] + 1
+        o = teacher(tok, cache=state["past"], use_cache=True, position_ids=torch.tensor([[state["pos"]]]))
+        state["past"], state["pos"] = getattr(o, "cache", None) or o.past_key_values, state["pos"] + 1
 
     ms = time_ms(one, reps=n_tokens, warmup=1, max_s=60)
     return ms, _teacher_kv_bytes(state["past"]) / 2**20
