@@ -37,7 +37,7 @@ def cache_nbytes(caches) -> int:
 def _forward_ms(model, L, reps):
     idx = torch.randint(0, model.cfg.vocab_size, (1, L))
     with torch.no_grad():
-        return time_ms(lambda: model(idx), reps=reps, warmup=1)
+        return time_ms(lambda: model(idx), reps=reps, warmup=int(L < 8192))
 
 
 def _train_ms(model, L, reps):
@@ -50,7 +50,7 @@ def _train_ms(model, L, reps):
         loss.backward()
         opt.step()
 
-    return time_ms(step, reps=reps, warmup=1)
+    return time_ms(step, reps=reps, warmup=int(L < 8192))
 
 
 @torch.no_grad()
