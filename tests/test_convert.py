@@ -57,3 +57,24 @@ def test_recipes_differ_where_they_should(tmp_path, teacher_dir):
 def test_bad_student_config_is_named(tmp_path, teacher_dir):
     with pytest.raises(ValueError, match="d_model"):
         run(tmp_path, teacher_dir, "bad", "--student.d_model", "64")
+
+
+def test_synthetic_decode_caches_time_the_same_work_as_real_ones():
+    """The bench's filled caches have the sizes a real prefill leaves (so a step costs the same)."""
+    from transmamba.bench.convert import _fill_caches
+    from transmamba.bench.lm import cache_nbytes
+    from transmamba.models.lm import LM, LMConfig
+
+    torch.manual_seed(0)
+    m = LM(LMConfig(vocab_size=50, d_model=32, n_layers=3, n_heads=2, head_dim=16, chunk_size=8,
+                    schedule={"name": "per_layer", "P": [0, 6, 40]})).eval()
+    real, fake = m.allocate_caches(1, max_len=24), m.allocate_caches(1, max_len=24)
+    with torch.no_grad():
+        m(torch.randint(0, 50, (1, 20)), caches=real)
+    _fill_caches(m, fake, 20)
+    for r, f in zip(real, fake):
+        assert r.pos == f.pos and (r.ssm_state is None) == (f.ssm_state is None)
+        assert (r.k is None) or r.k[:, :20].shape == f.k.shape
+    assert cache_nbytes(fake) <= cache_nbytes(real)  # real KV buffers may hold spare capacity
+    with torch.no_grad():
+        assert m.step(torch.tensor([3]), fake).shape == (1, 50)

@@ -5,9 +5,17 @@ memory the decoding caches hold. ours = the student of `configs/convert/smollm2-
 (architecture only: speed does not depend on the weights), peer = the teacher through Hugging
 Face transformers (its KV cache). Past its TransPoints the student's layers keep a constant-size
 SSM state instead of a growing KV cache.
+
+Decoding rows fill both models' caches to the context length directly (random keys/values for
+the teacher's KV cache; for the student, the SSM state of layers past their TransPoint and KV
+entries for the others) instead of prefilling: the cost of one decoding step depends on the
+cache's sizes, not its contents, and an 8k-token teacher prefill costs minutes on this CPU.
+`_decode_*` with `synthetic=False` prefill for real (used by `transmamba convert`'s report).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -42,10 +50,21 @@ def _teacher_kv_bytes(past) -> int:
 
 
 @torch.no_grad()
-def _decode_teacher(teacher, context: int, n_tokens: int):
+def _decode_teacher(teacher, context: int, n_tokens: int, synthetic: bool = False):
     idx = torch.randint(0, teacher.config.vocab_size, (1, context))
-    out = teacher(idx, use_cache=True)
-    past, tok = getattr(out, "cache", None) or out.past_key_values, idx[:, -1:]
+    if synthetic:
+        from transformers import DynamicCache
+
+        from transmamba.models.hf_llama import teacher_spec
+
+        spec, past = teacher_spec(teacher), DynamicCache()
+        for i in range(spec["n_layers"]):
+            kv = torch.randn(2, 1, spec["n_kv_heads"], context, spec["head_dim"])
+            past.update(kv[0], kv[1], i)
+    else:
+        out = teacher(idx, use_cache=True)
+        past = getattr(out, "cache", None) or out.past_key_values
+    tok = idx[:, -1:]
     state = {"past": past, "pos": context}
 
     def one():
@@ -56,17 +75,33 @@ def _decode_teacher(teacher, context: int, n_tokens: int):
     return ms, _teacher_kv_bytes(state["past"]) / 2**20
 
 
+def _fill_caches(student, caches, context: int) -> None:
+    """Caches as if `context` tokens had been consumed (contents random; sizes exact)."""
+    for block, c in zip(student.blocks, caches):
+        mix = block.mixer
+        if context >= c.transpoint:
+            c.ssm_state = torch.randn(1, mix.h, mix.p, mix.n)
+            c.k = c.v = c.dt = None
+        else:
+            c.k, c.v = torch.randn(1, context, mix.g, mix.n), torch.randn(1, context, mix.g, mix.p)
+            c.dt = torch.rand(1, context, mix.h)
+        c.pos = context
+
+
 @torch.no_grad()
-def _decode_student(student, context: int, n_tokens: int):
+def _decode_student(student, context: int, n_tokens: int, synthetic: bool = False):
     idx = torch.randint(0, student.cfg.vocab_size, (1, context))
     caches = student.allocate_caches(1, max_len=context + n_tokens + 2)
-    student(idx, caches=caches)
+    if synthetic:
+        _fill_caches(student, caches, context)
+    else:
+        student(idx, caches=caches)
     tok = idx[:, -1]
     ms = time_ms(lambda: student.step(tok, caches), reps=n_tokens, warmup=1, max_s=60)
     return ms, cache_nbytes(caches) / 2**20
 
 
-def rows(prefill_Ls=(4096, 16384), decode_contexts=(8192,), n_decode=8, reps=1) -> list[dict]:
+def rows(prefill_Ls=(4096, 16384), decode_contexts=(1024, 8192), n_decode=8, reps=1) -> list[dict]:
     teacher, student = build_pair()
     out = []
     for L in prefill_Ls:
@@ -77,8 +112,8 @@ def rows(prefill_Ls=(4096, 16384), decode_contexts=(8192,), n_decode=8, reps=1) 
         out.append(row("convert prefill", L, t_s, t_t, tok_per_s_ours=round(L / t_s * 1e3, 1),
                        tok_per_s_peer=round(L / t_t * 1e3, 1)))
     for C in decode_contexts:
-        ms_s, mb_s = _decode_student(student, C, n_decode)
-        ms_t, mb_t = _decode_teacher(teacher, C, n_decode)
+        ms_s, mb_s = _decode_student(student, C, n_decode, synthetic=True)
+        ms_t, mb_t = _decode_teacher(teacher, C, n_decode, synthetic=True)
         out.append(row("convert decode ms/token", C, ms_s, ms_t, tok_per_s_ours=round(1e3 / ms_s, 2),
                        tok_per_s_peer=round(1e3 / ms_t, 2), ours_cache_mb=round(mb_s, 2), peer_cache_mb=round(mb_t, 2)))
     return out
@@ -87,4 +122,4 @@ def rows(prefill_Ls=(4096, 16384), decode_contexts=(8192,), n_decode=8, reps=1) 
 def run(quick: bool = False) -> list[dict]:
     if quick:
         return rows(prefill_Ls=(1024,), decode_contexts=(1024,), n_decode=4)
-    return rows()
+    return rows(prefill_Ls=tuple(int(x) for x in os.environ.get("TM_PREFILL_LS", "4096,16384").split(",")))
