@@ -36,6 +36,7 @@ def test_full_recipe_writes_a_loadable_student_and_report(tmp_path, teacher_dir)
     out = tmp_path / "runs" / "full"
     assert (out / "report.md").read_text().startswith("# transmamba convert")
     assert (out / "loss_curve.png").stat().st_size > 0
+    assert (out / "transpoint_tradeoff.png").stat().st_size > 0
     assert json.loads((out / "summary.json").read_text())["val_ppl"] == s["val_ppl"]
     assert s["transpoints"] == [0, 16] and set(s["transpoint_sweep_ppl"]) == {0, 16}
     assert s["steps"] == 4 and s["speed"]["student_tok_s"] > 0 and s["samples"][0]["student"] is not None

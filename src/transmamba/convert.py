@@ -230,6 +230,25 @@ def speed_and_samples(teacher, student, cfg) -> dict:
     return res
 
 
+def plot_transpoint_sweep(sweep: dict, png: Path, name: str) -> Path:
+    """Held-out perplexity against the TransPoint P used by every layer (0 = pure SSM)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ps = sorted(sweep, key=int)
+    ax.plot([int(p) for p in ps], [sweep[p] for p in ps], marker="o")
+    ax.set_xlabel("TransPoint P (every layer; tokens before P use attention)")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_title(f"convert {name}: quality vs TransPoint")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    return png
+
+
 def write_report(out: Path, s: dict) -> Path:
     """report.md: teacher vs student table, the TransPoint sweep, samples, the loss curve."""
     sp = s.get("speed", {})
@@ -249,6 +268,9 @@ def write_report(out: Path, s: dict) -> Path:
         lines += [f"| {p} | {v:.2f} |" for p, v in s["transpoint_sweep_ppl"].items()] + [""]
     for smp in s.get("samples", []):
         lines += [f"**{smp['prompt']}**", "", f"- teacher: {smp['teacher']!r}", f"- student: {smp['student']!r}", ""]
+    if s.get("transpoint_sweep_ppl"):
+        plot_transpoint_sweep(s["transpoint_sweep_ppl"], out / "transpoint_tradeoff.png", s["name"])
+        lines += ["![perplexity vs TransPoint](transpoint_tradeoff.png)", ""]
     lines += ["![loss curve](loss_curve.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
