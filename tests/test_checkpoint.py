@@ -16,14 +16,6 @@ from torch import nn
 from transmamba import checkpoint as ck
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription on a busy 2-core box (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class TiedNet(nn.Module):
     """Stand-in with a tied embedding/head (shared storage), a rank-1 gain and a buffer."""

@@ -19,14 +19,6 @@ from transmamba.train import (NonFiniteLossError, TextData, build_config, lr_at,
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription on a busy 2-core box (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 V = 13
 
 
