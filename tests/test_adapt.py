@@ -20,14 +20,6 @@ from transmamba.models.vision import build_student
 from transmamba.modules.norm import RMSNorm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy shared CPU it is several times faster than two."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 SETTINGS = dict(max_examples=15, deadline=None)
 
 

@@ -8,14 +8,6 @@ from hypothesis import strategies as st
 from transmamba.models import scan_orders as so
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy shared CPU it is several times faster than two."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 grid = st.integers(1, 9)
 SETTINGS = dict(max_examples=20, deadline=None)
 

@@ -10,14 +10,6 @@ from safetensors.torch import save_file
 from transmamba.models.teachers import ViT, ViTConfig, load_pretrained_vit, save_vit
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy shared CPU it is several times faster than two."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 transformers = pytest.importorskip("transformers")
 
 TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,

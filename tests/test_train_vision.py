@@ -13,15 +13,6 @@ from transmamba.train_vision import (DISTILL_DEFAULTS, distill_main, load_data, 
                                      param_groups, train_teacher_main)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy shared CPU it is several times faster than two."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 # ---------------------------------------------------------------------------------------------
 # data
 

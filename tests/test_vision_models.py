@@ -10,14 +10,6 @@ from transmamba.models.vision import StudentConfig, build_student, load_student,
 from transmamba.modules.multiscan import MultiScanMamba
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy shared CPU it is several times faster than two."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 SMALL = dict(img_size=8, patch_size=2, d_model=16, depth=2, d_state=4)
 K = {"vim": 2, "vmamba": 4, "plainmamba": 4, "videomamba": 2}
 
