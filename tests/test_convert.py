@@ -62,8 +62,7 @@ def test_bad_student_config_is_named(tmp_path, teacher_dir):
 
 def test_synthetic_decode_caches_time_the_same_work_as_real_ones():
     """The bench's filled caches have the sizes a real prefill leaves (so a step costs the same)."""
-    from transmamba.bench.convert import _fill_caches
-    from transmamba.bench.lm import cache_nbytes
+    from transmamba.bench.lm import _fill_caches, cache_nbytes
     from transmamba.models.lm import LM, LMConfig
 
     torch.manual_seed(0)

@@ -206,13 +206,14 @@ def convert(cfg: dict, progress: bool = True) -> dict:
 
 def speed_and_samples(teacher, student, cfg) -> dict:
     """Decode speed and cache memory at `eval.speed_context` for both models; greedy continuations."""
-    from transmamba.bench.convert import _decode_student, _decode_teacher
+    from transmamba.bench.convert import _decode_teacher
+    from transmamba.bench.lm import _decode
     from transmamba.data.text import load_tokenizer
 
     ev, res = cfg["eval"], {}
     student.eval()
     if ev["speed_context"]:
-        ms_s, mb_s = _decode_student(student, ev["speed_context"], ev["speed_tokens"])
+        ms_s, mb_s = _decode(student, ev["speed_context"], ev["speed_tokens"], warmup=1, max_s=60)
         ms_t, mb_t = _decode_teacher(teacher, ev["speed_context"], ev["speed_tokens"])
         res["speed"] = {"context": ev["speed_context"], "student_tok_s": 1e3 / ms_s, "teacher_tok_s": 1e3 / ms_t,
                         "student_cache_mb": mb_s, "teacher_cache_mb": mb_t}

@@ -10,7 +10,8 @@ Decoding rows fill both models' caches to the context length directly (random ke
 the teacher's KV cache; for the student, the SSM state of layers past their TransPoint and KV
 entries for the others) instead of prefilling: the cost of one decoding step depends on the
 cache's sizes, not its contents, and an 8k-token teacher prefill costs minutes on this CPU.
-`_decode_*` with `synthetic=False` prefill for real (used by `transmamba convert`'s report).
+`bench.lm._decode` and `_decode_teacher` with `synthetic=False` prefill for real (used by
+`transmamba convert`'s report).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import torch
 
 from transmamba.bench.harness import row, time_ms
-from transmamba.bench.lm import cache_nbytes
+from transmamba.bench.lm import _decode
 
 STUDENT_CONFIG = "configs/convert/smollm2-switch.yaml"
 
@@ -75,32 +76,6 @@ def _decode_teacher(teacher, context: int, n_tokens: int, synthetic: bool = Fals
     return ms, _teacher_kv_bytes(state["past"]) / 2**20
 
 
-def _fill_caches(student, caches, context: int) -> None:
-    """Caches as if `context` tokens had been consumed (contents random; sizes exact)."""
-    for block, c in zip(student.blocks, caches):
-        mix = block.mixer
-        if context >= c.transpoint:
-            c.ssm_state = torch.randn(1, mix.h, mix.p, mix.n)
-            c.k = c.v = c.dt = None
-        else:
-            c.k, c.v = torch.randn(1, context, mix.g, mix.n), torch.randn(1, context, mix.g, mix.p)
-            c.dt = torch.rand(1, context, mix.h)
-        c.pos = context
-
-
-@torch.no_grad()
-def _decode_student(student, context: int, n_tokens: int, synthetic: bool = False):
-    idx = torch.randint(0, student.cfg.vocab_size, (1, context))
-    caches = student.allocate_caches(1, max_len=context + n_tokens + 2)
-    if synthetic:
-        _fill_caches(student, caches, context)
-    else:
-        student(idx, caches=caches)
-    tok = idx[:, -1]
-    ms = time_ms(lambda: student.step(tok, caches), reps=n_tokens, warmup=1, max_s=60)
-    return ms, cache_nbytes(caches) / 2**20
-
-
 def rows(prefill_Ls=(4096, 16384), decode_contexts=(1024, 8192), n_decode=8, reps=1) -> list[dict]:
     teacher, student = build_pair()
     out = []
@@ -112,7 +87,7 @@ def rows(prefill_Ls=(4096, 16384), decode_contexts=(1024, 8192), n_decode=8, rep
         out.append(row("convert prefill", L, t_s, t_t, tok_per_s_ours=round(L / t_s * 1e3, 1),
                        tok_per_s_peer=round(L / t_t * 1e3, 1)))
     for C in decode_contexts:
-        ms_s, mb_s = _decode_student(student, C, n_decode, synthetic=True)
+        ms_s, mb_s = _decode(student, C, n_decode, synthetic=True, warmup=1, max_s=60)
         ms_t, mb_t = _decode_teacher(teacher, C, n_decode, synthetic=True)
         out.append(row("convert decode ms/token", C, ms_s, ms_t, tok_per_s_ours=round(1e3 / ms_s, 2),
                        tok_per_s_peer=round(1e3 / ms_t, 2), ours_cache_mb=round(mb_s, 2), peer_cache_mb=round(mb_t, 2)))

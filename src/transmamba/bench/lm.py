@@ -53,13 +53,31 @@ def _train_ms(model, L, reps):
     return time_ms(step, reps=reps, warmup=int(L < 8192))
 
 
+def _fill_caches(student, caches, context: int) -> None:
+    """TransMamba-Switch LM caches as if `context` tokens had been consumed (contents random; sizes exact)."""
+    for block, c in zip(student.blocks, caches):
+        mix = block.mixer
+        if context >= c.transpoint:
+            c.ssm_state = torch.randn(1, mix.h, mix.p, mix.n)
+            c.k = c.v = c.dt = None
+        else:
+            c.k, c.v = torch.randn(1, context, mix.g, mix.n), torch.randn(1, context, mix.g, mix.p)
+            c.dt = torch.rand(1, context, mix.h)
+        c.pos = context
+
+
 @torch.no_grad()
-def _decode(model, context, n_tokens):
+def _decode(model, context, n_tokens, *, synthetic: bool = False, warmup: int = 2, max_s: float = 30):
+    """ms per decoded token at a context of `context` tokens, and the caches' MiB. The context is
+    prefilled, or with `synthetic` (TransMamba-Switch LMs) the caches are filled to its size."""
     idx = torch.randint(0, model.cfg.vocab_size, (1, context))
     caches = model.allocate_caches(1, max_len=context + n_tokens + 2)
-    model(idx, caches=caches)
+    if synthetic:
+        _fill_caches(model, caches, context)
+    else:
+        model(idx, caches=caches)
     tok = idx[:, -1]
-    ms = time_ms(lambda: model.step(tok, caches), reps=n_tokens, warmup=2, max_s=30)
+    ms = time_ms(lambda: model.step(tok, caches), reps=n_tokens, warmup=warmup, max_s=max_s)
     return ms, cache_nbytes(caches) / 2**20
 
 

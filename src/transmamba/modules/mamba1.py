@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transmamba.modules.cache import Mamba1Cache
-from transmamba.modules.mamba2 import sample_dt_bias
+from transmamba.modules.mamba2 import A_from_log, sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
 from transmamba.ops.selective_scan import selective_scan, selective_scan_step
 from transmamba.ops.validate import check_dim, check_tensor
@@ -62,10 +62,6 @@ class Mamba1(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
-    def _A(self) -> torch.Tensor:
-        """A = -exp(A_log), computed in at least float32."""
-        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
-
     def _check_x(self, name: str, x, rank: int, doc: str) -> None:
         check_tensor(name, x, rank, doc)
         check_dim(name, x, -1, self.d_model, "d_model")
@@ -102,7 +98,7 @@ class Mamba1(nn.Module):
             xs, conv_state = causal_conv1d(xs, conv_w, self.conv1d.bias, activation="silu",
                                            initial_state=cache.conv_state, return_final_state=True)
         delta, B, C = self._ssm_inputs(xs)
-        A = self._A()
+        A = A_from_log(self.A_log)
         out = selective_scan(xs, delta, A, B, C, D=self.D, z=z,
                              initial_state=None if cache is None else cache.ssm_state,
                              return_final_state=cache is not None, chunk_size=self.chunk_size)
@@ -125,7 +121,7 @@ class Mamba1(nn.Module):
         xs, conv_state = causal_conv1d_step(cache.conv_state, xs, self.conv1d.weight.squeeze(1),
                                             self.conv1d.bias, "silu")
         delta, B, C = self._ssm_inputs(xs)
-        A = self._A()
+        A = A_from_log(self.A_log)
         y, ssm_state = selective_scan_step(cache.ssm_state, xs, delta, A, B, C, D=self.D, z_t=z)
         cache.conv_state = conv_state.to(cache.conv_state.dtype)
         cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)

@@ -41,6 +41,11 @@ def sample_dt_bias(n: int, dt_min: float, dt_max: float, dt_init_floor: float,
     return inverse_softplus(dt)
 
 
+def A_from_log(A_log: torch.Tensor) -> torch.Tensor:
+    """A = -exp(A_log), computed in at least float32."""
+    return -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
+
+
 class Mamba2(nn.Module):
     """Mamba-2 mixer: "b l d_model" -> "b l d_model"; `step` decodes one token "b d_model".
 
@@ -90,10 +95,6 @@ class Mamba2(nn.Module):
             dt = dt.clamp(min=lo, max=hi)
         return dt
 
-    def _A(self) -> torch.Tensor:
-        """A = -exp(A_log), computed in at least float32."""
-        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
-
     def _check_x(self, name: str, x, rank: int, doc: str) -> None:
         check_tensor(name, x, rank, doc)
         check_dim(name, x, -1, self.d_model, "d_model")
@@ -129,7 +130,7 @@ class Mamba2(nn.Module):
                 initial_state=cache.conv_state)
         xs, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state,
                               self.ngroups * self.d_state], dim=-1)
-        A = self._A()
+        A = A_from_log(self.A_log)
         out = ssd_chunked(
             xs.unflatten(-1, (self.nheads, self.headdim)), self._dt(dt), A,
             B.unflatten(-1, (self.ngroups, self.d_state)),
@@ -159,7 +160,7 @@ class Mamba2(nn.Module):
                                              self.conv1d.bias, "silu")
         xs, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state,
                               self.ngroups * self.d_state], dim=-1)
-        A = self._A()
+        A = A_from_log(self.A_log)
         y, ssm_state = ssd_step(cache.ssm_state, xs.unflatten(-1, (self.nheads, self.headdim)),
                                 self._dt(dt), A, B.unflatten(-1, (self.ngroups, self.d_state)),
                                 C.unflatten(-1, (self.ngroups, self.d_state)), D=self.D)

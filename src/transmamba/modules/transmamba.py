@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from transmamba.modules.mamba2 import sample_dt_bias
+from transmamba.modules.mamba2 import A_from_log, sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
 from transmamba.ops.memory_converter import memory_convert
 from transmamba.ops.norm import gated_rms_norm
@@ -138,7 +138,7 @@ class TransMambaMixer(nn.Module):
         return apply_rope(t, cos, -sin if inverse else sin)
 
     def _dt_A(self, dt_raw):
-        return F.softplus(dt_raw + self.dt_bias), -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+        return F.softplus(dt_raw + self.dt_bias), A_from_log(self.A_log)
 
     def _expand(self, t):
         """"b l g d" -> "b l h d": grouped heads repeated for every query head."""
