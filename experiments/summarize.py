@@ -1,4 +1,4 @@
-"""Markdown tables from run summaries: `python experiments/summarize.py lm|convert`."""
+"""Markdown tables from run summaries: `python experiments/summarize.py lm|convert [runs root]`."""
 
 import json
 import sys
@@ -28,4 +28,5 @@ def convert_table(root="runs/convert"):
 
 
 if __name__ == "__main__":
-    {"lm": lm_table, "convert": convert_table}[sys.argv[1] if len(sys.argv) > 1 else "lm"]()
+    what = sys.argv[1] if len(sys.argv) > 1 else "lm"
+    {"lm": lm_table, "convert": convert_table}[what](*sys.argv[2:3])

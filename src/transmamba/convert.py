@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from transmamba.adapt.distill import adaptive_layer_loss, token_cosine
+from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
 from transmamba.adapt.llama_to_switch import calibrate, init_from_teacher, layer_map_for, plan_subclone, switch_config_from_teacher
 from transmamba.adapt.teacher_cache import TeacherCache, build_teacher_cache, topk_kl
 from transmamba.checkpoint import save_checkpoint
@@ -41,13 +42,14 @@ DEFAULTS = {
     "out_dir": "runs/convert",
     "seed": 0,
     "student": {"n_layers": 8, "d_model": 384, "n_heads": 6, "n_kv_heads": 2, "d_ff": 1024,
-                "conv_activation": None, "schedule": {"name": "staggered", "period": 8, "span": 256}},
+                "conv_activation": None, "switch_gate_bias": True,
+                "schedule": {"name": "staggered", "period": 8, "span": 256}},
     "recipe": {"subclone": True, "n_init": None, "layer_map": "uniform", "distill": True,
-               "adaptive": True, "anneal_frac": 0.0, "anneal_mode": "together"},
+               "adaptive": True, "anneal_frac": 0.0, "anneal_mode": "together", "ssm_calib": True},
     "data": {"tokenizer": "smollm2", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
              "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs"},
     "train": {"tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 20,
-              "weight_decay": 0.1, "grad_clip": 1.0, "w_kl": 1.0, "w_hidden": 1.0, "w_ce": 0.5,
+              "weight_decay": 0.1, "grad_clip": 1.0, "w_kl": 1.0, "w_hidden": 1.0, "hidden_mean": True, "w_ce": 0.5,
               "temperature": 1.0, "log_every": 10, "eval_every": 0},
     "eval": {"batches": 8, "batch_size": 8, "transpoints": [], "speed_context": 1024, "speed_tokens": 8,
              "prompts": ["ROMEO:", "To be, or not to be,"], "prompt_tokens": 24},
@@ -97,6 +99,9 @@ def build_student(teacher, spec, cfg, train_ids):
         cal = calibrate(teacher, calib)
         plan = plan_subclone(cal, spec, scfg)
         init_from_teacher(student, teacher, plan, n_init=rec["n_init"], layer_map=layer_map, cal=cal)
+        if rec["ssm_calib"]:  # gate, dt, A, norm of the SSM paths fitted to the attention paths
+            n_init = scfg.n_layers if rec["n_init"] is None else rec["n_init"]
+            calibrate_ssm_paths(student, calib, layers=range(n_init))  # the layers the teacher filled
         dims = plan.dims
     return student, layer_map, dims
 
@@ -132,7 +137,7 @@ def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, log: Me
             parts["kl"] = topk_kl(logits.float(), b["topk_idx"], b["topk_logp"], T=t["temperature"])
             cos = torch.stack([token_cosine(hidden[i + 1].float(), b["hidden"][k][..., dims])
                                for i, k in enumerate(hidden_keys)])
-            parts["hidden"] = adaptive_layer_loss(cos, adaptive=rec["adaptive"])
+            parts["hidden"] = adaptive_layer_loss(cos, adaptive=rec["adaptive"], normalize=t["hidden_mean"])
             loss = loss + t["w_kl"] * parts["kl"] + t["w_hidden"] * parts["hidden"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {float(loss)} at step {step} ({ {k: float(v) for k, v in parts.items()} })")

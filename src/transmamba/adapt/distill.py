@@ -105,11 +105,17 @@ def adaptive_weights(cos: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
     return c.sum() / c
 
 
-def adaptive_layer_loss(cos: torch.Tensor, adaptive: bool = True, eps: float = 0.05) -> torch.Tensor:
-    """L = sum_i w_i (1 - cos_i), w = adaptive_weights(cos) (or w_i = 1 without adaptive scaling)."""
+def adaptive_layer_loss(cos: torch.Tensor, adaptive: bool = True, eps: float = 0.05,
+                        normalize: bool = False) -> torch.Tensor:
+    """L = sum_i w_i (1 - cos_i), w = adaptive_weights(cos) (or w_i = 1 without adaptive scaling).
+
+    normalize=True: the weighted mean L = sum_i w_i (1 - cos_i) / sum_i w_i instead. The sum grows
+    like n^2 with the number of aligned layers n (each w_i ~ n), which for a 30-layer LM drowns the
+    logit terms; the mean keeps the same per-layer emphasis on a scale of (1 - cos) for any depth."""
     check_tensor("cos", cos, 1, "(L,)")
     w = adaptive_weights(cos, eps) if adaptive else torch.ones_like(cos)
-    return (w * (1 - cos)).sum()
+    loss = (w * (1 - cos)).sum()
+    return loss / w.sum() if normalize else loss
 
 
 def fixed_depth_loss(cos: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,7 @@ class LMConfig:
     switch_rope: bool = True  # RoPE on the Switch layer's attention path
     conv_activation: str | None = "silu"
     conv_init_identity: bool = False
+    switch_gate_bias: bool = False  # a bias on the Switch layer's z gate (converted students open it)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -95,7 +96,8 @@ def build_mixer(cfg: LMConfig, kind: str) -> nn.Module:
     return TransMambaMixer(TransMambaConfig(
         d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
         d_conv=cfg.d_conv, conv_activation=cfg.conv_activation, conv_init_identity=cfg.conv_init_identity,
-        rope=cfg.switch_rope, rope_theta=cfg.rope_theta, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps))
+        rope=cfg.switch_rope, rope_theta=cfg.rope_theta, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps,
+        gate_bias=cfg.switch_gate_bias))
 
 
 class Block(nn.Module):

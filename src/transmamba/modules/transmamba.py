@@ -58,6 +58,7 @@ class TransMambaConfig:
     chunk_size: int = 64
     use_D: bool = False
     bias: bool = False
+    gate_bias: bool = False  # z = W_z u + b_z: lets a converted layer start with the gate open (silu(b_z) = 1)
     norm_eps: float = 1e-5
     dt_min: float = 0.001
     dt_max: float = 0.1
@@ -98,6 +99,7 @@ class TransMambaMixer(nn.Module):
         fk = dict(device=device, dtype=dtype)
         # in_proj -> [z (h*p) | q=C (h*n) | k=B (g*n) | v=x (g*p) | dt (h)]
         self.in_proj = nn.Linear(cfg.d_model, h * n + self.d_qkv + h, bias=cfg.bias, **fk)
+        self.z_bias = nn.Parameter(torch.zeros(h * n, **fk)) if cfg.gate_bias else None
         self.conv_weight = nn.Parameter(torch.empty(self.d_qkv, cfg.d_conv, **fk))
         self.conv_bias = nn.Parameter(torch.zeros(self.d_qkv, **fk))
         self.dt_bias = nn.Parameter(torch.empty(h, **fk))
@@ -124,7 +126,8 @@ class TransMambaMixer(nn.Module):
     def _project(self, u):
         """u "... d" -> z "... (h p)", qkv "... c" (pre-conv), dt_raw "... h"."""
         zqkvdt = self.in_proj(u)
-        return torch.split(zqkvdt, [self.h * self.p, self.d_qkv, self.h], dim=-1)
+        z, qkv, dt_raw = torch.split(zqkvdt, [self.h * self.p, self.d_qkv, self.h], dim=-1)
+        return (z if self.z_bias is None else z + self.z_bias), qkv, dt_raw
 
     def _split_qkv(self, qkv):
         q, k, v = torch.split(qkv, [self.h * self.n, self.g * self.n, self.g * self.p], dim=-1)
