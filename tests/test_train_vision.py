@@ -219,3 +219,23 @@ def test_shipped_configs_load():
             s = {k: v for k, v in cfg["student"].items() if v is not None}
             StudentConfig(**s, img_size=4 * s["patch_size"])  # validates arch/norm
             assert cfg["mode"] in ("transmamba", "scratch")
+
+
+def test_video_direction_labels_distill_from_a_class_only_teacher(tmp_path):
+    """class x direction labels (80) from a 10-class frame-wise teacher: the head is not copied and
+    the teacher is scored on the class part of the label."""
+    video = ["--data.dataset", "moving_digits", "--data.video.frames", "2", "--data.video.canvas", "12",
+             "--data.video.train_clips", "64", "--data.video.test_clips", "32", "--train.threads", "1",
+             "--train.progress", "false", "--train.warmup_steps", "1", "--train.batch_size", "32"]
+    t_out = tmp_path / "teacher"
+    assert train_teacher_main(video + ["--vit.patch_size", "4", "--vit.d_model", "16", "--vit.depth", "1",
+                                       "--vit.num_heads", "2", "--vit.d_ff", "32", "--train.max_steps", "2",
+                                       "--out_dir", str(t_out)]) == 0
+    out = tmp_path / "student"
+    assert distill_main(video + ["--data.video.label_mode", "class_direction", "--student.arch", "videomamba",
+                                 "--student.patch_size", "4", "--student.d_model", "12", "--student.depth", "1",
+                                 "--student.d_state", "4", "--teacher", str(t_out), "--out_dir", str(out),
+                                 "--train.max_steps", "2", "--init.layers", "1"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert "head" not in res["copied"] and res["teacher_top1_on"] == "class"
+    assert 0 <= res["teacher_top1"] <= 1

@@ -7,6 +7,8 @@
     transmamba convert --teacher smollm2 --student configs/convert/<name>.yaml [--key value ...]
     transmamba train-teacher --config configs/vision/vit-fmnist.yaml [--key value ...]
     transmamba distill --config configs/vision/<student>-fmnist.yaml [--key value ...]
+    transmamba train-vqa --config configs/multimodal/vqa-fmnist.yaml [--fusion late|modulate|prefix]
+                         [--mode scratch|transmamba] [--key value ...]
 
 Heavy modules are imported only by the subcommand that needs them.
 """
@@ -31,6 +33,7 @@ COMMANDS = {
     "convert": ("transmamba.convert", "convert_main"),
     "train-teacher": ("transmamba.train_vision", "train_teacher_main"),
     "distill": ("transmamba.train_vision", "distill_main"),
+    "train-vqa": ("transmamba.train_multimodal", "train_vqa_main"),
 }
 
 

@@ -64,7 +64,8 @@ DISTILL_DEFAULTS = {
     "student": {"arch": "vim", "img_size": None, "patch_size": 4, "d_model": 96, "depth": 4,
                 "d_state": 16, "d_conv": None, "expand": 2.0, "mlp_ratio": None, "norm": None,
                 "bias": False, "tubelet": 1},
-    "init": {"subclone": True, "layers": None},
+    "init": {"subclone": True, "layers": None, "mixer": "mapped", "mean_decay": 1.0,
+             "lin_scale": 0.0},
     "distill": {"enabled": True, "form": "paper", "adaptive": True, "alpha": 0.9,
                 "kd_weight": 0.0, "temperature": 2.0, "calib_hidden": None, "eps": 0.05},
     "train": copy.deepcopy(TRAIN_DEFAULTS),
@@ -339,7 +340,10 @@ def build_distill_run(cfg: dict, data: dict):
         x_tr = data["train"][0]
         calib = x_tr[torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(1))
                      [: cfg["data"]["calib_size"]]]
-        rep = transfer_vit_to_student(teacher, student, n, calib=calib)
+        rep = transfer_vit_to_student(teacher, student, n, calib=calib,
+                                      mixer_init=cfg["init"].get("mixer", "mapped"),
+                                      mean_decay=float(cfg["init"].get("mean_decay", 1.0)),
+                                      lin_scale=float(cfg["init"].get("lin_scale", 0.0)))
         resid_idx = rep["resid_idx"]
         report = {"copied": rep["copied"], "init_layers": n}
     if use_distill:
@@ -400,8 +404,13 @@ def _distill(cfg: dict) -> dict:
                           desc=cfg.get("name") or student.cfg.arch)
     result.update(init_top1=init_acc, init_layers=report["init_layers"], copied=report["copied"],
                   params=sum(p.numel() for p in student.parameters()), mode=cfg["mode"])
-    if teacher is not None:
-        result["teacher_top1"] = evaluate(teacher, *data["test"], tcfg["eval_batch_size"])[1]
+    if teacher is not None:  # a class-only teacher of class x direction labels is scored on the class
+        x_test, y_test = data["test"]
+        per_class = data["num_classes"] // teacher.cfg.num_classes
+        if per_class > 1:
+            y_test = torch.div(y_test, per_class, rounding_mode="floor")
+            result["teacher_top1_on"] = "class"
+        result["teacher_top1"] = evaluate(teacher, x_test, y_test, tcfg["eval_batch_size"])[1]
     _write_result(out, result, cfg)
     return result
 
