@@ -35,7 +35,6 @@ answers a different task).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import time
@@ -48,9 +47,8 @@ from torch import nn
 
 from transmamba.adapt.cross_mamba import CrossMamba
 from transmamba.adapt.distill import token_normalize
-from transmamba.config import dump_yaml, load_config
 from transmamba.run_log import MetricsLog
-from transmamba.train_vision import (DISTILL_DEFAULTS, _batches, _seed, _split_argv, _threads,
+from transmamba.train_vision import (DISTILL_DEFAULTS, _batches, _seed, _threads, config_main,
                                      _write_result, build_distill_run, load_data, lr_at,
                                      param_groups)
 
@@ -396,17 +394,10 @@ def _train_vqa(cfg: dict, text_encoder) -> dict:
 
 def train_vqa_main(argv=None) -> int:
     """CLI: --config FILE [--fusion F] [--mode M] [--section.key value ...]; prints the result."""
-    path, overrides = _split_argv(argv)
-    if overrides and overrides[0] in ("-h", "--help"):
-        print(__doc__ + "\nDefaults:\n" + dump_yaml(VQA_DEFAULTS))
-        return 0
-    cfg = load_config(path, overrides, defaults=VQA_DEFAULTS)
-    res = train_vqa(cfg)
-    print(json.dumps({k: v for k, v in res.items() if k != "losses"}))
-    return 0
+    return config_main(argv, VQA_DEFAULTS, train_vqa, __doc__)
 
 
-main = train_vqa_main  # `python -m transmamba.train_multimodal ...` until cli.py wires `train-vqa`
+main = train_vqa_main  # `python -m transmamba.train_multimodal ...` (also `transmamba train-vqa`)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -293,16 +293,21 @@ def _train_teacher(cfg: dict) -> dict:
     return result
 
 
-def train_teacher_main(argv=None) -> int:
-    """CLI: train-teacher [--config FILE] [--section.key value ...]."""
+def config_main(argv, defaults: dict, run, doc: str, hide=("losses",)) -> int:
+    """A config-driven CLI: [--config FILE] [--section.key value ...]; -h prints `doc` and the
+    defaults; runs `run(cfg)` and prints its result as JSON (without the keys in `hide`)."""
     path, overrides = _split_argv(argv)
     if overrides and overrides[0] in ("-h", "--help"):
-        print(__doc__ + "\nDefaults:\n" + dump_yaml(TEACHER_DEFAULTS))
+        print(doc + "\nDefaults:\n" + dump_yaml(defaults))
         return 0
-    cfg = load_config(path, overrides, defaults=TEACHER_DEFAULTS)
-    res = train_teacher(cfg)
-    print(json.dumps({k: v for k, v in res.items() if k != "losses"}))
+    res = run(load_config(path, overrides, defaults=defaults))
+    print(json.dumps({k: v for k, v in res.items() if k not in hide}))
     return 0
+
+
+def train_teacher_main(argv=None) -> int:
+    """CLI: train-teacher [--config FILE] [--section.key value ...]."""
+    return config_main(argv, TEACHER_DEFAULTS, train_teacher, __doc__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,14 +422,7 @@ def _distill(cfg: dict) -> dict:
 
 def distill_main(argv=None) -> int:
     """CLI: distill --config FILE [--section.key value ...] (e.g. --mode scratch --train.epochs 1)."""
-    path, overrides = _split_argv(argv)
-    if overrides and overrides[0] in ("-h", "--help"):
-        print(__doc__ + "\nDefaults:\n" + dump_yaml(DISTILL_DEFAULTS))
-        return 0
-    cfg = load_config(path, overrides, defaults=DISTILL_DEFAULTS)
-    res = distill(cfg)
-    print(json.dumps({k: v for k, v in res.items() if k not in ("losses", "copied")}))
-    return 0
+    return config_main(argv, DISTILL_DEFAULTS, distill, __doc__, hide=("losses", "copied"))
 
 
 def main(argv=None) -> int:
