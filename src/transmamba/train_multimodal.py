@@ -35,9 +35,7 @@ answers a different task).
 from __future__ import annotations
 
 import copy
-import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +45,8 @@ from torch import nn
 
 from transmamba.adapt.cross_mamba import CrossMamba
 from transmamba.adapt.distill import token_normalize
-from transmamba.run_log import MetricsLog
-from transmamba.train_vision import (DISTILL_DEFAULTS, _batches, _seed, _threads, config_main,
-                                     _write_result, build_distill_run, load_data, lr_at,
-                                     param_groups)
+from transmamba.train_vision import (DISTILL_DEFAULTS, _batches, _seed, _threads, _write_result,
+                                     build_distill_run, config_main, load_data, train_loop)
 
 FUSIONS = ("late", "modulate", "prefix")
 
@@ -336,58 +332,22 @@ def _train_vqa(cfg: dict, text_encoder) -> dict:
         parts = {"task_loss": task.item(), "distill_loss": dl.item(), "mean_cos": cos.mean().item()}
         return alpha * task + (1 - alpha) * dl, parts
 
-    out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(int(tcfg["seed"]))
-    total = math.ceil(len(x_tr) / tcfg["batch_size"]) * int(tcfg["epochs"])
-    if tcfg.get("max_steps"):
-        total = min(total, int(tcfg["max_steps"]))
-    extra = [dloss] if dloss is not None else []
-    opt = torch.optim.AdamW(param_groups([model, *extra], tcfg["weight_decay"]), lr=tcfg["lr"])
-    params = [p for g in opt.param_groups for p in g["params"]]
-    log = MetricsLog(out / "metrics.csv", METRIC_FIELDS)
     init = evaluate_vqa(model, data, "test", tcfg["eval_batch_size"])
-    t0, step, history, epoch = time.time(), 0, [], 0
-    model.train()
-    while step < total:
-        for idx in _batches(len(x_tr), tcfg["batch_size"], gen):
-            if step >= total:
-                break
-            lr = lr_at(step, total, tcfg["lr"], int(tcfg["warmup_steps"]))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss, parts = loss_fn(idx)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
-            opt.step()
-            step += 1
-            history.append(loss.item())
-            if step % int(tcfg["log_every"]) == 0 or step == 1:
-                log.log(step=step, epoch=epoch, train_loss=history[-1], lr=lr,
-                        elapsed_s=round(time.time() - t0, 2), **parts)
-        ev = evaluate_vqa(model, data, "test", tcfg["eval_batch_size"])
-        log.log(step=step, epoch=epoch, test_loss=ev["loss"], test_acc=ev["acc"],
-                elapsed_s=round(time.time() - t0, 2))
-        if tcfg.get("progress", True):
-            print(f"[vqa {cfg['fusion']}/{cfg['mode']}] epoch {epoch}: step {step}, "
-                  f"test acc {ev['acc']:.4f}", file=sys.stderr)
-        epoch += 1
-        if epoch >= int(tcfg["epochs"]):
-            break
-    result = {"steps": step, "test_loss": ev["loss"], "test_acc": ev["acc"],
-              **{f"test_{k}": v for k, v in ev.items() if k not in ("loss", "acc")},
-              "init_test_acc": init["acc"], "train_loss_first": history[0],
-              "train_loss_last": float(np.mean(history[-10:])), "elapsed_s": round(time.time() - t0, 2),
+
+    def evaluate_fn():
+        return {f"test_{k}": v for k, v in evaluate_vqa(model, data, "test", tcfg["eval_batch_size"]).items()}
+
+    run = train_loop(model, len(x_tr), loss_fn, evaluate_fn, tcfg, out, fields=METRIC_FIELDS,
+                     extra_modules=[dloss] if dloss is not None else [],
+                     desc=f"vqa {cfg['fusion']}/{cfg['mode']}")
+    result = {**run, "init_test_acc": init["acc"],
               "fusion": cfg["fusion"], "mode": cfg["mode"], "init_layers": report["init_layers"],
               "distill": dloss is not None, "n_questions": len(data["questions"]),
               "params": sum(p.numel() for p in model.parameters()),
               "params_fusion": sum(p.numel() for n, p in model.named_parameters()
                                    if not n.startswith("backbone.")),
               "train_yes_frac": float(data["train"][3].float().mean()),
-              "test_yes_frac": float(data["test"][3].float().mean()), "losses": history}
+              "test_yes_frac": float(data["test"][3].float().mean())}
     _write_result(out, result, cfg)
     return result
 

@@ -176,41 +176,41 @@ class _threads:
         torch.set_num_threads(self.prev)
 
 
-def run_training(model, data: dict, tcfg: dict, out_dir: Path, loss_fn, *, extra_modules=(),
-                 save_fn=None, desc: str = "train") -> dict:
+def train_loop(model, n_train: int, batch_loss, evaluate_fn, tcfg: dict, out_dir: Path, *,
+               fields=METRIC_FIELDS, extra_modules=(), save_fn=None, desc: str = "train") -> dict:
     """Generic loop: AdamW + warmup/cosine, tqdm bar, metrics CSV, eval each epoch, atomic saves.
 
-    loss_fn(x, y) -> (loss, {"task_loss", "distill_loss", "kd_loss", "mean_cos"} floats)."""
+    batch_loss(idx) -> (loss, {"task_loss", ...} floats) for the training examples idx of n_train;
+    evaluate_fn() -> {"test_...": value} each epoch (logged where `fields` has the column);
+    save_fn(epoch, step, evaluation). Returns the last evaluation, steps, losses and times."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    x_tr, y_tr = data["train"]
-    x_te, y_te = data["test"]
     gen = torch.Generator().manual_seed(int(tcfg["seed"]))
-    steps_per_epoch = math.ceil(len(x_tr) / tcfg["batch_size"])
+    steps_per_epoch = math.ceil(n_train / tcfg["batch_size"])
     total = steps_per_epoch * int(tcfg["epochs"])
     if tcfg.get("max_steps"):
         total = min(total, int(tcfg["max_steps"]))
     opt = torch.optim.AdamW(param_groups([model, *extra_modules], tcfg["weight_decay"]),
                             lr=tcfg["lr"], betas=(0.9, 0.999))
-    log = MetricsLog(out_dir / "metrics.csv", METRIC_FIELDS)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    log = MetricsLog(out_dir / "metrics.csv", fields)
     t0, step, history = time.time(), 0, []
     bar = tqdm(total=total, desc=desc, disable=not tcfg.get("progress", True), mininterval=2.0,
                file=sys.stderr)
     model.train()
     for epoch in range(int(tcfg["epochs"])):
-        for idx in _batches(len(x_tr), tcfg["batch_size"], gen):
+        for idx in _batches(n_train, tcfg["batch_size"], gen):
             if step >= total:
                 break
             lr = lr_at(step, total, tcfg["lr"], int(tcfg["warmup_steps"]))
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss, parts = loss_fn(x_tr[idx], y_tr[idx])
+            loss, parts = batch_loss(idx)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tcfg.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
-                                               tcfg["grad_clip"])
+                torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
             opt.step()
             step += 1
             history.append(loss.item())
@@ -219,18 +219,36 @@ def run_training(model, data: dict, tcfg: dict, out_dir: Path, loss_fn, *, extra
             if step % int(tcfg["log_every"]) == 0 or step == 1:
                 log.log(step=step, epoch=epoch, train_loss=history[-1], lr=lr,
                         elapsed_s=round(time.time() - t0, 2), **parts)
-        te_loss, te_acc = evaluate(model, x_te, y_te, tcfg["eval_batch_size"])
-        log.log(step=step, epoch=epoch, test_loss=te_loss, test_top1=te_acc,
-                elapsed_s=round(time.time() - t0, 2))
-        bar.write(f"[{desc}] epoch {epoch}: step {step}, test loss {te_loss:.4f}, top-1 {te_acc:.4f}")
+        ev = evaluate_fn()
+        log.log(step=step, epoch=epoch, elapsed_s=round(time.time() - t0, 2),
+                **{k: v for k, v in ev.items() if k in fields})
+        bar.write(f"[{desc}] epoch {epoch}: step {step}, "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if v is not None))
         if save_fn is not None and tcfg.get("save", True):
-            save_fn(epoch, step, te_acc)
+            save_fn(epoch, step, ev)
         if step >= total:
             break
     bar.close()
-    return {"steps": step, "test_loss": te_loss, "test_top1": te_acc, "train_loss_first": history[0],
+    return {"steps": step, **ev, "train_loss_first": history[0],
             "train_loss_last": float(np.mean(history[-10:])), "elapsed_s": round(time.time() - t0, 2),
             "losses": history}
+
+
+def run_training(model, data: dict, tcfg: dict, out_dir: Path, loss_fn, *, extra_modules=(),
+                 save_fn=None, desc: str = "train") -> dict:
+    """`train_loop` for image/clip classification: loss_fn(x, y) -> (loss, {"task_loss",
+    "distill_loss", "kd_loss", "mean_cos"} floats), test loss and top-1 each epoch,
+    save_fn(epoch, step, top1)."""
+    x_tr, y_tr = data["train"]
+    x_te, y_te = data["test"]
+
+    def evaluate_fn():
+        loss, acc = evaluate(model, x_te, y_te, tcfg["eval_batch_size"])
+        return {"test_loss": loss, "test_top1": acc}
+
+    save = None if save_fn is None else (lambda epoch, step, ev: save_fn(epoch, step, ev["test_top1"]))
+    return train_loop(model, len(x_tr), lambda idx: loss_fn(x_tr[idx], y_tr[idx]), evaluate_fn, tcfg,
+                      out_dir, extra_modules=extra_modules, save_fn=save, desc=desc)
 
 
 def _write_result(out_dir: Path, result: dict, cfg: dict) -> None:
@@ -346,9 +364,9 @@ def build_distill_run(cfg: dict, data: dict):
         calib = x_tr[torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(1))
                      [: cfg["data"]["calib_size"]]]
         rep = transfer_vit_to_student(teacher, student, n, calib=calib,
-                                      mixer_init=cfg["init"].get("mixer", "mapped"),
-                                      mean_decay=float(cfg["init"].get("mean_decay", 1.0)),
-                                      lin_scale=float(cfg["init"].get("lin_scale", 0.0)))
+                                      mixer_init=cfg["init"]["mixer"],
+                                      mean_decay=float(cfg["init"]["mean_decay"]),
+                                      lin_scale=float(cfg["init"]["lin_scale"]))
         resid_idx = rep["resid_idx"]
         report = {"copied": rep["copied"], "init_layers": n}
     if use_distill:
