@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from transmamba.adapt.distill import adaptive_layer_loss
 from transmamba.adapt.llama_to_switch import full_plan, init_from_teacher, switch_config_from_teacher
-from transmamba.adapt.ssm_calibration import (DEFAULT_DECAYS, _paths, _scan, calibrate_mixer,
+from transmamba.adapt.ssm_calibration import (DEFAULT_DECAYS, _qkv, _scan, calibrate_mixer,
                                               calibrate_ssm_paths)
 from transmamba.models.hf_llama import teacher_spec, tiny_llama
 from transmamba.models.lm import LM
@@ -25,7 +25,7 @@ def test_recovers_the_decay_of_a_known_scan(rope):
     u = torch.randn(2, 40, 24, dtype=torch.float64)
     a_true = torch.tensor([DEFAULT_DECAYS[i] for i in (0, 3, 5, 6)], dtype=torch.float64)
     with torch.no_grad():
-        q, k, v, _ = _paths(m, u)
+        q, k, v = _qkv(m, u)
         target = _scan(m, q, k, v, a_true)
     rep = calibrate_mixer(m, u, target=target)
     torch.testing.assert_close(rep["decay"], a_true)

@@ -170,12 +170,14 @@ def _identity_conv_(mixer) -> None:
                 mixer.conv2d.bias.zero_()
 
 
-def check_mixer_init(mixer_init: str, a0: float = 1.0) -> None:
-    """ValueError unless mixer_init is one of MIXER_INITS and a0 >= 0 is finite."""
+def check_mixer_init(mixer_init: str, a0: float = 1.0, lin_scale: float = 0.0) -> None:
+    """ValueError unless mixer_init is one of MIXER_INITS and a0, lin_scale >= 0 are finite."""
     if mixer_init not in MIXER_INITS:
         raise ValueError(f"mixer_init must be one of {MIXER_INITS}, got {mixer_init!r}")
     if not (a0 >= 0 and math.isfinite(a0)):
         raise ValueError(f"mean_decay (a0) must be a finite number >= 0, got {a0!r}")
+    if not (lin_scale >= 0 and math.isfinite(lin_scale)):
+        raise ValueError(f"lin_scale must be a finite number >= 0, got {lin_scale!r}")
 
 
 def mean_scan_constants(mixer) -> tuple[float, float]:
@@ -193,8 +195,7 @@ def init_mean_mixer_(mixer, j: int, n_qk: int, a0: float = 1.0, lin_scale: float
     many state dims (the last ones, 1..n-1) keep the q.k B/C already written into x_proj (0: none).
     lin_scale s > 0 linearises the conv's silu on the V channels (module docstring)."""
     di, r, n = mixer.d_inner, mixer.dt_rank, mixer.d_state
-    if not (lin_scale >= 0 and math.isfinite(lin_scale)):
-        raise ValueError(f"lin_scale must be a finite number >= 0, got {lin_scale!r}")
+    check_mixer_init("mean", a0, lin_scale)
     if not 0 <= j < di:
         raise ValueError(f"constant channel j={j} must be in [0, d_inner={di})")
     if not 0 <= n_qk < n:
@@ -278,7 +279,7 @@ def transfer_layer(tblk, sblk, i: int, idx: torch.Tensor, stats: dict, num_heads
                    mixer_init: str = "mapped", mean_decay: float = 1.0,
                    lin_scale: float = 0.0) -> list[str]:
     """Teacher block -> student block (norm1, attention -> mixer, norm2 + MLP). See module docstring."""
-    check_mixer_init(mixer_init, mean_decay)
+    check_mixer_init(mixer_init, mean_decay, lin_scale)
     mixer = sblk.mixer
     D_t = tblk.norm1.weight.numel()
     e = D_t // num_heads
@@ -353,9 +354,7 @@ def transfer_vit_to_student(teacher: ViT, student: VisionMamba, n_layers: int,
     lin_scale: s > 0 linearises the silu after the conv on V ("mean"/"mean_qk" only; 0 = off).
     stats: `ViT.calibration_stats` output; else computed from `calib` images (or clips: their frames);
     else weight-norm importances (`weight_norm_stats`). Returns {"resid_idx", "copied"}."""
-    check_mixer_init(mixer_init, mean_decay)
-    if not (lin_scale >= 0 and math.isfinite(lin_scale)):
-        raise ValueError(f"lin_scale must be a finite number >= 0, got {lin_scale!r}")
+    check_mixer_init(mixer_init, mean_decay, lin_scale)
     tc, sc = teacher.cfg, student.cfg
     if sc.d_model > tc.d_model:
         raise ValueError(f"student d_model={sc.d_model} exceeds the teacher's {tc.d_model}")

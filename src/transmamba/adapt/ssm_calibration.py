@@ -38,14 +38,23 @@ GATE_OPEN = 1.2784645427610738  # silu(GATE_OPEN) = 1
 DT_ONE = math.log(math.e - 1)  # softplus(DT_ONE) = 1
 
 
-def _paths(mixer: TransMambaMixer, u: torch.Tensor):
-    """u "b l d" -> q "b l h n", k, v (grouped), y_att "b l h p" (attention path, before out_proj)."""
+def _qkv(mixer: TransMambaMixer, u: torch.Tensor):
+    """u "b l d" -> q "b l h n", k "b l g n", v "b l g p" after the conv (no RoPE: the SSM's C, B, x)."""
     _, qkv, _ = mixer._project(u)
     qkv = causal_conv1d(qkv, mixer.conv_weight, mixer.conv_bias, activation=mixer.cfg.conv_activation)
-    q, k, v = mixer._split_qkv(qkv)
-    pos = torch.arange(u.shape[1], device=u.device)
-    y_att = mixer._attend(mixer._rope(q, pos), mixer._rope(k, pos), v, 0)
-    return q, k, v, y_att
+    return mixer._split_qkv(qkv)
+
+
+def _path_output(mixer: TransMambaMixer, u: torch.Tensor, transpoint: int) -> torch.Tensor:
+    """The mixer's own output before out_proj, "b l h p": the attention path (ATTENTION_ONLY) or
+    the SSM path (0), through the module's forward."""
+    y = {}
+    hook = mixer.out_proj.register_forward_pre_hook(lambda m, args: y.__setitem__("y", args[0]))
+    try:
+        mixer(u, transpoint=transpoint)
+    finally:
+        hook.remove()
+    return y["y"].unflatten(-1, (mixer.h, mixer.p))
 
 
 def _scan(mixer: TransMambaMixer, q, k, v, a: torch.Tensor) -> torch.Tensor:
@@ -75,13 +84,14 @@ def calibrate_mixer(mixer: TransMambaMixer, u: torch.Tensor, decays=DEFAULT_DECA
     if not decays or min(decays) <= 0:
         raise ValueError(f"decays must be a non-empty list of positive rates, got {decays}")
     u = u.to(mixer.in_proj.weight.dtype)
-    q, k, v, y_att = _paths(mixer, u)
+    q, k, v = _qkv(mixer, u)
+    y_att = _path_output(mixer, u, ATTENTION_ONLY)
     if target is not None:
         if target.shape != y_att.shape:
             raise ValueError(f"target has shape {tuple(target.shape)}, expected {tuple(y_att.shape)}")
         y_att = target.to(y_att.dtype)
     h, p = mixer.h, mixer.p
-    cos_before = _head_cos(_ssm_output(mixer, u), y_att)
+    cos_before = _head_cos(_path_output(mixer, u, 0), y_att)
     grid = torch.tensor(decays, dtype=q.dtype)
     cos = torch.stack([_head_cos(_scan(mixer, q, k, v, a.expand(h)), y_att) for a in grid])  # "decays h"
     a = grid[cos.argmax(0)]
@@ -99,19 +109,8 @@ def calibrate_mixer(mixer: TransMambaMixer, u: torch.Tensor, decays=DEFAULT_DECA
     mixer.dt_bias.fill_(DT_ONE)
     mixer.A_log.copy_(torch.log(a))
     mixer.norm_weight.copy_(w)
-    cos_after = _head_cos(_ssm_output(mixer, u), y_att)
+    cos_after = _head_cos(_path_output(mixer, u, 0), y_att)
     return {"decay": a, "cos_before": cos_before, "cos_after": cos_after}
-
-
-def _ssm_output(mixer: TransMambaMixer, u: torch.Tensor) -> torch.Tensor:
-    """The mixer's SSM path (P = 0) before out_proj, "b l h p", via the module's own forward."""
-    y = {}
-    hook = mixer.out_proj.register_forward_pre_hook(lambda m, args: y.__setitem__("y", args[0]))
-    try:
-        mixer(u, transpoint=0)
-    finally:
-        hook.remove()
-    return y["y"].unflatten(-1, (mixer.h, mixer.p))
 
 
 @torch.no_grad()
