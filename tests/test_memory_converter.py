@@ -2,28 +2,12 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _shapes import F64, ssd_inputs as make
 from transmamba.ops.memory_converter import memory_convert, memory_convert_masked
 from transmamba.ops.ssd import ssd_chunked, ssd_ref
-
-F64 = torch.float64
-
-
-def make(b, l, h, p, g, n, *, seed=0, init=False, grad=False):
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=F64)  # noqa: E731
-    a = {
-        "x": r(b, l, h, p),
-        "dt": F.softplus(r(b, l, h) - 1.0),
-        "A": -torch.rand(h, generator=gen, dtype=F64) * 2 - 0.05,
-        "B": r(b, l, g, n),
-        "C": r(b, l, g, n),
-        "initial_state": r(b, h, p, n) if init else None,
-    }
-    return {k: (None if v is None else v.requires_grad_(grad)) for k, v in a.items()}
 
 
 @settings(max_examples=20, deadline=None)

@@ -2,29 +2,11 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _shapes import F64, ssd_inputs as make
 from transmamba.ops.ssd import segsum, ssd_chunked, ssd_ref, ssd_step
-
-F64 = torch.float64
-
-
-def make(b, l, h, p, g, n, *, dtype=F64, seed=0, D=False, init=False, grad=False):
-    """Random SSD inputs; dt = softplus(.) > 0 and A < 0 as in a Mamba-2 layer."""
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=F64)  # noqa: E731
-    args = {
-        "x": r(b, l, h, p),
-        "dt": F.softplus(r(b, l, h) - 1.0),
-        "A": -torch.rand(h, generator=gen, dtype=F64) * 2 - 0.05,
-        "B": r(b, l, g, n),
-        "C": r(b, l, g, n),
-        "D": r(h) if D else None,
-        "initial_state": r(b, h, p, n) if init else None,
-    }
-    return {k: (None if v is None else v.to(dtype).requires_grad_(grad)) for k, v in args.items()}
 
 
 def _split(a):

@@ -35,8 +35,40 @@ from transmamba.ops.validate import check_dim, check_tensor
 FORMAT = "transmamba-vit"
 
 
+class PatchGrid:
+    """Image geometry shared by `ViTConfig` and the students' `StudentConfig`: in_chans x img_size x
+    img_size images cut into a grid x grid raster of patch_size patches. A dataclass mixin (no fields)."""
+
+    def _check_grid(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size={self.img_size} must be divisible by patch_size={self.patch_size}")
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch_size
+
+    def check_images(self, x, video: bool = False) -> None:
+        """x is images "b c H W" (video: clips "b t c H W" of self.frames frames) of this shape."""
+        cfg = type(self).__name__
+        if video:
+            check_tensor("x", x, 5, "(b, t, c, H, W)")
+            check_dim("x", x, 1, self.frames, f"{cfg}.frames")
+        else:
+            check_tensor("x", x, 4, "(b, c, H, W)")
+        c = x.dim() - 3
+        check_dim("x", x, c, self.in_chans, f"{cfg}.in_chans")
+        check_dim("x", x, c + 1, self.img_size, f"{cfg}.img_size")
+        check_dim("x", x, c + 2, self.img_size, f"{cfg}.img_size")
+
+
+def patch_tokens(cfg: PatchGrid, patch_embed: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Images "b c H W" (checked against cfg) -> patch tokens "b (h w) d" in raster order."""
+    cfg.check_images(x)
+    return patch_embed(x).flatten(2).transpose(1, 2)
+
+
 @dataclass
-class ViTConfig:
+class ViTConfig(PatchGrid):
     """Shape of a ViT teacher. d_ff is the MLP hidden width; distilled adds DeiT's token."""
 
     img_size: int = 28
@@ -52,14 +84,9 @@ class ViTConfig:
     distilled: bool = False
 
     def __post_init__(self):
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size={self.img_size} must be divisible by patch_size={self.patch_size}")
+        self._check_grid()
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
-
-    @property
-    def grid(self) -> int:
-        return self.img_size // self.patch_size
 
     @property
     def n_prefix(self) -> int:
@@ -152,11 +179,7 @@ class ViT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images "b c H W" -> tokens "b (p + h w) d" with position embeddings added."""
-        check_tensor("x", x, 4, "(b, c, H, W)")
-        check_dim("x", x, 1, self.cfg.in_chans, "ViTConfig.in_chans")
-        check_dim("x", x, 2, self.cfg.img_size, "ViTConfig.img_size")
-        check_dim("x", x, 3, self.cfg.img_size, "ViTConfig.img_size")
-        p = self.patch_embed(x).flatten(2).transpose(1, 2)
+        p = patch_tokens(self.cfg, self.patch_embed, x)
         prefix = [self.cls_token.expand(x.shape[0], -1, -1)]
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(x.shape[0], -1, -1))

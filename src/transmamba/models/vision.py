@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from transmamba.models.scan_orders import (ScanOrder, plainmamba_orders, videomamba_orders,
                                            vim_orders, vmamba_orders)
+from transmamba.models.teachers import MLP, PatchGrid, patch_tokens  # MLP: the teacher's, so it copies in
 from transmamba.modules.multiscan import MultiScanMamba
 from transmamba.modules.norm import RMSNorm
 from transmamba.ops.validate import check_dim, check_tensor
@@ -55,7 +55,7 @@ ARCH_DEFAULTS = {
 
 
 @dataclass
-class StudentConfig:
+class StudentConfig(PatchGrid):
     """Shape of a student; None fields take the arch's default from ARCH_DEFAULTS."""
 
     arch: str = "vim"
@@ -83,14 +83,9 @@ class StudentConfig:
                 setattr(self, k, v)
         if self.norm not in ("rms", "layer"):
             raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size={self.img_size} must be divisible by patch_size={self.patch_size}")
+        self._check_grid()
         if self.arch == "videomamba" and self.frames % self.tubelet:
             raise ValueError(f"frames={self.frames} must be divisible by tubelet={self.tubelet}")
-
-    @property
-    def grid(self) -> int:
-        return self.img_size // self.patch_size
 
     @property
     def d_ff(self) -> int:
@@ -108,18 +103,6 @@ class StudentConfig:
 def make_norm(kind: str, d: int, eps: float) -> nn.Module:
     """LayerNorm or RMSNorm (both with a `weight`; LayerNorm also a `bias`)."""
     return nn.LayerNorm(d, eps=eps) if kind == "layer" else RMSNorm(d, eps=eps)
-
-
-class MLP(nn.Module):
-    """fc2(gelu(fc1(x))), the teacher's names so its MLP can be copied in."""
-
-    def __init__(self, d_model: int, d_ff: int):
-        super().__init__()
-        self.fc1 = nn.Linear(d_model, d_ff)
-        self.fc2 = nn.Linear(d_ff, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class MambaBlock(nn.Module):
@@ -206,13 +189,6 @@ class VisionMamba(nn.Module):
         return self.orders[0].length
 
 
-def _check_image(cfg: StudentConfig, x) -> None:
-    check_tensor("x", x, 4, "(b, c, H, W)")
-    check_dim("x", x, 1, cfg.in_chans, "StudentConfig.in_chans")
-    check_dim("x", x, 2, cfg.img_size, "StudentConfig.img_size")
-    check_dim("x", x, 3, cfg.img_size, "StudentConfig.img_size")
-
-
 class ViM(VisionMamba):
     """Vision Mamba (Zhu et al. 2024): raster patches, class token in the middle, bidirectional."""
 
@@ -227,8 +203,7 @@ class ViM(VisionMamba):
 
     def embed(self, x):
         """[p_0 .. p_{m-1}, cls, p_m ..] + pos_embed, m = n // 2."""
-        _check_image(self.cfg, x)
-        p = self.patch_embed(x).flatten(2).transpose(1, 2)
+        p = patch_tokens(self.cfg, self.patch_embed, x)
         m = self.cls_pos
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return torch.cat([p[:, :m], cls, p[:, m:]], dim=1) + self.pos_embed
@@ -252,8 +227,7 @@ class VMamba(VisionMamba):
         self._init_weights()
 
     def embed(self, x):
-        _check_image(self.cfg, x)
-        return self.patch_embed(x).flatten(2).transpose(1, 2)
+        return patch_tokens(self.cfg, self.patch_embed, x)
 
     def pool(self, h):
         return h.mean(1)
@@ -270,8 +244,7 @@ class PlainMamba(VisionMamba):
         self._init_weights()
 
     def embed(self, x):
-        _check_image(self.cfg, x)
-        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        return patch_tokens(self.cfg, self.patch_embed, x) + self.pos_embed
 
     def pool(self, h):
         return h.mean(1)
@@ -294,11 +267,7 @@ class VideoMamba(VisionMamba):
     def embed(self, x):
         """x "b t c H W" -> [cls + pos_0, (t' h w) tubelets + spatial pos + temporal pos]."""
         cfg = self.cfg
-        check_tensor("x", x, 5, "(b, t, c, H, W)")
-        check_dim("x", x, 1, cfg.frames, "StudentConfig.frames")
-        check_dim("x", x, 2, cfg.in_chans, "StudentConfig.in_chans")
-        check_dim("x", x, 3, cfg.img_size, "StudentConfig.img_size")
-        check_dim("x", x, 4, cfg.img_size, "StudentConfig.img_size")
+        cfg.check_images(x, video=True)
         p = self.patch_embed(x.transpose(1, 2))  # "b d t' h w"
         p = p.flatten(3).permute(0, 2, 3, 1)  # "b t' (h w) d"
         p = p + self.pos_embed[:, None, 1:] + self.temporal_pos[:, :, None]

@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from transmamba.modules.cache import Mamba1Cache
-from transmamba.modules.mamba2 import A_from_log, sample_dt_bias
-from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
+from transmamba.modules.mamba2 import A_from_log, _SSMMixer, sample_dt_bias
 from transmamba.ops.selective_scan import selective_scan, selective_scan_step
-from transmamba.ops.validate import check_dim, check_tensor
 
 
-class Mamba1(nn.Module):
+class Mamba1(_SSMMixer):
     """Mamba-1 mixer: "b l d_model" -> "b l d_model"; `step` decodes one token "b d_model"."""
+
+    cache_cls = Mamba1Cache
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
@@ -62,20 +62,10 @@ class Mamba1(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
-    def _check_x(self, name: str, x, rank: int, doc: str) -> None:
-        check_tensor(name, x, rank, doc)
-        check_dim(name, x, -1, self.d_model, "d_model")
-
     def allocate_cache(self, batch: int, max_len: int | None = None, *, device=None,
                        dtype=None) -> Mamba1Cache:
         """Zero conv state "b d_inner (d_conv-1)" and SSM state "b d_inner n" (max_len unused)."""
-        w = self.in_proj.weight
-        device = device or w.device
-        dtype = dtype or w.dtype
-        sdt = torch.promote_types(dtype, torch.float32)
-        return Mamba1Cache(
-            torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-            torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=sdt))
+        return self._zero_cache(batch, self.d_inner, (self.d_inner, self.d_state), device, dtype)
 
     def _ssm_inputs(self, x: torch.Tensor):
         """x "... d_inner" -> delta "... d_inner", B, C "... n"."""
@@ -84,62 +74,30 @@ class Mamba1(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Mamba1Cache | None = None) -> torch.Tensor:
         """x "b l d_model" -> "b l d_model"; with a cache, continue from it and update it."""
-        self._check_x("x", x, 3, "(b, l, d_model)")
+        self._check_forward(x, cache)
         b, l, _ = x.shape
-        if cache is not None and cache.batch != b:
-            raise ValueError(f"cache has batch {cache.batch}, x has batch {b} (shape {tuple(x.shape)})")
         if l == 0:
             return x.new_zeros(b, 0, self.d_model)
         xs, z = self.in_proj(x).chunk(2, dim=-1)
-        conv_w = self.conv1d.weight.squeeze(1)
-        if cache is None:
-            xs = causal_conv1d(xs, conv_w, self.conv1d.bias, activation="silu")
-        else:
-            xs, conv_state = causal_conv1d(xs, conv_w, self.conv1d.bias, activation="silu",
-                                           initial_state=cache.conv_state, return_final_state=True)
+        xs, conv_state = self._conv(xs, cache)
         delta, B, C = self._ssm_inputs(xs)
-        A = A_from_log(self.A_log)
-        out = selective_scan(xs, delta, A, B, C, D=self.D, z=z,
+        out = selective_scan(xs, delta, A_from_log(self.A_log), B, C, D=self.D, z=z,
                              initial_state=None if cache is None else cache.ssm_state,
                              return_final_state=cache is not None, chunk_size=self.chunk_size)
-        if cache is not None:
-            y, ssm_state = out
-            cache.conv_state = conv_state.to(cache.conv_state.dtype)
-            cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
-            cache.seqlen += l
-        else:
-            y = out
-        return self.out_proj(y)
+        return self.out_proj(self._advance(cache, conv_state, out, l))
 
     def step(self, x_t: torch.Tensor, cache: Mamba1Cache) -> torch.Tensor:
         """One token x_t "b d_model" -> "b d_model", advancing `cache` by one position."""
-        self._check_x("x_t", x_t, 2, "(b, d_model)")
-        if cache is None or cache.batch != x_t.shape[0]:
-            raise ValueError(f"cache must be a Mamba1Cache with batch {x_t.shape[0]} "
-                             f"(x_t shape {tuple(x_t.shape)})")
+        self._check_step(x_t, cache)
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)
-        xs, conv_state = causal_conv1d_step(cache.conv_state, xs, self.conv1d.weight.squeeze(1),
-                                            self.conv1d.bias, "silu")
+        xs, conv_state = self._conv_step(xs, cache)
         delta, B, C = self._ssm_inputs(xs)
-        A = A_from_log(self.A_log)
-        y, ssm_state = selective_scan_step(cache.ssm_state, xs, delta, A, B, C, D=self.D, z_t=z)
-        cache.conv_state = conv_state.to(cache.conv_state.dtype)
-        cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
-        cache.seqlen += 1
-        return self.out_proj(y)
+        out = selective_scan_step(cache.ssm_state, xs, delta, A_from_log(self.A_log), B, C, D=self.D, z_t=z)
+        return self.out_proj(self._advance(cache, conv_state, out, 1))
 
     @classmethod
     def from_hf_mixer(cls, hf_mixer) -> "Mamba1":
         """A Mamba1 with the config and weights of a `transformers` MambaMixer (copied 1:1)."""
-        if getattr(hf_mixer, "activation", "silu") != "silu":
-            raise ValueError(f"hf_mixer.activation must be 'silu', got {hf_mixer.activation!r}")
-        d_model, d_inner = hf_mixer.hidden_size, hf_mixer.intermediate_size
-        w = hf_mixer.in_proj.weight
-        m = cls(d_model, d_state=hf_mixer.ssm_state_size, d_conv=hf_mixer.conv_kernel_size,
-                expand=d_inner / d_model, dt_rank=hf_mixer.time_step_rank,
-                conv_bias=hf_mixer.use_conv_bias, bias=hf_mixer.use_bias,
-                device=w.device, dtype=w.dtype)
-        if m.d_inner != d_inner:
-            raise ValueError(f"hf_mixer.intermediate_size={d_inner} is not expand * hidden_size")
+        m = cls._from_hf_config(hf_mixer, dt_rank=hf_mixer.time_step_rank)
         m.load_state_dict(hf_mixer.state_dict(), strict=True)
         return m

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transmamba.modules.cache import Mamba2Cache
+from transmamba.modules.cache import Mamba2Cache, SSMCache
 from transmamba.modules.norm import GatedRMSNorm
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
 from transmamba.ops.ssd import ssd_chunked, ssd_step
@@ -46,7 +46,84 @@ def A_from_log(A_log: torch.Tensor) -> torch.Tensor:
     return -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
 
 
-class Mamba2(nn.Module):
+class _SSMMixer(nn.Module):
+    """What `Mamba2` and `Mamba1` share: input and cache checks, the zero cache, the depthwise causal
+    conv (with or without a cache) and the cache update. Subclasses set `cache_cls` and define
+    d_model, d_inner, d_conv, in_proj and conv1d."""
+
+    cache_cls: type[SSMCache]
+
+    def _check_x(self, name: str, x, rank: int, doc: str) -> None:
+        check_tensor(name, x, rank, doc)
+        check_dim(name, x, -1, self.d_model, "d_model")
+
+    def _check_forward(self, x, cache: SSMCache | None) -> None:
+        """x "b l d_model", and a cache (if given) of the same batch."""
+        self._check_x("x", x, 3, "(b, l, d_model)")
+        if cache is not None and cache.batch != x.shape[0]:
+            raise ValueError(f"cache has batch {cache.batch}, x has batch {x.shape[0]} (shape {tuple(x.shape)})")
+
+    def _check_step(self, x_t, cache: SSMCache) -> None:
+        """x_t "b d_model" and a cache of the same batch."""
+        self._check_x("x_t", x_t, 2, "(b, d_model)")
+        if cache is None or cache.batch != x_t.shape[0]:
+            raise ValueError(f"cache must be a {self.cache_cls.__name__} with batch {x_t.shape[0]} "
+                             f"(x_t shape {tuple(x_t.shape)})")
+
+    def _zero_cache(self, batch: int, conv_dim: int, ssm_shape: tuple[int, ...], device,
+                    dtype) -> SSMCache:
+        """Conv state "b conv_dim (d_conv-1)" in `dtype`, SSM state "b *ssm_shape" in at least float32
+        (device and dtype default to in_proj's)."""
+        w = self.in_proj.weight
+        device = device or w.device
+        dtype = dtype or w.dtype
+        sdt = torch.promote_types(dtype, torch.float32)
+        return self.cache_cls(
+            torch.zeros(batch, conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+            torch.zeros(batch, *ssm_shape, device=device, dtype=sdt))
+
+    def _conv(self, x: torch.Tensor, cache: SSMCache | None):
+        """(silu(causal_conv1d(x)) "b l c", the conv state it ends in, or None without a cache)."""
+        conv_w = self.conv1d.weight.squeeze(1)
+        if cache is None:
+            return causal_conv1d(x, conv_w, self.conv1d.bias, activation="silu"), None
+        return causal_conv1d(x, conv_w, self.conv1d.bias, activation="silu",
+                             initial_state=cache.conv_state, return_final_state=True)
+
+    def _conv_step(self, x_t: torch.Tensor, cache: SSMCache):
+        """One token "b c" through the conv: (silu output "b c", new conv state)."""
+        return causal_conv1d_step(cache.conv_state, x_t, self.conv1d.weight.squeeze(1),
+                                  self.conv1d.bias, "silu")
+
+    @staticmethod
+    def _advance(cache: SSMCache | None, conv_state, out, n: int) -> torch.Tensor:
+        """The scan output y. With a cache, `out` is (y, ssm_state): the cache takes the new states
+        (in its own dtypes) and counts n more tokens; without one, `out` is y."""
+        if cache is None:
+            return out
+        y, ssm_state = out
+        cache.conv_state = conv_state.to(cache.conv_state.dtype)
+        cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
+        cache.seqlen += n
+        return y
+
+    @classmethod
+    def _from_hf_config(cls, hf_mixer, **kw):
+        """cls with the config a `transformers` Mamba/Mamba2 mixer shares (on its device and dtype),
+        plus `kw`; weights are not copied."""
+        if getattr(hf_mixer, "activation", "silu") != "silu":
+            raise ValueError(f"hf_mixer.activation must be 'silu', got {hf_mixer.activation!r}")
+        d_model, d_inner = hf_mixer.hidden_size, hf_mixer.intermediate_size
+        w = hf_mixer.in_proj.weight
+        m = cls(d_model, d_state=hf_mixer.ssm_state_size, d_conv=hf_mixer.conv_kernel_size,
+                expand=d_inner / d_model, bias=hf_mixer.use_bias, conv_bias=hf_mixer.use_conv_bias,
+                device=w.device, dtype=w.dtype, **kw)
+        if m.d_inner != d_inner:
+            raise ValueError(f"hf_mixer.intermediate_size={d_inner} is not expand * hidden_size")
+        return m
+
+
+class Mamba2(_SSMMixer):
     """Mamba-2 mixer: "b l d_model" -> "b l d_model"; `step` decodes one token "b d_model".
 
     nheads = expand * d_model / headdim; B and C are shared by the nheads / ngroups heads of a group.
@@ -86,6 +163,8 @@ class Mamba2(nn.Module):
         for p in (self.dt_bias, self.A_log) + ((self.D,) if D else ()):
             p._no_weight_decay = True
 
+    cache_cls = Mamba2Cache
+
     # ------------------------------------------------------------------------------ helpers
     def _dt(self, dt: torch.Tensor) -> torch.Tensor:
         """softplus(dt + dt_bias), clamped to dt_limit when it is not (0, inf)."""
@@ -95,96 +174,52 @@ class Mamba2(nn.Module):
             dt = dt.clamp(min=lo, max=hi)
         return dt
 
-    def _check_x(self, name: str, x, rank: int, doc: str) -> None:
-        check_tensor(name, x, rank, doc)
-        check_dim(name, x, -1, self.d_model, "d_model")
+    def _split_xBC(self, xBC: torch.Tensor):
+        """xBC "... conv_dim" -> x "... h p", B "... g n", C "... g n"."""
+        gn = self.ngroups * self.d_state
+        xs, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
+        return (xs.unflatten(-1, (self.nheads, self.headdim)),
+                B.unflatten(-1, (self.ngroups, self.d_state)), C.unflatten(-1, (self.ngroups, self.d_state)))
 
     def allocate_cache(self, batch: int, max_len: int | None = None, *, device=None,
                        dtype=None) -> Mamba2Cache:
         """Zero conv state "b conv_dim (d_conv-1)" and SSM state "b h p n" (max_len is unused)."""
-        w = self.in_proj.weight
-        device = device or w.device
-        dtype = dtype or w.dtype
-        sdt = torch.promote_types(dtype, torch.float32)
-        return Mamba2Cache(
-            torch.zeros(batch, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
-            torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=sdt))
+        ssm_shape = (self.nheads, self.headdim, self.d_state)
+        return self._zero_cache(batch, self.conv_dim, ssm_shape, device, dtype)
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, cache: Mamba2Cache | None = None) -> torch.Tensor:
         """x "b l d_model" -> "b l d_model"; with a cache, continue from it and update it."""
-        self._check_x("x", x, 3, "(b, l, d_model)")
+        self._check_forward(x, cache)
         b, l, _ = x.shape
-        if cache is not None and cache.batch != b:
-            raise ValueError(f"cache has batch {cache.batch}, x has batch {b} (shape {tuple(x.shape)})")
         if l == 0:
             return x.new_zeros(b, 0, self.d_model)
-        zxbcdt = self.in_proj(x)
-        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        conv_w = self.conv1d.weight.squeeze(1)
-        if cache is None:
-            xBC = causal_conv1d(xBC, conv_w, self.conv1d.bias, activation="silu")
-        else:
-            xBC, cache_conv = causal_conv1d(
-                xBC, conv_w, self.conv1d.bias, activation="silu", return_final_state=True,
-                initial_state=cache.conv_state)
-        xs, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state,
-                              self.ngroups * self.d_state], dim=-1)
-        A = A_from_log(self.A_log)
-        out = ssd_chunked(
-            xs.unflatten(-1, (self.nheads, self.headdim)), self._dt(dt), A,
-            B.unflatten(-1, (self.ngroups, self.d_state)),
-            C.unflatten(-1, (self.ngroups, self.d_state)),
-            chunk_size=self.chunk_size, D=self.D,
-            initial_state=None if cache is None else cache.ssm_state,
-            return_final_state=cache is not None)
-        if cache is not None:
-            y, ssm_state = out
-            cache.conv_state = cache_conv.to(cache.conv_state.dtype)
-            cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
-            cache.seqlen += l
-        else:
-            y = out
-        y = self.norm(y.flatten(-2), z)
-        return self.out_proj(y)
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC, conv_state = self._conv(xBC, cache)
+        xs, B, C = self._split_xBC(xBC)
+        out = ssd_chunked(xs, self._dt(dt), A_from_log(self.A_log), B, C, chunk_size=self.chunk_size,
+                          D=self.D, initial_state=None if cache is None else cache.ssm_state,
+                          return_final_state=cache is not None)
+        y = self._advance(cache, conv_state, out, l)
+        return self.out_proj(self.norm(y.flatten(-2), z))
 
     def step(self, x_t: torch.Tensor, cache: Mamba2Cache) -> torch.Tensor:
         """One token x_t "b d_model" -> "b d_model", advancing `cache` by one position."""
-        self._check_x("x_t", x_t, 2, "(b, d_model)")
-        if cache is None or cache.batch != x_t.shape[0]:
-            raise ValueError(f"cache must be a Mamba2Cache with batch {x_t.shape[0]} "
-                             f"(x_t shape {tuple(x_t.shape)})")
-        zxbcdt = self.in_proj(x_t)
-        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC, conv_state = causal_conv1d_step(cache.conv_state, xBC, self.conv1d.weight.squeeze(1),
-                                             self.conv1d.bias, "silu")
-        xs, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state,
-                              self.ngroups * self.d_state], dim=-1)
-        A = A_from_log(self.A_log)
-        y, ssm_state = ssd_step(cache.ssm_state, xs.unflatten(-1, (self.nheads, self.headdim)),
-                                self._dt(dt), A, B.unflatten(-1, (self.ngroups, self.d_state)),
-                                C.unflatten(-1, (self.ngroups, self.d_state)), D=self.D)
-        cache.conv_state = conv_state.to(cache.conv_state.dtype)
-        cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
-        cache.seqlen += 1
+        self._check_step(x_t, cache)
+        z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC, conv_state = self._conv_step(xBC, cache)
+        xs, B, C = self._split_xBC(xBC)
+        out = ssd_step(cache.ssm_state, xs, self._dt(dt), A_from_log(self.A_log), B, C, D=self.D)
+        y = self._advance(cache, conv_state, out, 1)
         return self.out_proj(self.norm(y.flatten(-2), z))
 
     # ------------------------------------------------------------------------------ HF loading
     @classmethod
     def from_hf_mixer(cls, hf_mixer) -> "Mamba2":
         """A Mamba2 with the config and weights of a `transformers` Mamba2Mixer (copied 1:1)."""
-        if getattr(hf_mixer, "activation", "silu") != "silu":
-            raise ValueError(f"hf_mixer.activation must be 'silu', got {hf_mixer.activation!r}")
-        d_model, d_inner = hf_mixer.hidden_size, hf_mixer.intermediate_size
-        w = hf_mixer.in_proj.weight
-        m = cls(d_model, d_state=hf_mixer.ssm_state_size, headdim=hf_mixer.head_dim,
-                expand=d_inner / d_model, ngroups=hf_mixer.n_groups,
-                d_conv=hf_mixer.conv_kernel_size, chunk_size=hf_mixer.chunk_size,
-                bias=hf_mixer.use_bias, conv_bias=hf_mixer.use_conv_bias,
-                norm_eps=hf_mixer.norm.variance_epsilon,
-                dt_limit=tuple(hf_mixer.time_step_limit), device=w.device, dtype=w.dtype)
-        if m.d_inner != d_inner:
-            raise ValueError(f"hf_mixer.intermediate_size={d_inner} is not expand * hidden_size")
+        m = cls._from_hf_config(hf_mixer, headdim=hf_mixer.head_dim, ngroups=hf_mixer.n_groups,
+                                chunk_size=hf_mixer.chunk_size, norm_eps=hf_mixer.norm.variance_epsilon,
+                                dt_limit=tuple(hf_mixer.time_step_limit))
         m.load_hf_state_dict(hf_mixer.state_dict())
         return m
 

@@ -27,36 +27,27 @@ from __future__ import annotations
 
 import torch
 
-from transmamba.ops.ssd import _check_positive, _compute_dtype, _sum_after, _to_chunks, ssd_chunk_state
-from transmamba.ops.validate import check_dim, check_divisible, check_finite, check_tensor
+from transmamba.ops.ssd import (_check_A_D, _check_state, _compute_dtype, _sum_after, _to_chunks,
+                                ssd_chunk_state)
+from transmamba.ops.validate import (check_chunk_size, check_dim, check_groups, check_positive, check_shape,
+                                     check_tensor)
 
 __all__ = ["memory_convert", "memory_convert_masked"]
 
 
 def _check_kv(K, V, dt, A, initial_state, chunk_size) -> tuple[int, int, int, int, int, int]:
     """Validate memory-converter arguments; returns (b, P, h, p, g, n)."""
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     check_tensor("V", V, 4, "(b, P, h, p)")
     b, P, h, p = V.shape
-    check_tensor("K", K, 4, "(b, P, g, n)")
-    check_dim("K", K, 0, b, f"batch b={b} of V")
-    check_dim("K", K, 1, P, f"prefix length P={P} of V")
+    lead_sizes = [(b, f"batch b={b} of V"), (P, f"prefix length P={P} of V")]
+    check_shape("K", K, 4, "(b, P, g, n)", lead_sizes)
     g, n = K.shape[2], K.shape[3]
-    if g < 1:
-        raise ValueError(f"K must have at least one group, got shape {tuple(K.shape)}")
-    check_divisible("h (heads of V)", h, "g (groups of K)", g)
-    check_tensor("dt", dt, 3, "(b, P, h)")
-    check_dim("dt", dt, 0, b, f"batch b={b} of V")
-    check_dim("dt", dt, 1, P, f"prefix length P={P} of V")
-    check_dim("dt", dt, 2, h, f"heads h={h} of V")
-    check_tensor("A", A, 1, "(h,)")
-    check_dim("A", A, 0, h, f"heads h={h} of V")
-    check_finite("A", A)
+    check_groups("K", K, h, "V")
+    check_shape("dt", dt, 3, "(b, P, h)", lead_sizes + [(h, f"heads h={h} of V")])
+    _check_A_D(A, None, h, "V")
     if initial_state is not None:
-        check_tensor("initial_state", initial_state, 4, "(b, h, p, n)")
-        for dim, size, what in [(0, b, "batch b"), (1, h, "heads h"), (2, p, "head dim p"), (3, n, "state dim n")]:
-            check_dim("initial_state", initial_state, dim, size, f"{what}={size}")
+        _check_state("initial_state", initial_state, b, h, p, n)
     return b, P, h, p, g, n
 
 
@@ -92,7 +83,7 @@ def memory_convert(K, V, dt, A, *, chunk_size=64, initial_state=None):
     P = 0 gives zeros (or a copy of the initial state).
     """
     shape = _check_kv(K, V, dt, A, initial_state, chunk_size)
-    _check_positive("dt", dt)
+    check_positive("dt", dt)
     return _convert(K, V, dt, A, chunk_size, initial_state, shape)
 
 
@@ -119,7 +110,7 @@ def memory_convert_masked(K, V, dt, A, P, *, chunk_size=64, initial_state=None):
         K, V, dt = K[:, :L], V[:, :L], dt[:, :L]
         shape = (shape[0], L, *shape[2:])
     keep = torch.arange(L, device=dt.device)[None, :] < P.to(dt.device)[:, None]  # b L
-    _check_positive("dt", dt[keep])
+    check_positive("dt", dt[keep])
     zero = torch.zeros((), dtype=dt.dtype, device=dt.device)
     dt = torch.where(keep[..., None], dt, zero)
     V = torch.where(keep[..., None, None], V, torch.zeros((), dtype=V.dtype, device=V.device))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from transmamba.ops.validate import check_dim, check_finite, check_tensor
+from transmamba.ops.validate import check_finite, check_positive, check_shape, check_tensor
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_step"]
 
@@ -26,60 +26,50 @@ def _compute_dtype(*ts: torch.Tensor | None) -> torch.dtype:
 
 
 def _validate(u, delta, A, B, C, D, z, initial_state, *, step: bool = False) -> None:
-    """Check ranks, matching sizes and finiteness; raise ValueError naming the argument."""
-    if step:
-        check_tensor("u_t", u, 2, "(b, d)")
-        check_tensor("delta_t", delta, 2, "(b, d)")
-        bsz, d = u.shape
-        check_dim("delta_t", delta, 0, bsz, "u_t batch (b)")
-        check_dim("delta_t", delta, 1, d, "u_t channels (d)")
-        check_tensor("A", A, 2, "(d, n)")
-        check_dim("A", A, 0, d, "u_t channels (d)")
-        n = A.shape[1]
-        for name, t in (("B_t", B), ("C_t", C)):
-            check_tensor(name, t, 2, "(b, n)")
-            check_dim(name, t, 0, bsz, "u_t batch (b)")
-            check_dim(name, t, 1, n, "A state size (n)")
-        zname, zdoc, dname = "z_t", "(b, d)", "delta_t"
-        lead = (bsz,)
-    else:
-        check_tensor("u", u, 3, "(b, l, d)")
-        check_tensor("delta", delta, 3, "(b, l, d)")
-        bsz, l, d = u.shape
-        for i, (size, what) in enumerate(((bsz, "u batch (b)"), (l, "u length (l)"), (d, "u channels (d)"))):
-            check_dim("delta", delta, i, size, what)
-        check_tensor("A", A, 2, "(d, n)")
-        check_dim("A", A, 0, d, "u channels (d)")
-        n = A.shape[1]
-        for name, t in (("B", B), ("C", C)):
-            check_tensor(name, t, 3, "(b, l, n)")
-            check_dim(name, t, 0, bsz, "u batch (b)")
-            check_dim(name, t, 1, l, "u length (l)")
-            check_dim(name, t, 2, n, "A state size (n)")
-        zname, zdoc, dname = "z", "(b, l, d)", "delta"
-        lead = (bsz, l)
+    """Check ranks, matching sizes and finiteness; raise ValueError naming the argument.
+
+    step=True checks one decoding step: no length axis, names u_t, delta_t, B_t, C_t, z_t, state.
+    """
+    u_, dt_, B_, C_, z_ = (name + "_t" if step else name for name in ("u", "delta", "B", "C", "z"))
+    s_ = "state" if step else "initial_state"
+    rank, lead = (2, "b") if step else (3, "b, l")
+    check_tensor(u_, u, rank, f"({lead}, d)")
+    *bl, d = u.shape
+    lead_sizes = [(bl[0], f"{u_} batch (b)")] + [(l, "u length (l)") for l in bl[1:]]
+    check_shape(dt_, delta, rank, f"({lead}, d)", lead_sizes + [(d, f"{u_} channels (d)")])
+    check_shape("A", A, 2, "(d, n)", [(d, f"{u_} channels (d)")])
+    n = A.shape[1]
+    for name, t in ((B_, B), (C_, C)):
+        check_shape(name, t, rank, f"({lead}, n)", lead_sizes + [(n, "A state size (n)")])
     if D is not None:
-        check_tensor("D", D, 1, "(d,)")
-        check_dim("D", D, 0, d, "channels (d)")
+        check_shape("D", D, 1, "(d,)", [(d, "channels (d)")])
     if z is not None:
-        check_tensor(zname, z, len(lead) + 1, zdoc)
-        for i, size in enumerate(lead + (d,)):
-            check_dim(zname, z, i, size, "u")
-    sname = "state" if step else "initial_state"
+        check_shape(z_, z, rank, f"({lead}, d)", [(size, "u") for size in u.shape])
     if initial_state is not None:
-        check_tensor(sname, initial_state, 3, "(b, d, n)")
-        check_dim(sname, initial_state, 0, bsz, "batch (b)")
-        check_dim(sname, initial_state, 1, d, "channels (d)")
-        check_dim(sname, initial_state, 2, n, "A state size (n)")
-    names = [("u_t" if step else "u", u), (dname, delta), ("A", A), ("B_t" if step else "B", B),
-             ("C_t" if step else "C", C), ("D", D), (zname, z), (sname, initial_state)]
-    for name, t in names:
+        check_shape(s_, initial_state, 3, "(b, d, n)",
+                    [(bl[0], "batch (b)"), (d, "channels (d)"), (n, "A state size (n)")])
+    for name, t in ((u_, u), ("A", A), (B_, B), (C_, C), ("D", D), (z_, z), (s_, initial_state)):
         if t is not None:
             check_finite(name, t)
-    if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-        if delta.numel() and not bool((delta > 0).all()):
-            raise ValueError(f"{dname} must be positive (softplus already applied), "
-                             f"got min {delta.min().item():.3g} (shape {tuple(delta.shape)})")
+    check_positive(dt_, delta)
+
+
+def _cast_inputs(u, delta, A, B, C, D, z, initial_state):
+    """Validated (u, delta, A, B, C, h0) in the compute dtype; h0 = initial_state, or zeros "(b, d, n)"."""
+    _validate(u, delta, A, B, C, D, z, initial_state)
+    cd = _compute_dtype(u, delta, A, B, C, D, z, initial_state)
+    h0 = (initial_state.to(cd) if initial_state is not None
+          else u.new_zeros(u.shape[0], u.shape[2], A.shape[1], dtype=cd))
+    return (*(t.to(cd) for t in (u, delta, A, B, C)), h0)
+
+
+def _skip_and_gate(y, uf, D, z, dtype):
+    """(y + D * u) * silu(z), the D and z terms only when given, cast to `dtype` (y, uf: compute dtype)."""
+    if D is not None:
+        y = y + uf * D.to(y.dtype)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(dtype)
 
 
 def selective_scan_ref(u, delta, A, B, C, *, D=None, z=None, initial_state=None,
@@ -92,13 +82,8 @@ def selective_scan_ref(u, delta, A, B, C, *, D=None, z=None, initial_state=None,
     u, delta, z: (b, l, d); A: (d, n); B, C: (b, l, n); D: (d,); initial_state: (b, d, n).
     Returns y (b, l, d) in u's dtype, and the final state (b, d, n) if return_final_state.
     """
-    _validate(u, delta, A, B, C, D, z, initial_state)
-    cd = _compute_dtype(u, delta, A, B, C, D, z, initial_state)
+    uf, dtf, Af, Bf, Cf, h = _cast_inputs(u, delta, A, B, C, D, z, initial_state)
     bsz, l, d = u.shape
-    n = A.shape[1]
-    uf, dtf, Af, Bf, Cf = (t.to(cd) for t in (u, delta, A, B, C))
-    h = (initial_state.to(cd) if initial_state is not None
-         else uf.new_zeros(bsz, d, n))
     ys = []
     for t in range(l):
         dA = torch.exp(dtf[:, t, :, None] * Af)  # (b, d, n)
@@ -106,11 +91,7 @@ def selective_scan_ref(u, delta, A, B, C, *, D=None, z=None, initial_state=None,
         h = dA * h + dBu
         ys.append(torch.einsum("bdn,bn->bd", h, Cf[:, t]))
     y = torch.stack(ys, dim=1) if ys else uf.new_zeros(bsz, 0, d)
-    if D is not None:
-        y = y + uf * D.to(cd)
-    if z is not None:
-        y = y * F.silu(z.to(cd))
-    y = y.to(u.dtype)
+    y = _skip_and_gate(y, uf, D, z, u.dtype)
     return (y, h) if return_final_state else y
 
 
@@ -129,11 +110,7 @@ def selective_scan_step(state, u_t, delta_t, A, B_t, C_t, *, D=None, z_t=None):
     h = torch.exp(dtf[:, :, None] * A.to(cd)) * state.to(cd) \
         + dtf[:, :, None] * B_t.to(cd)[:, None, :] * uf[:, :, None]
     y = torch.einsum("bdn,bn->bd", h, C_t.to(cd))
-    if D is not None:
-        y = y + uf * D.to(cd)
-    if z_t is not None:
-        y = y * F.silu(z_t.to(cd))
-    return y.to(u_t.dtype), h
+    return _skip_and_gate(y, uf, D, z_t, u_t.dtype), h
 
 
 def _chunk_inputs(u, delta, At, B, s, e, a_out, x_out):
@@ -266,18 +243,9 @@ def selective_scan(u, delta, A, B, C, *, D=None, z=None, initial_state=None,
     chunk and runs the adjoint scan in reverse, so peak memory is O(b chunk d n), not O(b l d n).
     bf16/fp16 inputs are computed in float32; y is returned in u's dtype.
     """
-    _validate(u, delta, A, B, C, D, z, initial_state)
+    uf, dtf, Af, Bf, Cf, h0 = _cast_inputs(u, delta, A, B, C, D, z, initial_state)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    cd = _compute_dtype(u, delta, A, B, C, D, z, initial_state)
-    bsz, l, d = u.shape
-    n = A.shape[1]
-    uf, dtf, Af, Bf, Cf = (t.to(cd) for t in (u, delta, A, B, C))
-    h0 = initial_state.to(cd) if initial_state is not None else uf.new_zeros(bsz, d, n)
     y, h = _SelectiveScanFn.apply(uf, dtf, Af, Bf, Cf, h0, chunk_size)
-    if D is not None:
-        y = y + uf * D.to(cd)
-    if z is not None:
-        y = y * F.silu(z.to(cd))
-    y = y.to(u.dtype)
+    y = _skip_and_gate(y, uf, D, z, u.dtype)
     return (y, h) if return_final_state else y

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from transmamba.ops.validate import check_dim, check_divisible, check_finite, check_tensor
+from transmamba.ops.validate import (check_chunk_size, check_finite, check_groups, check_positive,
+                                     check_shape, check_tensor)
 
 __all__ = [
     "ssd_ref",
@@ -40,59 +41,38 @@ def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
-def _check_positive(name: str, t: torch.Tensor) -> None:
-    check_finite(name, t)
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return
-    if t.numel() and not bool((t > 0).all()):
-        raise ValueError(
-            f"{name} must be > 0 everywhere (softplus + bias applied), got min {t.min().item():.3g} "
-            f"(shape {tuple(t.shape)})"
-        )
-
-
-def _check_A_D(A, D, h: int) -> None:
-    check_tensor("A", A, 1, "(h,)")
-    check_dim("A", A, 0, h, f"h={h} heads of x")
+def _check_A_D(A, D, h: int, of: str = "x") -> None:
+    """A "(h,)" (finite) and D "(h,)" | None, where h is the number of heads of `of`."""
+    check_shape("A", A, 1, "(h,)", [(h, f"heads h={h} of {of}")])
     check_finite("A", A)
     if D is not None:
-        check_tensor("D", D, 1, "(h,)")
-        check_dim("D", D, 0, h, f"h={h} heads of x")
+        check_shape("D", D, 1, "(h,)", [(h, f"heads h={h} of {of}")])
 
 
 def _check_state(name: str, state, b: int, h: int, p: int, n: int) -> None:
-    check_tensor(name, state, 4, "(b, h, p, n)")
-    for dim, (size, what) in enumerate(
-        [(b, f"batch b={b}"), (h, f"heads h={h}"), (p, f"head dim p={p}"), (n, f"state dim n={n}")]
-    ):
-        check_dim(name, state, dim, size, what)
+    sizes = [(b, f"batch b={b}"), (h, f"heads h={h}"), (p, f"head dim p={p}"), (n, f"state dim n={n}")]
+    check_shape(name, state, 4, "(b, h, p, n)", sizes)
 
 
-def _check_seq_args(x, dt, A, B, C, D, initial_state) -> tuple[int, int, int, int, int, int]:
-    """Validate full-sequence arguments; returns (b, l, h, p, g, n)."""
-    check_tensor("x", x, 4, "(b, l, h, p)")
-    b, l, h, p = x.shape
-    check_tensor("dt", dt, 3, "(b, l, h)")
-    check_dim("dt", dt, 0, b, f"batch b={b} of x")
-    check_dim("dt", dt, 1, l, f"length l={l} of x")
-    check_dim("dt", dt, 2, h, f"heads h={h} of x")
-    check_tensor("B", B, 4, "(b, l, g, n)")
-    check_dim("B", B, 0, b, f"batch b={b} of x")
-    check_dim("B", B, 1, l, f"length l={l} of x")
-    g, n = B.shape[2], B.shape[3]
-    check_tensor("C", C, 4, "(b, l, g, n)")
-    check_dim("C", C, 0, b, f"batch b={b} of x")
-    check_dim("C", C, 1, l, f"length l={l} of x")
-    check_dim("C", C, 2, g, f"groups g={g} of B")
-    check_dim("C", C, 3, n, f"state dim n={n} of B")
-    if g < 1:
-        raise ValueError(f"B must have at least one group, got shape {tuple(B.shape)}")
-    check_divisible("h (heads of x)", h, "g (groups of B)", g)
-    _check_A_D(A, D, h)
-    if initial_state is not None:
-        _check_state("initial_state", initial_state, b, h, p, n)
-    _check_positive("dt", dt)
-    return b, l, h, p, g, n
+def _check_args(x, dt, A, B, C, D, state, *, step: bool = False) -> tuple[int, ...]:
+    """Validate full-sequence arguments and return (b, l, h, p, g, n); with step=True, those of one
+    decoding step (no length axis, names x_t, dt_t, B_t, C_t, state required) and (b, h, p, g, n)."""
+    x_, dt_, B_, C_ = (name + "_t" if step else name for name in ("x", "dt", "B", "C"))
+    lead = "b" if step else "b, l"
+    check_tensor(x_, x, 3 if step else 4, f"({lead}, h, p)")
+    *bl, h, p = x.shape
+    lead_sizes = [(size, f"{what}={size} of {x_}") for size, what in zip(bl, ("batch b", "length l"))]
+    check_shape(dt_, dt, len(bl) + 1, f"({lead}, h)", lead_sizes + [(h, f"heads h={h} of {x_}")])
+    check_shape(B_, B, len(bl) + 2, f"({lead}, g, n)", lead_sizes)
+    g, n = B.shape[-2:]
+    check_shape(C_, C, len(bl) + 2, f"({lead}, g, n)",
+                lead_sizes + [(g, f"groups g={g} of {B_}"), (n, f"state dim n={n} of {B_}")])
+    check_groups(B_, B, h, x_)
+    _check_A_D(A, D, h, x_)
+    if step or state is not None:
+        _check_state("state" if step else "initial_state", state, bl[0], h, p, n)
+    check_positive(dt_, dt)
+    return (*bl, h, p, g, n)
 
 
 # ------------------------------------------------------------------------------------ reference
@@ -119,7 +99,7 @@ def ssd_ref(x, dt, A, B, C, *, D=None, initial_state=None, return_final_state=Fa
     x "b l h p", dt "b l h", A "h", B/C "b l g n", D "h" | None, initial_state "b h p n" | None
     -> y "b l h p" (x's dtype) [, final_state "b h p n" (compute dtype)].
     """
-    b, l, h, p, g, n = _check_seq_args(x, dt, A, B, C, D, initial_state)
+    b, l, h, p, g, n = _check_args(x, dt, A, B, C, D, initial_state)
     ct = _compute_dtype(x.dtype, dt.dtype, B.dtype, C.dtype)
     r = h // g
     xs = x.to(ct)
@@ -151,24 +131,7 @@ def ssd_step(state, x_t, dt_t, A, B_t, C_t, *, D=None):
     state "b h p n", x_t "b h p", dt_t "b h", A "h", B_t/C_t "b g n", D "h" | None
     -> (y_t "b h p" in x_t's dtype, new_state "b h p n" in the compute dtype).
     """
-    check_tensor("x_t", x_t, 3, "(b, h, p)")
-    b, h, p = x_t.shape
-    check_tensor("dt_t", dt_t, 2, "(b, h)")
-    check_dim("dt_t", dt_t, 0, b, f"batch b={b} of x_t")
-    check_dim("dt_t", dt_t, 1, h, f"heads h={h} of x_t")
-    check_tensor("B_t", B_t, 3, "(b, g, n)")
-    check_dim("B_t", B_t, 0, b, f"batch b={b} of x_t")
-    g, n = B_t.shape[1], B_t.shape[2]
-    check_tensor("C_t", C_t, 3, "(b, g, n)")
-    check_dim("C_t", C_t, 0, b, f"batch b={b} of x_t")
-    check_dim("C_t", C_t, 1, g, f"groups g={g} of B_t")
-    check_dim("C_t", C_t, 2, n, f"state dim n={n} of B_t")
-    if g < 1:
-        raise ValueError(f"B_t must have at least one group, got shape {tuple(B_t.shape)}")
-    check_divisible("h (heads of x_t)", h, "g (groups of B_t)", g)
-    _check_A_D(A, D, h)
-    _check_state("state", state, b, h, p, n)
-    _check_positive("dt_t", dt_t)
+    b, h, p, g, n = _check_args(x_t, dt_t, A, B_t, C_t, D, state, step=True)
     ct = _compute_dtype(x_t.dtype, dt_t.dtype, B_t.dtype, C_t.dtype, state.dtype)
     x32 = x_t.to(ct)
     y_t, new_state = _step(state.to(ct), x32, dt_t.to(ct), A.to(ct), B_t.to(ct), C_t.to(ct), h // g)
@@ -264,9 +227,8 @@ def ssd_chunked(x, dt, A, B, C, *, chunk_size=64, D=None, initial_state=None, re
     -> y "b l h p" (x's dtype) [, final_state "b h p n" (compute dtype)].
     Any l (padded inside to a multiple of chunk_size); fp16/bf16 accumulate in float32.
     """
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    b, l, h, p, g, n = _check_seq_args(x, dt, A, B, C, D, initial_state)
+    check_chunk_size(chunk_size)
+    b, l, h, p, g, n = _check_args(x, dt, A, B, C, D, initial_state)
     ct = _compute_dtype(x.dtype, dt.dtype, B.dtype, C.dtype)
     r = h // g
     if l == 0:

@@ -42,3 +42,36 @@ def check_divisible(name_a: str, a: int, name_b: str, b: int) -> None:
     """a is divisible by b."""
     if b <= 0 or a % b != 0:
         raise ValueError(f"{name_a}={a} must be divisible by {name_b}={b}")
+
+
+def check_shape(name: str, t, rank: int, doc: str, sizes) -> torch.Tensor:
+    """check_tensor, then t.shape[i] == size for each (size, what) in `sizes`, from dim 0 on."""
+    check_tensor(name, t, rank, doc)
+    for dim, (size, what) in enumerate(sizes):
+        check_dim(name, t, dim, size, what)
+    return t
+
+
+def check_positive(name: str, t: torch.Tensor) -> None:
+    """t is finite and > 0 everywhere, as a softplus output is (skipped while tracing/compiling)."""
+    check_finite(name, t)
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return
+    if t.numel() and not bool((t > 0).all()):
+        raise ValueError(f"{name} must be positive (softplus already applied), "
+                         f"got min {t.min().item():.3g} (shape {tuple(t.shape)})")
+
+
+def check_chunk_size(chunk_size) -> None:
+    """chunk_size is a positive int (not a bool)."""
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def check_groups(name: str, t: torch.Tensor, h: int, heads_of: str) -> int:
+    """t "... g n" has g >= 1 groups that split the h heads of `heads_of` evenly; returns g."""
+    g = t.shape[-2]
+    if g < 1:
+        raise ValueError(f"{name} must have at least one group, got shape {tuple(t.shape)}")
+    check_divisible(f"h (heads of {heads_of})", h, f"g (groups of {name})", g)
+    return g
