@@ -6,34 +6,16 @@ first 4 x 256 held-out tokens at P = L (attention path), P = 0 (SSM path) and th
 Usage: .venv/bin/python experiments/ssm_calibration.py
 """
 
-import math
 import time
 
-import numpy as np
 import torch
 
-from transmamba.adapt.llama_to_switch import (calibrate, full_plan, init_from_teacher, plan_subclone,
-                                              switch_config_from_teacher)
+from transmamba.adapt.llama_to_switch import full_plan, init_from_teacher, plan_subclone, switch_config_from_teacher
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
-from transmamba.data.text import eval_batches, token_ids
-from transmamba.models.hf_llama import load_teacher, teacher_spec
 from transmamba.models.lm import LM
 from transmamba.schedule import ATTENTION_ONLY
 
-teacher, _ = load_teacher("smollm2")
-spec = teacher_spec(teacher)
-train, val = token_ids("train", "smollm2"), token_ids("val", "smollm2")
-starts = np.linspace(0, len(train) - 300, 8).astype(int)
-calib = torch.from_numpy(np.stack([np.asarray(train[s:s + 256], dtype=np.int64) for s in starts]))
-cal = calibrate(teacher, calib[:4])
-x, y = next(eval_batches(val, 4, 256))
-staggered = {"name": "staggered", "period": 8, "span": 256}
-
-
-def ppl(model, P):
-    with torch.no_grad():
-        return math.exp(float(model(x, targets=y, transpoints=P)[1]))
-
+from _smollm2_setup import cal, calib, ppl, spec, staggered, teacher
 
 print("| student | SSM path | ppl P=L | ppl P=0 | ppl staggered | mean cos(SSM, attention) | decays chosen |")
 print("|---|---|---|---|---|---|---|")
