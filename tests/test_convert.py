@@ -78,3 +78,15 @@ def test_synthetic_decode_caches_time_the_same_work_as_real_ones():
     assert cache_nbytes(fake) <= cache_nbytes(real)  # real KV buffers may hold spare capacity
     with torch.no_grad():
         assert m.step(torch.tensor([3]), fake).shape == (1, 50)
+
+
+def test_bench_student_option_errors(capsys):
+    """`bench --student` names a convert config: a missing file or another bench is a clear error."""
+    from transmamba.bench.convert import run
+    from transmamba.cli import main
+
+    with pytest.raises(FileNotFoundError, match="no/such.yaml"):
+        run(student="no/such.yaml")
+    with pytest.raises(SystemExit):
+        main(["bench", "lm", "--student", "configs/convert/smollm2-switch.yaml"])
+    assert "--student applies to 'bench convert' only" in capsys.readouterr().err

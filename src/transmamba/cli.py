@@ -43,14 +43,19 @@ def _bench(argv):
     p.add_argument("--json", action="store_true", help="print one JSON object {'results': [...]}")
     p.add_argument("--quick", action="store_true", help="a short run (under ~40 s)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both sides (default: torch's)")
+    p.add_argument("--student", default=None, help="convert only: the student's convert config "
+                   "(default configs/convert/smollm2-switch.yaml)")
     args = p.parse_args(argv)
+    if args.student and args.what != "convert":
+        p.error(f"--student applies to 'bench convert' only, not {args.what!r}")
     import torch
 
     from transmamba.bench.harness import emit
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = importlib.import_module(BENCHES[args.what]).run(quick=args.quick)
+    kw = {"student": args.student} if args.student else {}
+    rows = importlib.import_module(BENCHES[args.what]).run(quick=args.quick, **kw)
     for r in rows:
         r.setdefault("threads", torch.get_num_threads())
     emit(rows, args.json)

@@ -76,8 +76,9 @@ def _decode_teacher(teacher, context: int, n_tokens: int, synthetic: bool = Fals
     return ms, _teacher_kv_bytes(state["past"]) / 2**20
 
 
-def rows(prefill_Ls=(4096, 16384), decode_contexts=(1024, 8192), n_decode=8, reps=1) -> list[dict]:
-    teacher, student = build_pair()
+def rows(prefill_Ls=(4096, 16384), decode_contexts=(1024, 8192), n_decode=8, reps=1,
+         student_config: str = STUDENT_CONFIG) -> list[dict]:
+    teacher, student = build_pair(student_config)
     out = []
     for L in prefill_Ls:
         idx = torch.randint(0, student.cfg.vocab_size, (1, L))
@@ -85,16 +86,23 @@ def rows(prefill_Ls=(4096, 16384), decode_contexts=(1024, 8192), n_decode=8, rep
             t_s = time_ms(lambda: student(idx), reps=reps, warmup=0)
             t_t = time_ms(lambda: teacher(idx, use_cache=False), reps=reps, warmup=0)
         out.append(row("convert prefill", L, t_s, t_t, tok_per_s_ours=round(L / t_s * 1e3, 1),
-                       tok_per_s_peer=round(L / t_t * 1e3, 1)))
+                       tok_per_s_peer=round(L / t_t * 1e3, 1), student=student_config))
     for C in decode_contexts:
         ms_s, mb_s = _decode(student, C, n_decode, synthetic=True, warmup=1, max_s=60)
         ms_t, mb_t = _decode_teacher(teacher, C, n_decode, synthetic=True)
         out.append(row("convert decode ms/token", C, ms_s, ms_t, tok_per_s_ours=round(1e3 / ms_s, 2),
-                       tok_per_s_peer=round(1e3 / ms_t, 2), ours_cache_mb=round(mb_s, 2), peer_cache_mb=round(mb_t, 2)))
+                       tok_per_s_peer=round(1e3 / ms_t, 2), ours_cache_mb=round(mb_s, 2), peer_cache_mb=round(mb_t, 2),
+                       student=student_config))
     return out
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, student: str | None = None) -> list[dict]:
+    """`student`: a convert config (default `STUDENT_CONFIG`); TM_PREFILL_LS="4096,16384" sets the
+    prefill lengths."""
+    student = student or STUDENT_CONFIG
+    if not os.path.exists(student):
+        raise FileNotFoundError(f"student config {student!r} not found")
     if quick:
-        return rows(prefill_Ls=(1024,), decode_contexts=(1024,), n_decode=4)
-    return rows(prefill_Ls=tuple(int(x) for x in os.environ.get("TM_PREFILL_LS", "4096,16384").split(",")))
+        return rows(prefill_Ls=(1024,), decode_contexts=(1024,), n_decode=4, student_config=student)
+    Ls = tuple(int(x) for x in os.environ.get("TM_PREFILL_LS", "4096,16384").split(",") if x)
+    return rows(prefill_Ls=Ls, student_config=student)
