@@ -44,7 +44,7 @@ def _bench(argv):
     p.add_argument("--quick", action="store_true", help="a short run (under ~40 s)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both sides (default: torch's)")
     p.add_argument("--student", default=None, help="convert only: the student's convert config "
-                   "(default configs/convert/smollm2-switch.yaml)")
+                   "(default configs/convert/smollm2-switch-wide.yaml)")
     args = p.parse_args(argv)
     if args.student and args.what != "convert":
         p.error(f"--student applies to 'bench convert' only, not {args.what!r}")

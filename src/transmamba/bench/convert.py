@@ -1,8 +1,8 @@
 """`transmamba bench convert`: the converted TransMamba-Switch student vs its teacher (SmolLM2-135M).
 
 Rows: prefill time of L tokens (batch 1), and decoding ms/token at a context of L tokens, with the
-memory the decoding caches hold. ours = the student of `configs/convert/smollm2-switch.yaml`
-(architecture only: speed does not depend on the weights), peer = the teacher through Hugging
+memory the decoding caches hold. ours = the student of `configs/convert/smollm2-switch-wide.yaml`
+(or `--student CONFIG`; architecture only: speed does not depend on the weights), peer = the teacher through Hugging
 Face transformers (its KV cache). Past its TransPoints the student's layers keep a constant-size
 SSM state instead of a growing KV cache.
 
@@ -23,7 +23,7 @@ import torch
 from transmamba.bench.harness import row, time_ms
 from transmamba.bench.lm import _decode
 
-STUDENT_CONFIG = "configs/convert/smollm2-switch.yaml"
+STUDENT_CONFIG = "configs/convert/smollm2-switch-wide.yaml"
 
 
 def build_pair(student_config: str = STUDENT_CONFIG):
