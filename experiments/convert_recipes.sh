@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Issue 6 evaluation: SmolLM2-135M -> TransMamba-Switch student, recipes compared at equal tokens.
 # Results: <out_dir>/<name>/summary.json, report.md, loss_curve.png.
-# Usage: bash experiments/convert_recipes.sh [tokens] [out_dir] [extra convert args...]
-#        (defaults 40000 runs/convert)
+# Usage: [CFG=student.yaml] [ONLY="full scratch"] bash experiments/convert_recipes.sh [tokens] [out_dir] [extra convert args...]
+#        (defaults: CFG configs/convert/smollm2-switch.yaml, all four runs, 40000 runs/convert)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOKENS=${1:-40000}
 OUT=${2:-runs/convert}
 shift $(( $# > 2 ? 2 : $# ))
-CFG=configs/convert/smollm2-switch.yaml
+CFG=${CFG:-configs/convert/smollm2-switch.yaml}
 run() { name=$1; shift; [ -f $OUT/$name/summary.json ] && return 0
+        [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return 0
         .venv/bin/transmamba convert --teacher smollm2 --student $CFG --name $name --out_dir $OUT \
             --train.tokens $TOKENS --quiet "$@"; }
 run full        "$@"
