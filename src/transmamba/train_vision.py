@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from transmamba.config import dump_yaml, load_config
+from transmamba.data.augment import shift_flip
 from transmamba.data.fashion_mnist import load_image_dataset, subset, to_tensors
 from transmamba.data.moving_fmnist import make_moving_clips, num_classes
 from transmamba.run_log import MetricsLog
@@ -47,6 +48,7 @@ TRAIN_DEFAULTS = {
     "epochs": 2, "batch_size": 128, "eval_batch_size": 500, "lr": 1e-3, "weight_decay": 0.05,
     "warmup_steps": 50, "grad_clip": 1.0, "seed": 0, "max_steps": None, "log_every": 20,
     "threads": None, "progress": True, "save": True,
+    "augment": {"shift": 0, "flip": False},  # data.augment.shift_flip on each training batch (images only)
 }
 TEACHER_DEFAULTS = {
     "out_dir": "runs/vision/teacher-fmnist",
@@ -106,7 +108,8 @@ def load_data(dcfg: dict) -> dict:
     train = to_tensors(tr_img, tr_lab, mean, std)
     test = to_tensors(te_img, te_lab, mean, std)
     return {"train": train, "test": test, "num_classes": n_cls, "img_size": int(tr_img.shape[-1]),
-            "video": video, "frames": int(tr_img.shape[1]) if video else 1}
+            "video": video, "frames": int(tr_img.shape[1]) if video else 1,
+            "fill": -mean / max(std, 1e-6)}  # a black pixel after normalisation
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator | None):
@@ -241,13 +244,25 @@ def run_training(model, data: dict, tcfg: dict, out_dir: Path, loss_fn, *, extra
     save_fn(epoch, step, top1)."""
     x_tr, y_tr = data["train"]
     x_te, y_te = data["test"]
+    aug = tcfg.get("augment") or {}
+    if aug.get("shift") or aug.get("flip"):
+        if data["video"]:
+            raise ValueError("train.augment (shift/flip) is for image datasets; clips would lose their motion labels")
+        gen = torch.Generator().manual_seed(int(tcfg["seed"]) + 1)
+        fill = float(data.get("fill", 0.0))
+
+        def batch(idx):
+            return shift_flip(x_tr[idx], int(aug.get("shift") or 0), bool(aug.get("flip")), fill, gen)
+    else:
+        def batch(idx):
+            return x_tr[idx]
 
     def evaluate_fn():
         loss, acc = evaluate(model, x_te, y_te, tcfg["eval_batch_size"])
         return {"test_loss": loss, "test_top1": acc}
 
     save = None if save_fn is None else (lambda epoch, step, ev: save_fn(epoch, step, ev["test_top1"]))
-    return train_loop(model, len(x_tr), lambda idx: loss_fn(x_tr[idx], y_tr[idx]), evaluate_fn, tcfg,
+    return train_loop(model, len(x_tr), lambda idx: loss_fn(batch(idx), y_tr[idx]), evaluate_fn, tcfg,
                       out_dir, extra_modules=extra_modules, save_fn=save, desc=desc)
 
 
