@@ -1,16 +1,10 @@
 """Print the main-v2 grid (runs/vision/main-v2) next to the v1 grid (runs/vision/main) as markdown."""
-import json
 from pathlib import Path
+
+from _vision_results import read_result as get
 
 ROOT = Path(__file__).resolve().parent.parent / "runs/vision/main-v2"
 V1 = ROOT.parent / "main"
-
-
-def get(d, key="test_top1"):
-    f = d / "result.json"
-    if not f.exists():
-        return None
-    return json.loads(f.read_text()).get(key)
 
 
 def fmt(v, pct=True):

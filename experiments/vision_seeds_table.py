@@ -2,18 +2,25 @@
 scratch at 100% and TransMamba at 50% (layered init of n = 2 layers, and n = 4 where run), and the gap
 between them. Seed 0 with n = 2 is read from runs/vision/strong-teacher, the rest from
 runs/vision/seeds/<arch>-<mode>-f<f>-s<seed>[-n4]."""
-import json
 import statistics
 from pathlib import Path
 
+from _vision_results import read_result
+
 RUNS = Path(__file__).resolve().parent.parent / "runs/vision"
+SEEDS = (0, 1, 2)
+CELLS = {  # name: (mode, fraction, run suffix)
+    "TransMamba 50%, n = 2": ("transmamba", "0.5", ""),
+    "TransMamba 50%, n = 4": ("transmamba", "0.5", "-n4"),
+    "scratch 100%": ("scratch", "1.0", ""),
+}
 
 
-def top1(arch, mode, frac, seed, suffix=""):
+def top1(arch, mode, frac, seed, suffix):
     run = (RUNS / "strong-teacher" / f"{arch}-{mode}-f{frac}" if seed == 0 and not suffix
            else RUNS / "seeds" / f"{arch}-{mode}-f{frac}-s{seed}{suffix}")
-    f = run / "result.json"
-    return 100 * json.loads(f.read_text())["test_top1"] if f.exists() else None
+    v = read_result(run)
+    return None if v is None else 100 * v
 
 
 def summary(xs):
@@ -24,27 +31,23 @@ def summary(xs):
     return f"{statistics.mean(xs):.2f}{sd} (n={len(xs)})"
 
 
-seeds = (0, 1, 2)
-print("| student | cell | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |")
-print("|---|---|" + "---|" * (len(seeds) + 1))
-gaps = {}
-for arch in ("vim", "vmamba", "plainmamba"):
-    for mode, frac, suffix, name in (("transmamba", "0.5", "", "TransMamba 50%, n = 2"),
-                                     ("transmamba", "0.5", "-n4", "TransMamba 50%, n = 4"),
-                                     ("scratch", "1.0", "", "scratch 100%")):
-        xs = [top1(arch, mode, frac, s, suffix) for s in seeds]
-        if all(x is None for x in xs):
-            continue
-        text = summary(xs)
-        cells = " | ".join("—" if x is None else f"{x:.2f}" for x in xs)
-        print(f"| {arch} | {name} | {cells} | {text} |")
-    gaps[arch] = [[a - b for a, b in zip((top1(arch, "transmamba", "0.5", s, suffix) for s in seeds),
-                                          (top1(arch, "scratch", "1.0", s) for s in seeds))
-                   if a is not None and b is not None] for suffix in ("", "-n4")]
+def gap_cells(tm, scratch):
+    g = [a - b for a, b in zip(tm, scratch) if a is not None and b is not None]
+    return " / ".join(f"{x:+.2f}" for x in g) or "—", f"{statistics.mean(g):+.2f}" if g else "—"
+
+
+results = {arch: {name: [top1(arch, *cell[:2], s, cell[2]) for s in SEEDS] for name, cell in CELLS.items()}
+           for arch in ("vim", "vmamba", "plainmamba")}
+print("| student | cell | " + " | ".join(f"seed {s}" for s in SEEDS) + " | mean ± sd |")
+print("|---|---|" + "---|" * (len(SEEDS) + 1))
+for arch, cells in results.items():
+    for name, xs in cells.items():
+        if any(x is not None for x in xs):
+            print(f"| {arch} | {name} | " + " | ".join("—" if x is None else f"{x:.2f}" for x in xs)
+                  + f" | {summary(xs)} |")
 print()
 print("| student | gap per seed, TransMamba 50% − scratch 100%: n = 2 | mean | n = 4 | mean |")
 print("|---|---|---|---|---|")
-for arch, per_n in gaps.items():
-    cells = [(" / ".join(f"{x:+.2f}" for x in g) or "—", f"{statistics.mean(g):+.2f}" if g else "—")
-             for g in per_n]
-    print(f"| {arch} | " + " | ".join(f"{a} | {b}" for a, b in cells) + " |")
+for arch, cells in results.items():
+    gaps = [gap_cells(cells[f"TransMamba 50%, n = {n}"], cells["scratch 100%"]) for n in (2, 4)]
+    print(f"| {arch} | " + " | ".join(f"{a} | {b}" for a, b in gaps) + " |")

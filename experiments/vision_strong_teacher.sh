@@ -5,19 +5,14 @@
 #   bash experiments/vision_strong_teacher.sh [arch...]      (default: vim vmamba plainmamba)
 # Table: .venv/bin/python experiments/vision_strong_teacher_table.py
 cd "$(dirname "$0")/.."
+source experiments/_vision_run.sh
 TEACHER=${TEACHER:-runs/vision/teacher-fmnist-strong}
 ROOT=${ROOT:-runs/vision/strong-teacher}
 ARCHS=${@:-vim vmamba plainmamba}
 mkdir -p $ROOT
-[ -f $TEACHER/result.json ] || .venv/bin/transmamba train-teacher \
-    --config configs/vision/teacher-fmnist-strong.yaml --out_dir $TEACHER --train.progress false
+strong_teacher $TEACHER
 run() {  # arch mode fraction tag [extra args]
-  local out=$ROOT/$1-$2-f$3$4
-  if [ -f "$out/result.json" ]; then echo "skip $out"; return; fi
-  echo "$(date -u +%T) start $out"
-  .venv/bin/transmamba distill --config configs/vision/$1-fmnist.yaml --teacher $TEACHER \
-    --mode $2 --data.fraction $3 --init.layers 2 --out_dir $out --train.progress false "${@:5}" > $out.log 2>&1
-  echo "$(date -u +%T) done $out rc=$?"
+  vision_run $ROOT/$1-$2-f$3$4 $1 $2 $3 --teacher $TEACHER --init.layers 2 "${@:5}"
 }
 for a in $ARCHS; do run $a scratch 1.0 ""; done   # same-session re-run of the v2 scratch rows
 for a in $ARCHS; do

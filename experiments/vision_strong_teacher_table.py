@@ -1,15 +1,15 @@
 """Markdown table of runs/vision/strong-teacher (experiments/vision_strong_teacher.sh), test top-1 in %.
 The default-teacher rows it is compared with are the v2 grid's (docs/results.md)."""
-import json
 import sys
 from pathlib import Path
+
+from _vision_results import read_result
 
 ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "runs/vision/strong-teacher"
 
 
 def get(run, key="test_top1"):
-    f = ROOT / run / "result.json"
-    v = json.loads(f.read_text()).get(key) if f.exists() else None
+    v = read_result(ROOT / run, key)
     return "—" if v is None else f"{100 * v:.2f}"
 
 

@@ -1,0 +1,18 @@
+# Sourced by the vision experiment scripts (run from the repository root).
+
+# vision_run OUT ARCH MODE FRACTION [more distill args...]: one `transmamba distill` run of
+# configs/vision/ARCH-fmnist.yaml into OUT, logged to OUT.log; skipped if OUT/result.json exists.
+vision_run() {
+  local out=$1 arch=$2 mode=$3 frac=$4; shift 4
+  if [ -f "$out/result.json" ]; then echo "skip $out"; return; fi
+  echo "$(date -u +%T) start $out"
+  .venv/bin/transmamba distill --config configs/vision/$arch-fmnist.yaml --mode $mode \
+    --data.fraction $frac --out_dir $out --train.progress false "$@" > $out.log 2>&1
+  echo "$(date -u +%T) done $out rc=$?"
+}
+
+# strong_teacher DIR: train configs/vision/teacher-fmnist-strong.yaml into DIR unless it is there.
+strong_teacher() {
+  [ -f $1/result.json ] || .venv/bin/transmamba train-teacher \
+    --config configs/vision/teacher-fmnist-strong.yaml --out_dir $1 --train.progress false
+}
