@@ -459,7 +459,8 @@ def distill_main(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    """`python -m transmamba.train_vision {train-teacher,distill} ...` (until cli.py wires them)."""
+    """`python -m transmamba.train_vision {train-teacher,distill} ...`: the same entry points as
+    `transmamba train-teacher|distill` (cli.py), kept because earlier recorded experiment commands use it."""
     parser = argparse.ArgumentParser(prog="transmamba.train_vision")
     parser.add_argument("command", choices=["train-teacher", "distill"])
     args, rest = parser.parse_known_args(argv)
