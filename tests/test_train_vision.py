@@ -5,12 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from transmamba.data import fashion_mnist as fm
 from transmamba.data.moving_fmnist import DIRECTIONS, item_path, make_moving_clips
 from transmamba.run_log import read_metrics
 from transmamba.train_vision import (DISTILL_DEFAULTS, distill_main, load_data, lr_at,
-                                     param_groups, train_teacher_main)
+                                     param_groups, teacher_initialised_params, train_loop,
+                                     train_teacher_main)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,6 +110,37 @@ def test_lr_schedule_and_param_groups():
     nd = [names[id(p)] for p in no_decay["params"]]
     assert {"pos_embed", "cls_token", "blocks.0.mixer.A_log", "blocks.0.mixer.D"} <= set(nd)
 
+
+
+def test_lr_scale_groups_and_frozen_copied_layers(tmp_path):
+    """init.lr_scale: the teacher-initialised params get their own groups (decay split kept), and
+    the loop scales their lr: with scale 0 they do not move while the rest trains."""
+    from transmamba.models.vision import build_student
+
+    torch.manual_seed(0)
+    m = build_student(dict(arch="vim", img_size=8, patch_size=2, d_model=8, depth=2, num_classes=3))
+    names = {id(p): n for n, p in m.named_parameters()}
+    copied = teacher_initialised_params(m, 1)
+    cn = {names[id(p)] for p in copied}
+    assert {"patch_embed.weight", "pos_embed", "cls_token", "head.weight", "norm_f.weight",
+            "blocks.0.mixer.in_proj.weight", "blocks.0.mixer.A_log"} <= cn
+    assert not any(n.startswith("blocks.1.") for n in cn)
+    groups = param_groups([m], 0.1, {id(p): 0.0 for p in copied})
+    scaled = [g for g in groups if g["lr_scale"] == 0.0]
+    assert {id(p) for g in scaled for p in g["params"]} == {id(p) for p in copied}
+    assert {g["weight_decay"] for g in scaled} == {0.0, 0.1}
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,))
+    tcfg = dict(epochs=1, batch_size=8, lr=1e-2, weight_decay=0.05, warmup_steps=1, grad_clip=1.0,
+                seed=0, max_steps=None, log_every=100, progress=False)
+    train_loop(m, 32, lambda idx: (F.cross_entropy(m(x[idx]), y[idx]), {"task_loss": 0.0}),
+               lambda: {}, tcfg, tmp_path, lr_scale={id(p): 0.0 for p in copied})
+    for n, p in m.named_parameters():
+        if n in cn:
+            assert torch.equal(p, before[n]), n
+    assert not torch.equal(m.blocks[1].mixer.in_proj.weight, before["blocks.1.mixer.in_proj.weight"])
 
 TEACHER_ARGS = ["--data.dataset", "digits", "--vit.patch_size", "2", "--vit.d_model", "16",
                 "--vit.depth", "2", "--vit.num_heads", "2", "--vit.d_ff", "32", "--train.epochs", "1",

@@ -67,7 +67,9 @@ DISTILL_DEFAULTS = {
                 "d_state": 16, "d_conv": None, "expand": 2.0, "mlp_ratio": None, "norm": None,
                 "bias": False, "tubelet": 1},
     "init": {"subclone": True, "layers": None, "mixer": "mapped", "mean_decay": 1.0,
-             "lin_scale": 0.0},
+             "lin_scale": 0.0, "lr_scale": 1.0, "calibrate": False, "calibrate_mlp": False,
+             "calibrate_head": False,
+             "ridge": 1e-3},
     "distill": {"enabled": True, "form": "paper", "adaptive": True, "alpha": 0.9,
                 "kd_weight": 0.0, "temperature": 2.0, "calib_hidden": None, "eps": 0.05},
     "train": copy.deepcopy(TRAIN_DEFAULTS),
@@ -136,9 +138,14 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> 
 # optimisation
 
 
-def param_groups(modules, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay for biases, norms, embeddings/tokens, A_log, D, 1-D params."""
-    decay, no_decay, seen = [], [], set()
+def param_groups(modules, weight_decay: float, lr_scale: dict | None = None) -> list[dict]:
+    """AdamW groups: no decay for biases, norms, embeddings/tokens, A_log, D, 1-D params.
+
+    lr_scale: {id(param): s} puts those params into their own groups with "lr_scale": s (the
+    training loop sets such a group's lr to s * the schedule's lr); every group carries "lr_scale"."""
+    lr_scale = lr_scale or {}
+    groups: dict[tuple[bool, float], list] = {}
+    seen = set()
     for module in modules:
         for name, p in module.named_parameters():
             if not p.requires_grad or id(p) in seen:
@@ -147,8 +154,10 @@ def param_groups(modules, weight_decay: float) -> list[dict]:
             skip = (p.dim() < 2 or getattr(p, "_no_weight_decay", False) or
                     any(k in name for k in ("pos_embed", "cls_token", "dist_token", "temporal_pos",
                                             "dir_embed", "A_log")))
-            (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((not skip, float(lr_scale.get(id(p), 1.0))), []).append(p)
+    keys = [(True, 1.0), (False, 1.0)] + sorted(k for k in groups if k[1] != 1.0)
+    return [{"params": groups.get(k, []), "weight_decay": weight_decay if k[0] else 0.0,
+             "lr_scale": k[1]} for k in keys]
 
 
 def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
@@ -180,19 +189,21 @@ class _threads:
 
 
 def train_loop(model, n_train: int, batch_loss, evaluate_fn, tcfg: dict, out_dir: Path, *,
-               fields=METRIC_FIELDS, extra_modules=(), save_fn=None, desc: str = "train") -> dict:
+               fields=METRIC_FIELDS, extra_modules=(), save_fn=None, desc: str = "train",
+               lr_scale: dict | None = None) -> dict:
     """Generic loop: AdamW + warmup/cosine, tqdm bar, metrics CSV, eval each epoch, atomic saves.
 
     batch_loss(idx) -> (loss, {"task_loss", ...} floats) for the training examples idx of n_train;
     evaluate_fn() -> {"test_...": value} each epoch (logged where `fields` has the column);
-    save_fn(epoch, step, evaluation). Returns the last evaluation, steps, losses and times."""
+    save_fn(epoch, step, evaluation); lr_scale: {id(param): multiplier of the scheduled lr}.
+    Returns the last evaluation, steps, losses and times."""
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(int(tcfg["seed"]))
     steps_per_epoch = math.ceil(n_train / tcfg["batch_size"])
     total = steps_per_epoch * int(tcfg["epochs"])
     if tcfg.get("max_steps"):
         total = min(total, int(tcfg["max_steps"]))
-    opt = torch.optim.AdamW(param_groups([model, *extra_modules], tcfg["weight_decay"]),
+    opt = torch.optim.AdamW(param_groups([model, *extra_modules], tcfg["weight_decay"], lr_scale),
                             lr=tcfg["lr"], betas=(0.9, 0.999))
     params = [p for g in opt.param_groups for p in g["params"]]
     log = MetricsLog(out_dir / "metrics.csv", fields)
@@ -206,7 +217,7 @@ def train_loop(model, n_train: int, batch_loss, evaluate_fn, tcfg: dict, out_dir
                 break
             lr = lr_at(step, total, tcfg["lr"], int(tcfg["warmup_steps"]))
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g["lr_scale"]
             loss, parts = batch_loss(idx)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
@@ -238,7 +249,7 @@ def train_loop(model, n_train: int, batch_loss, evaluate_fn, tcfg: dict, out_dir
 
 
 def run_training(model, data: dict, tcfg: dict, out_dir: Path, loss_fn, *, extra_modules=(),
-                 save_fn=None, desc: str = "train") -> dict:
+                 save_fn=None, desc: str = "train", lr_scale: dict | None = None) -> dict:
     """`train_loop` for image/clip classification: loss_fn(x, y) -> (loss, {"task_loss",
     "distill_loss", "kd_loss", "mean_cos"} floats), test loss and top-1 each epoch,
     save_fn(epoch, step, top1)."""
@@ -263,7 +274,7 @@ def run_training(model, data: dict, tcfg: dict, out_dir: Path, loss_fn, *, extra
 
     save = None if save_fn is None else (lambda epoch, step, ev: save_fn(epoch, step, ev["test_top1"]))
     return train_loop(model, len(x_tr), lambda idx: loss_fn(batch(idx), y_tr[idx]), evaluate_fn, tcfg,
-                      out_dir, extra_modules=extra_modules, save_fn=save, desc=desc)
+                      out_dir, extra_modules=extra_modules, save_fn=save, desc=desc, lr_scale=lr_scale)
 
 
 def _write_result(out_dir: Path, result: dict, cfg: dict) -> None:
@@ -347,8 +358,17 @@ def train_teacher_main(argv=None) -> int:
 # distill
 
 
+def teacher_initialised_params(student, n_layers: int) -> list:
+    """The student's parameters that `transfer_vit_to_student(..., n_layers)` fills from the teacher:
+    embeddings, class/position tokens, final norm, head and every parameter of blocks 0..n-1."""
+    prefixes = ("patch_embed.", "cls_token", "pos_embed", "temporal_pos", "norm_f.", "head.",
+                *(f"blocks.{i}." for i in range(n_layers)))
+    return [p for name, p in student.named_parameters() if name.startswith(prefixes)]
+
+
 def build_distill_run(cfg: dict, data: dict):
     """Student, teacher (or None), the DirectionalDistillLoss (or None) and the init report."""
+    from transmamba.adapt.block_calibration import calibrate_head_, calibrate_out_proj_
     from transmamba.adapt.distill import DirectionalDistillLoss
     from transmamba.adapt.layered_init import default_init_layers, transfer_vit_to_student
     from transmamba.models.teachers import load_pretrained_vit
@@ -383,7 +403,16 @@ def build_distill_run(cfg: dict, data: dict):
                                       mean_decay=float(cfg["init"]["mean_decay"]),
                                       lin_scale=float(cfg["init"]["lin_scale"]))
         resid_idx = rep["resid_idx"]
+        if cfg["init"].get("calibrate"):
+            mlp = rep["free_channels"] if cfg["init"].get("calibrate_mlp") else None
+            rep["copied"] += calibrate_out_proj_(teacher, student, n, calib, resid_idx,
+                                                 float(cfg["init"]["ridge"]), mlp)
+        if cfg["init"].get("calibrate_head"):
+            rep["copied"].append(calibrate_head_(teacher, student, calib, float(cfg["init"]["ridge"])))
         report = {"copied": rep["copied"], "init_layers": n}
+        s = float(cfg["init"].get("lr_scale", 1.0))
+        if s != 1.0:
+            report["lr_scale"] = {id(p): s for p in teacher_initialised_params(student, n)}
     if use_distill:
         d = cfg["distill"]
         dloss = DirectionalDistillLoss(student.cfg.depth, teacher.cfg.depth, student.cfg.d_model,
@@ -439,7 +468,7 @@ def _distill(cfg: dict) -> dict:
     init_acc = evaluate(student, *data["test"], tcfg["eval_batch_size"])[1] if report["copied"] else None
     result = run_training(student, data, tcfg, out, loss_fn,
                           extra_modules=[dloss] if dloss is not None else [], save_fn=save_fn,
-                          desc=cfg.get("name") or student.cfg.arch)
+                          desc=cfg.get("name") or student.cfg.arch, lr_scale=report.get("lr_scale"))
     result.update(init_top1=init_acc, init_layers=report["init_layers"], copied=report["copied"],
                   params=sum(p.numel() for p in student.parameters()), mode=cfg["mode"])
     if teacher is not None:  # a class-only teacher of class x direction labels is scored on the class

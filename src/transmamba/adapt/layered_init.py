@@ -275,6 +275,25 @@ def mean_mixer_ref(mixer, u: torch.Tensor, v_ch: torch.Tensor) -> torch.Tensor:
     return out if mixer.out_proj.bias is None else out + mixer.out_proj.bias
 
 
+def n_v_heads(mixer, num_heads: int, d_head: int, mixer_init: str) -> int:
+    """Teacher heads whose V a copied mixer holds: as many whole heads as d_inner fits, one fewer
+    when a mean init needs a spare channel and none is left."""
+    n = max(1, min(num_heads, mixer.d_inner // d_head))
+    if mixer_init != "mapped" and n * d_head >= mixer.d_inner:
+        if n == 1:
+            raise ValueError(f"mixer_init={mixer_init!r} needs a spare inner channel: d_inner="
+                             f"{mixer.d_inner} holds only one teacher head of {d_head} dims")
+        n -= 1  # free channels for the constant state channel
+    return n
+
+
+def free_channels(mixer, num_heads: int, d_head: int, mixer_init: str) -> torch.Tensor:
+    """Inner channels that carry nothing after `transfer_layer`: after the V channels and, for the
+    mean inits, the constant channel (their out_proj columns are 0)."""
+    used = n_v_heads(mixer, num_heads, d_head, mixer_init) * d_head + (mixer_init != "mapped")
+    return torch.arange(used, mixer.d_inner)
+
+
 def transfer_layer(tblk, sblk, i: int, idx: torch.Tensor, stats: dict, num_heads: int,
                    mixer_init: str = "mapped", mean_decay: float = 1.0,
                    lin_scale: float = 0.0) -> list[str]:
@@ -287,14 +306,9 @@ def transfer_layer(tblk, sblk, i: int, idx: torch.Tensor, stats: dict, num_heads
     s1 = _copy_norm(sblk.norm1, tblk.norm1, idx, stats["norm_inputs"].get(f"blocks.{i}.norm1"), D_t)
     done.append(f"norm1(x{s1:.3f})")
     head_order = rank_heads(stats["heads"][i])
-    n_v_heads = max(1, min(num_heads, mixer.d_inner // e))
-    if mixer_init != "mapped" and n_v_heads * e >= mixer.d_inner:
-        if n_v_heads == 1:
-            raise ValueError(f"mixer_init={mixer_init!r} needs a spare inner channel: d_inner="
-                             f"{mixer.d_inner} holds only one teacher head of {e} dims")
-        n_v_heads -= 1  # free channels for the constant state channel
+    n_v = n_v_heads(mixer, num_heads, e, mixer_init)
     n_qk = {"mapped": mixer.d_state, "mean": 0, "mean_qk": mixer.d_state - 1}[mixer_init]
-    v_idx = head_dims(torch.sort(head_order[:n_v_heads]).values, e)
+    v_idx = head_dims(torch.sort(head_order[:n_v]).values, e)
     a = tblk.attn
     di, r, n = mixer.d_inner, mixer.dt_rank, mixer.d_state
     v_ch = torch.arange(v_idx.numel())
@@ -320,7 +334,7 @@ def transfer_layer(tblk, sblk, i: int, idx: torch.Tensor, stats: dict, num_heads
     if mixer.out_proj.bias is not None and ssm.out_bias is not None:
         fill_(mixer.out_proj.bias, ssm.out_bias)
     _identity_conv_(mixer)
-    done.append(f"mixer(V heads {head_order[:n_v_heads].tolist()} -> {v_idx.numel()}/{di} channels)")
+    done.append(f"mixer(V heads {head_order[:n_v].tolist()} -> {v_idx.numel()}/{di} channels)")
     if mixer_init != "mapped":
         done += init_mean_mixer_(mixer, v_idx.numel(), n_qk, mean_decay, lin_scale)
     if sblk.mlp is not None:
@@ -353,7 +367,8 @@ def transfer_vit_to_student(teacher: ViT, student: VisionMamba, n_layers: int,
     of the mean's state dim (1: the student's own A_0 = -1, a decaying mean; 0: the exact mean);
     lin_scale: s > 0 linearises the silu after the conv on V ("mean"/"mean_qk" only; 0 = off).
     stats: `ViT.calibration_stats` output; else computed from `calib` images (or clips: their frames);
-    else weight-norm importances (`weight_norm_stats`). Returns {"resid_idx", "copied"}."""
+    else weight-norm importances (`weight_norm_stats`). Returns {"resid_idx", "copied",
+    "free_channels"} (per copied layer, the inner channels that carry nothing: `free_channels`)."""
     check_mixer_init(mixer_init, mean_decay, lin_scale)
     tc, sc = teacher.cfg, student.cfg
     if sc.d_model > tc.d_model:
@@ -369,8 +384,11 @@ def transfer_vit_to_student(teacher: ViT, student: VisionMamba, n_layers: int,
             stats = weight_norm_stats(teacher)
     idx = top_k_indices(stats["resid"], sc.d_model)
     copied = _copy_embeddings(teacher, student, idx, stats)
+    free = []
     for i in range(n_layers):
         copied += [f"blocks.{i}." + c for c in
                    transfer_layer(teacher.blocks[i], student.blocks[i], i, idx, stats, tc.num_heads,
                                   mixer_init, mean_decay, lin_scale)]
-    return {"resid_idx": idx, "copied": copied}
+        free.append(free_channels(student.blocks[i].mixer, tc.num_heads, tc.d_model // tc.num_heads,
+                                  mixer_init))
+    return {"resid_idx": idx, "copied": copied, "free_channels": free}
