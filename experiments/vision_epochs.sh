@@ -12,7 +12,8 @@ run() {  # arch mode fraction tag [extra args]
   if [ -f "$out/result.json" ]; then echo "skip $out"; return; fi
   echo "$(date -u +%T) start $out"
   .venv/bin/python -m transmamba.train_vision distill --config configs/vision/$1-fmnist.yaml \
-    --mode $2 --data.fraction $3 --train.epochs $EPOCHS --out_dir $out --train.progress false "${@:5}" > $out.log 2>&1
+    --mode $2 --data.fraction $3 --train.epochs $EPOCHS --out_dir $out --train.progress false \
+    --init.layers 2 --init.calibrate false --init.calibrate_mlp false "${@:5}" > $out.log 2>&1
   echo "$(date -u +%T) done $out rc=$?"
 }
 for a in $ARCHS; do

@@ -6,7 +6,8 @@ run() {  # arch mode fraction
   if [ -f "$out/result.json" ]; then echo "skip $out"; return; fi
   echo "$(date -u +%T) start $out"
   .venv/bin/python -m transmamba.train_vision distill --config configs/vision/$1-fmnist.yaml \
-    --mode $2 --data.fraction $3 --init.layers 2 --out_dir $out --train.progress false > $out.log 2>&1
+    --mode $2 --data.fraction $3 --init.layers 2 --init.calibrate false --init.calibrate_mlp false \
+    --out_dir $out --train.progress false > $out.log 2>&1
   echo "$(date -u +%T) done $out rc=$?"
 }
 for a in vim vmamba plainmamba; do run $a transmamba 0.5; done

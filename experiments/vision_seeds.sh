@@ -16,7 +16,7 @@ ARCHS=${@:-vim vmamba plainmamba}
 mkdir -p $ROOT
 strong_teacher $TEACHER
 run() {  # arch mode fraction [suffix]
-  vision_run $ROOT/$1-$2-f$3-s$SEED$4 $1 $2 $3 --teacher $TEACHER --init.layers $LAYERS \
+  vision_run $ROOT/$1-$2-f$3-s$SEED$4 $1 $2 $3 --teacher $TEACHER --init.layers $LAYERS $PRE_V3 \
     --data.seed $SEED --train.seed $SEED
 }
 for a in $ARCHS; do

@@ -12,7 +12,7 @@ ARCHS=${@:-vim vmamba plainmamba}
 mkdir -p $ROOT
 strong_teacher $TEACHER
 run() {  # arch mode fraction tag [extra args]
-  vision_run $ROOT/$1-$2-f$3$4 $1 $2 $3 --teacher $TEACHER --init.layers 2 "${@:5}"
+  vision_run $ROOT/$1-$2-f$3$4 $1 $2 $3 --teacher $TEACHER --init.layers 2 $PRE_V3 "${@:5}"
 }
 for a in $ARCHS; do run $a scratch 1.0 ""; done   # same-session re-run of the v2 scratch rows
 for a in $ARCHS; do

@@ -196,6 +196,20 @@ def test_distill_end_to_end(teacher_dir, tmp_path, arch):
     assert not list(out.glob("*.tmp-*"))
 
 
+def test_distill_with_block_calibration(teacher_dir, tmp_path):
+    """init.calibrate / calibrate_mlp / calibrate_head / lr_scale run through the CLI and are
+    recorded in result.json's `copied` list."""
+    out = tmp_path / "cal"
+    extra = ["--init.mixer", "mean_qk", "--student.bias", "true", "--init.calibrate", "true",
+             "--init.calibrate_mlp", "true", "--init.calibrate_head", "true", "--init.lr_scale", "0.5"]
+    assert distill_main(_student_args(out, teacher_dir, "plainmamba", extra)) == 0
+    res = json.loads((out / "result.json").read_text())
+    fits = [c for c in res["copied"] if "out_proj fit" in c]
+    assert len(fits) == 1 and "MLP neurons hosted" in fits[0]  # init.layers 1
+    assert res["copied"][-1].startswith("head fit to the teacher's logits")
+    assert res["steps"] == 6 and np.isfinite(res["test_loss"])
+
+
 def test_scratch_mode_needs_no_teacher(tmp_path):
     out = tmp_path / "scratch"
     args = _student_args(out, tmp_path / "no-teacher-here", "plainmamba", ["--mode", "scratch"])
