@@ -6,6 +6,7 @@
 #   bash experiments/vision_calibration.sh seeds      # the chosen recipe (CAL), seeds 0 and 2 (VMamba: 0-2), 50% data
 #   bash experiments/vision_calibration.sh fractions  # CAL at 25% and 100%, scratch at 25% and 50% (seed 0)
 #   bash experiments/vision_calibration.sh ablation   # CAL without distillation; CAL with n = 2 (seed 1)
+#   bash experiments/vision_calibration.sh video      # VideoMamba: scratch, TransMamba, TransMamba + CAL
 # Table: .venv/bin/python experiments/vision_calibration_table.py
 # Scratch at 100% (seeds 0-2) comes from runs/vision/strong-teacher and runs/vision/seeds.
 cd "$(dirname "$0")/.."
@@ -53,6 +54,18 @@ case $1 in
     run vim-n4-calm-nodistill-s1 vim transmamba 0.5 1 $CAL --distill.enabled false
     run plainmamba-n4-calm-nodistill-s1 plainmamba transmamba 0.5 1 $CAL --distill.enabled false
     run vim-n2-calm-s1 vim transmamba 0.5 1 --init.layers 2 --init.calibrate true --init.calibrate_mlp true ;;
-  *) echo "usage: $0 pilot|seeds|fractions|ablation"; exit 2 ;;
+  video)  # VideoMamba on moving Fashion-MNIST (its own config and frame-wise teacher), seed 0
+    VT=runs/vision/teacher-moving-fmnist
+    [ -f $VT/result.json ] || .venv/bin/transmamba train-teacher \
+      --config configs/vision/teacher-moving-fmnist.yaml --train.progress false
+    for m in scratch transmamba transmamba-cal; do
+      out=$R/videomamba-$m
+      [ -f $out/result.json ] && continue
+      extra=(); [ $m = transmamba-cal ] && extra=(--init.calibrate true --init.calibrate_mlp true)
+      while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 5; done
+      .venv/bin/transmamba distill --config configs/vision/videomamba-moving-fmnist.yaml \
+        --mode ${m%-cal} --out_dir $out --train.progress false "${extra[@]}" > $out.log 2>&1 &
+    done ;;
+  *) echo "usage: $0 pilot|seeds|fractions|ablation|video"; exit 2 ;;
 esac
 wait

@@ -89,3 +89,19 @@ for a in ARCHS:
         cal = pct(LEV / (f"{a}-n4-calm-s0" if f == "0.5" else f"{a}-n4-calm-f{f}-s0"))
         cells.append(f"{fmt(scr)} / {fmt(baseline_n2(a, 0, f))} / {fmt(cal)}")
     print(f"| {a} | " + " | ".join(cells) + " |")
+
+print("\nAblation (seed 1, 50%):\n")
+print("| run | vim | plainmamba |")
+print("|---|---|---|")
+for row, name in (("CAL (n = 4, distillation on)", "{a}-n4-calm-s1"),
+                  ("CAL, distillation off (`--distill.enabled false`)", "{a}-n4-calm-nodistill-s1"),
+                  ("CAL with n = 2 (`--init.layers 2`)", "{a}-n2-calm-s1")):
+    print(f"| {row} | " + " | ".join(fmt(pct(LEV / name.format(a=a))) for a in ("vim", "plainmamba")) + " |")
+
+print("\nVideo, VideoMamba on moving Fashion-MNIST (seed 0, test top-1 % on 2000 clips, init_top1 in brackets):\n")
+print("| run | top-1 |")
+print("|---|---|")
+for m in ("scratch", "transmamba", "transmamba-cal"):
+    run = LEV / f"videomamba-{m}"
+    init = read_result(run, "init_top1")
+    print(f"| {m} | {fmt(pct(run), None if init is None else 100 * init)} |")
