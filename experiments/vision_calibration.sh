@@ -7,6 +7,7 @@
 #   bash experiments/vision_calibration.sh fractions  # CAL at 25% and 100%, scratch at 25% and 50% (seed 0)
 #   bash experiments/vision_calibration.sh ablation   # CAL without distillation; CAL with n = 2 (seed 1)
 #   bash experiments/vision_calibration.sh video      # VideoMamba: scratch, TransMamba, TransMamba + CAL
+#   bash experiments/vision_calibration.sh epochs3    # ViM, CAL at 50% for 3 epochs (two teachers)
 # Table: .venv/bin/python experiments/vision_calibration_table.py
 # Scratch at 100% (seeds 0-2) comes from runs/vision/strong-teacher and runs/vision/seeds.
 cd "$(dirname "$0")/.."
@@ -66,6 +67,11 @@ case $1 in
       .venv/bin/transmamba distill --config configs/vision/videomamba-moving-fmnist.yaml \
         --mode ${m%-cal} --out_dir $out --train.progress false "${extra[@]}" > $out.log 2>&1 &
     done ;;
-  *) echo "usage: $0 pilot|seeds|fractions|ablation|video"; exit 2 ;;
+  epochs3)  # ViM, 3 epochs, 50%: with the strong teacher and with the default 5-epoch one
+    run vim-n4-calm-ep3-s0 vim transmamba 0.5 0 $CAL --train.epochs 3
+    [ -f runs/vision/teacher-fmnist/result.json ] || .venv/bin/transmamba train-teacher \
+      --config configs/vision/teacher-fmnist.yaml --train.progress false
+    run vim-n4-calm-ep3-t5-s0 vim transmamba 0.5 0 $CAL --train.epochs 3 --teacher runs/vision/teacher-fmnist ;;
+  *) echo "usage: $0 pilot|seeds|fractions|ablation|video|epochs3"; exit 2 ;;
 esac
 wait

@@ -2,6 +2,7 @@
 pilot, the chosen recipe over seeds 0-2 against scratch at 100%, and every data fraction (seed 0).
 Scratch at 100% is read from runs/vision/strong-teacher (seed 0) and runs/vision/seeds (seeds 1, 2);
 the n = 2 baseline from the same places."""
+import csv
 import statistics
 from pathlib import Path
 
@@ -105,3 +106,12 @@ for m in ("scratch", "transmamba", "transmamba-cal"):
     run = LEV / f"videomamba-{m}"
     init = read_result(run, "init_top1")
     print(f"| {m} | {fmt(pct(run), None if init is None else 100 * init)} |")
+
+print("\nViM, 3 epochs, seed 0, CAL at 50% (per-epoch test top-1 %):\n")
+print("| teacher | epoch 1 | epoch 2 | epoch 3 |")
+print("|---|---|---|---|")
+for label, name in (("strong (90.79)", "vim-n4-calm-ep3-s0"), ("default, 5 epochs (88.00)", "vim-n4-calm-ep3-t5-s0")):
+    f = LEV / name / "metrics.csv"
+    if f.exists():
+        rows = [r for r in csv.DictReader(f.open()) if r["test_top1"]]
+        print(f"| {label} | " + " | ".join(f"{100 * float(r['test_top1']):.2f}" for r in rows) + " |")
