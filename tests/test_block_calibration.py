@@ -173,6 +173,5 @@ def test_hosted_mlp_neurons_are_the_fit_of_the_teacher_preactivations(arch):
         w, b = fit_linear(student.blocks[0].norm1(u).flatten(0, 1), a, 1e-3)
     torch.testing.assert_close(mixer.in_proj.weight[free], GELU_AS_SILU * w)
     torch.testing.assert_close(mixer.in_proj.bias[free], GELU_AS_SILU * b)
-    K = mixer.n_orders
-    assert torch.allclose(mixer.D[:, free], torch.tensor(1.0 / ((1.0 / K if mixer.merge == "mean" else 1.0) * K),
-                                                         dtype=mixer.D.dtype))
+    m = 1.0 / mixer.n_orders if mixer.merge == "mean" else 1.0  # from the docstring, not merge_weight
+    assert torch.allclose(mixer.D[:, free], torch.tensor(1.0 / (m * mixer.n_orders), dtype=mixer.D.dtype))

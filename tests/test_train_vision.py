@@ -111,7 +111,6 @@ def test_lr_schedule_and_param_groups():
     assert {"pos_embed", "cls_token", "blocks.0.mixer.A_log", "blocks.0.mixer.D"} <= set(nd)
 
 
-
 def test_lr_scale_groups_and_frozen_copied_layers(tmp_path):
     """init.lr_scale: the teacher-initialised params get their own groups (decay split kept), and
     the loop scales their lr: with scale 0 they do not move while the rest trains."""
@@ -141,6 +140,7 @@ def test_lr_scale_groups_and_frozen_copied_layers(tmp_path):
         if n in cn:
             assert torch.equal(p, before[n]), n
     assert not torch.equal(m.blocks[1].mixer.in_proj.weight, before["blocks.1.mixer.in_proj.weight"])
+
 
 TEACHER_ARGS = ["--data.dataset", "digits", "--vit.patch_size", "2", "--vit.d_model", "16",
                 "--vit.depth", "2", "--vit.num_heads", "2", "--vit.d_ff", "32", "--train.epochs", "1",

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import torch
 
+from transmamba.adapt.layered_init import merge_weight
 from transmamba.models.teachers import ViT
 from transmamba.models.vision import VisionMamba
 
@@ -98,9 +99,7 @@ def host_mlp_neurons_(blk, tblk, m_i: torch.Tensor, u: torch.Tensor, channels: t
     mixer.in_proj.weight[channels] = GELU_AS_SILU * w
     if has_bias:
         mixer.in_proj.bias[channels] = GELU_AS_SILU * b
-    K = mixer.n_orders
-    m = 1.0 / K if mixer.merge == "mean" else 1.0
-    mixer.D[:, channels] = 1.0 / (m * K)
+    mixer.D[:, channels] = 1.0 / (merge_weight(mixer) * mixer.n_orders)
     return f", {len(channels)} MLP neurons hosted"
 
 
@@ -135,13 +134,13 @@ def calibrate_out_proj_(teacher: ViT, student: VisionMamba, n_layers: int, calib
         blk = student.blocks[i]
         aim = hidden[i] if blk.mlp is None else stats[i]["norm2_in"]
         target = (to_student(aim) - u).flatten(0, 1)
-        before = _residual(blk.mixer.out_proj(_out_proj_input(blk.mixer, blk.norm1(u))).flatten(0, 1),
-                           target)
+        g = _out_proj_input(blk.mixer, blk.norm1(u)).flatten(0, 1)
+        before = _residual(blk.mixer.out_proj(g), target)
         hosted = ""
         if mlp_channels is not None and blk.mlp is None and len(mlp_channels[i]):
             hosted = host_mlp_neurons_(blk, teacher.blocks[i], stats[i]["norm2_in"], u, mlp_channels[i],
                                        to_student, ridge)
-        g = _out_proj_input(blk.mixer, blk.norm1(u)).flatten(0, 1)
+            g = _out_proj_input(blk.mixer, blk.norm1(u)).flatten(0, 1)  # with the hosted channels
         has_bias = blk.mixer.out_proj.bias is not None
         w, b = fit_linear(g, target, ridge, bias=has_bias)
         blk.mixer.out_proj.weight.copy_(w)

@@ -182,10 +182,14 @@ def check_mixer_init(mixer_init: str, a0: float = 1.0, lin_scale: float = 0.0) -
         raise ValueError(f"lin_scale must be a finite number >= 0, got {lin_scale!r}")
 
 
+def merge_weight(mixer) -> float:
+    """m, the weight of each branch in the merge y = m sum_k y_k: 1/K for "mean", 1 for "sum"."""
+    return 1.0 / mixer.n_orders if mixer.merge == "mean" else 1.0
+
+
 def mean_scan_constants(mixer) -> tuple[float, float]:
     """(delta, D) of the mean init: delta = 2 / (m K l), D = -m K delta / 2 = -1 / l (module docstring)."""
-    K, l = mixer.n_orders, mixer.length
-    m = 1.0 / K if mixer.merge == "mean" else 1.0
+    K, l, m = mixer.n_orders, mixer.length, merge_weight(mixer)
     delta = 2.0 / (m * K * l)
     return delta, -m * K * delta / 2
 
@@ -260,8 +264,7 @@ def mean_mixer_ref(mixer, u: torch.Tensor, v_ch: torch.Tensor) -> torch.Tensor:
         b = 0 if mixer.conv_bias is None else mixer.conv_bias[:, v_ch]
         xs = [F.silu(x[..., v_ch] * w[k, :, -1] + (b[k] if torch.is_tensor(b) else b))
               for k in range(mixer.n_orders)]
-    K, l = mixer.n_orders, mixer.length
-    m = 1.0 / K if mixer.merge == "mean" else 1.0
+    K, l, m = mixer.n_orders, mixer.length, merge_weight(mixer)
     y = 0
     for k in range(K):
         xk = x if mixer.conv == "2d" else xs[k]
