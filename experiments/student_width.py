@@ -11,7 +11,7 @@ import torch
 from transmamba.adapt.llama_to_switch import init_from_teacher, plan_subclone, switch_config_from_teacher
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
 from transmamba.models.lm import LM
-from transmamba.schedule import ATTENTION_ONLY
+from transmamba.modules.schedule import ATTENTION_ONLY
 
 from _smollm2_setup import cal, calib, ppl, spec, staggered, teacher
 

@@ -1,6 +1,6 @@
 import pytest
 
-from transmamba.schedule import ATTENTION_ONLY, SCHEDULES, make_schedule
+from transmamba.modules.schedule import ATTENTION_ONLY, SCHEDULES, make_schedule
 
 
 def test_staggered_spreads_points_evenly_and_repeats():

@@ -10,13 +10,13 @@ from transmamba.adapt.ssm_calibration import (DEFAULT_DECAYS, _qkv, _scan, calib
                                               calibrate_ssm_paths)
 from transmamba.models.hf_llama import teacher_spec, tiny_llama
 from transmamba.models.lm import LM
-from transmamba.modules.transmamba import TransMambaConfig, TransMambaMixer
+from transmamba.modules.switch import SwitchConfig, SwitchMixer
 
 
 def _mixer(gate_bias=True, **kw):
     torch.manual_seed(0)
-    cfg = TransMambaConfig(d_model=24, n_heads=4, n_kv_heads=2, head_dim=8, chunk_size=8, gate_bias=gate_bias, **kw)
-    return TransMambaMixer(cfg).double()
+    cfg = SwitchConfig(d_model=24, n_heads=4, n_kv_heads=2, head_dim=8, chunk_size=8, gate_bias=gate_bias, **kw)
+    return SwitchMixer(cfg).double()
 
 
 @pytest.mark.parametrize("rope", [False, True])

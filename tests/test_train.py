@@ -13,7 +13,7 @@ from torch import nn
 
 from transmamba import checkpoint as ck
 from transmamba.run_log import FIELDS, MetricsLog, plot_loss_curve, plot_loss_curves, read_metrics
-from transmamba.schedule import make_schedule
+from transmamba.modules.schedule import make_schedule
 from transmamba.train import (NonFiniteLossError, TextData, build_config, lr_at, make_optimizer, total_steps_for,
                               train, train_main)
 

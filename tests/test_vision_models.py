@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transmamba.models import scan_orders as so
+from transmamba.ops import scan_orders as so
 from transmamba.models.vision import StudentConfig, build_student, load_student, save_student
 from transmamba.modules.multiscan import MultiScanMamba
 

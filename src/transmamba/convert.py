@@ -33,7 +33,7 @@ from transmamba.checkpoint import save_checkpoint
 from transmamba.config import dump_yaml, load_config
 from transmamba.models.lm import LM
 from transmamba.run_log import MetricsLog, plot_loss_curve
-from transmamba.schedule import make_schedule
+from transmamba.modules.schedule import make_schedule
 from transmamba.train import evaluate, lr_at
 
 DEFAULTS = {

@@ -4,7 +4,7 @@
 DIR is a checkpoint directory or a run directory (its newest checkpoint is used). The tokenizer is
 the one named in the checkpoint's config (data.tokenizer). TransPoints: `--transpoint P` puts the
 switch at absolute position P in every layer, `--schedule SPEC` takes any schedule spec of
-`transmamba.schedule.make_schedule` (a name like "staggered" or a YAML dict like
+`transmamba.modules.schedule.make_schedule` (a name like "staggered" or a YAML dict like
 "{name: fixed, P: 64}"); with neither, the model uses its own schedule's evaluation setting.
 """
 
@@ -22,7 +22,7 @@ from transmamba.config import parse_value
 def transpoints_from_args(n_layers: int, total_len: int, transpoint: int | None = None,
                           schedule: str | dict | None = None) -> list[int] | None:
     """Per-layer TransPoints for a sequence of total_len tokens from --transpoint / --schedule (None: model's own)."""
-    from transmamba.schedule import make_schedule
+    from transmamba.modules.schedule import make_schedule
 
     if transpoint is not None and schedule is not None:
         raise ValueError("give --transpoint or --schedule, not both")

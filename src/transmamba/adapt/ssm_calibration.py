@@ -26,26 +26,26 @@ import math
 import torch
 import torch.nn.functional as F
 
-from transmamba.modules.transmamba import TransMambaMixer
+from transmamba.modules.switch import SwitchMixer
 from transmamba.ops.conv1d import causal_conv1d
 from transmamba.ops.norm import gated_rms_norm
 from transmamba.ops.ssd import ssd_chunked
 from transmamba.ops.validate import check_dim, check_tensor
-from transmamba.schedule import ATTENTION_ONLY
+from transmamba.modules.schedule import ATTENTION_ONLY
 
 DEFAULT_DECAYS = (1e-4, 1 / 1024, 1 / 256, 1 / 64, 1 / 16, 1 / 4, 1.0)
 GATE_OPEN = 1.2784645427610738  # silu(GATE_OPEN) = 1
 DT_ONE = math.log(math.e - 1)  # softplus(DT_ONE) = 1
 
 
-def _qkv(mixer: TransMambaMixer, u: torch.Tensor):
+def _qkv(mixer: SwitchMixer, u: torch.Tensor):
     """u "b l d" -> q "b l h n", k "b l g n", v "b l g p" after the conv (no RoPE: the SSM's C, B, x)."""
     _, qkv, _ = mixer._project(u)
     qkv = causal_conv1d(qkv, mixer.conv_weight, mixer.conv_bias, activation=mixer.cfg.conv_activation)
     return mixer._split_qkv(qkv)
 
 
-def _path_output(mixer: TransMambaMixer, u: torch.Tensor, transpoint: int) -> torch.Tensor:
+def _path_output(mixer: SwitchMixer, u: torch.Tensor, transpoint: int) -> torch.Tensor:
     """The mixer's own output before out_proj, "b l h p": the attention path (ATTENTION_ONLY) or
     the SSM path (0), through the module's forward."""
     y = {}
@@ -57,7 +57,7 @@ def _path_output(mixer: TransMambaMixer, u: torch.Tensor, transpoint: int) -> to
     return y["y"].unflatten(-1, (mixer.h, mixer.p))
 
 
-def _scan(mixer: TransMambaMixer, q, k, v, a: torch.Tensor) -> torch.Tensor:
+def _scan(mixer: SwitchMixer, q, k, v, a: torch.Tensor) -> torch.Tensor:
     """y^ssm with dt = 1 and per-head decay a "h": "b l h p"."""
     b, L = q.shape[:2]
     dt = q.new_ones(b, L, mixer.h)
@@ -70,7 +70,7 @@ def _head_cos(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def calibrate_mixer(mixer: TransMambaMixer, u: torch.Tensor, decays=DEFAULT_DECAYS,
+def calibrate_mixer(mixer: SwitchMixer, u: torch.Tensor, decays=DEFAULT_DECAYS,
                     target: torch.Tensor | None = None) -> dict:
     """Set the mixer's gate, dt, A and norm weight from its inputs u "b l d" (module docstring).
 
@@ -125,7 +125,7 @@ def calibrate_ssm_paths(student, ids: torch.Tensor, decays=DEFAULT_DECAYS, layer
     layers = range(len(student.blocks)) if layers is None else layers
     for i in layers:
         blk = student.blocks[i]
-        if isinstance(blk.mixer, TransMambaMixer):
+        if isinstance(blk.mixer, SwitchMixer):
             hooks.append(blk.mixer.register_forward_pre_hook(
                 lambda m, args, kw, i=i: inputs.__setitem__(i, args[0] if args else kw["u"]), with_kwargs=True))
     try:

@@ -6,7 +6,7 @@ arch = "transformer":  every mixer is causal self-attention (RoPE, grouped-query
 arch = "mamba2":       every mixer is a Mamba-2 (SSD) mixer
 arch = "hybrid":       Mamba-2 mixers with one attention layer in `hybrid_attn_every` (the last of each group)
 arch = "transmamba":   every mixer is a TransMamba-Switch mixer; each layer's TransPoint comes from
-                       the schedule (`transmamba.schedule`), per call
+                       the schedule (`transmamba.modules.schedule`), per call
 
 Parameter counts are equalised across architectures: each layer's SwiGLU width is set so that
 mixer + MLP has the parameter count of an attention layer with a `d_ff`-wide SwiGLU.
@@ -25,8 +25,8 @@ from transmamba.modules.attention import CausalSelfAttention
 from transmamba.modules.mamba2 import Mamba2
 from transmamba.modules.mlp import SwiGLU
 from transmamba.modules.norm import RMSNorm
-from transmamba.modules.transmamba import TransMambaConfig, TransMambaMixer
-from transmamba.schedule import make_schedule
+from transmamba.modules.switch import SwitchConfig, SwitchMixer
+from transmamba.modules.schedule import make_schedule
 
 ARCHS = ("transformer", "mamba2", "hybrid", "transmamba")
 
@@ -93,7 +93,7 @@ def build_mixer(cfg: LMConfig, kind: str) -> nn.Module:
     if kind == "mamba2":
         return Mamba2(cfg.d_model, d_state=cfg.d_state, headdim=cfg.head_dim, expand=cfg.expand,
                       d_conv=cfg.d_conv, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
-    return TransMambaMixer(TransMambaConfig(
+    return SwitchMixer(SwitchConfig(
         d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
         d_conv=cfg.d_conv, conv_activation=cfg.conv_activation, conv_init_identity=cfg.conv_init_identity,
         rope=cfg.switch_rope, rope_theta=cfg.rope_theta, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps,

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transmamba.models.scan_orders import (ScanOrder, plainmamba_orders, videomamba_orders,
+from transmamba.ops.scan_orders import (ScanOrder, plainmamba_orders, videomamba_orders,
                                            vim_orders, vmamba_orders)
 from transmamba.models.teachers import MLP, PatchGrid, patch_tokens  # MLP: the teacher's, so it copies in
 from transmamba.modules.multiscan import MultiScanMamba

@@ -1,7 +1,7 @@
 """TransPoint schedules: which position P each TransMamba-Switch layer switches at.
 
 A TransMamba-Switch layer runs causal softmax attention on positions t < P and the SSD scan on
-positions t >= P (see `transmamba.modules.transmamba`). A schedule decides P for every layer,
+positions t >= P (see `transmamba.modules.switch`). A schedule decides P for every layer,
 possibly as a function of the sequence length and of the training step, so TransPoints can move
 during training and inference.
 

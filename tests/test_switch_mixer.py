@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transmamba.modules.transmamba import TransMambaConfig, TransMambaMixer
+from transmamba.modules.switch import SwitchConfig, SwitchMixer
 from transmamba.ops.conv1d import causal_conv1d_ref
 from transmamba.ops.norm import gated_rms_norm_ref
 from transmamba.ops.rope import apply_rope, rope_cos_sin
@@ -26,7 +26,7 @@ def float64_default():
 
 def make(h=4, g=2, n=8, d=16, rope=False, act="silu", use_D=False, chunk=8, seed=0):
     torch.manual_seed(seed)
-    m = TransMambaMixer(TransMambaConfig(d_model=d, n_heads=h, n_kv_heads=g, head_dim=n, rope=rope,
+    m = SwitchMixer(SwitchConfig(d_model=d, n_heads=h, n_kv_heads=g, head_dim=n, rope=rope,
                                          conv_activation=act, use_D=use_D, chunk_size=chunk))
     with torch.no_grad():  # make every parameter matter
         m.conv_bias.normal_(0, 0.1)

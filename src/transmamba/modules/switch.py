@@ -41,11 +41,11 @@ from transmamba.ops.norm import gated_rms_norm
 from transmamba.ops.rope import apply_rope, rope_cos_sin
 from transmamba.ops.ssd import ssd_chunked, ssd_step
 from transmamba.ops.validate import check_dim, check_tensor
-from transmamba.schedule import ATTENTION_ONLY
+from transmamba.modules.schedule import ATTENTION_ONLY
 
 
 @dataclass
-class TransMambaConfig:
+class SwitchConfig:
     d_model: int
     n_heads: int  # h: query heads = SSM heads
     n_kv_heads: int | None = None  # g: key/value heads = B groups (None: n_heads)
@@ -73,7 +73,7 @@ class TransMambaConfig:
 
 
 @dataclass
-class TransMambaCache:
+class SwitchCache:
     """Decoding state of one layer. `kv_len` tokens are in the KV cache until the TransPoint."""
 
     conv_state: torch.Tensor  # "b c (k-1)"
@@ -89,8 +89,8 @@ class TransMambaCache:
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
-class TransMambaMixer(nn.Module):
-    def __init__(self, cfg: TransMambaConfig, *, device=None, dtype=None):
+class SwitchMixer(nn.Module):
+    def __init__(self, cfg: SwitchConfig, *, device=None, dtype=None):
         super().__init__()
         self.cfg = cfg
         h, g, n = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -167,7 +167,7 @@ class TransMambaMixer(nn.Module):
         return y
 
     # ------------------------------------------------------------------------------ forward
-    def forward(self, u, transpoint=None, cache: TransMambaCache | None = None):
+    def forward(self, u, transpoint=None, cache: SwitchCache | None = None):
         """u "b l d" -> "b l d".
 
         transpoint: int, or a LongTensor "b" (one P per row; not with a cache), or None for the
@@ -261,12 +261,12 @@ class TransMambaMixer(nn.Module):
 
     # ------------------------------------------------------------------------------ decoding
     def allocate_cache(self, batch: int, transpoint: int | None = None, max_len: int = 0,
-                       device=None, dtype=None) -> TransMambaCache:
+                       device=None, dtype=None) -> SwitchCache:
         w = self.in_proj.weight
         device, dtype = device or w.device, dtype or w.dtype
         P = self.cfg.transpoint if transpoint is None else int(transpoint)
         cap = min(max_len, P) if max_len else 0
-        cache = TransMambaCache(conv_state=torch.zeros(batch, self.d_qkv, self.cfg.d_conv - 1, device=device, dtype=dtype),
+        cache = SwitchCache(conv_state=torch.zeros(batch, self.d_qkv, self.cfg.d_conv - 1, device=device, dtype=dtype),
                                 transpoint=P)
         if cap:
             cache.k = torch.empty(batch, cap, self.g, self.n, device=device, dtype=dtype)
@@ -275,7 +275,7 @@ class TransMambaMixer(nn.Module):
         return cache
 
     @staticmethod
-    def _cache_append(cache: TransMambaCache, k, v, dt):
+    def _cache_append(cache: SwitchCache, k, v, dt):
         """Write new k/v/dt "b s *" at [pos, pos+s), growing capacity by doubling."""
         s, pos = k.shape[1], cache.pos
         need = pos + s
@@ -289,7 +289,7 @@ class TransMambaMixer(nn.Module):
         cache.v[:, pos:need] = v
         cache.dt[:, pos:need] = dt
 
-    def step(self, u_t, cache: TransMambaCache):
+    def step(self, u_t, cache: SwitchCache):
         """One token u_t "b d" -> "b d"; attention while pos < P, the SSM from P on."""
         check_tensor("u_t", u_t, 2, "(b, d_model)")
         z, qkv, dt_raw = self._project(u_t)
