@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from transmamba.checkpoint import load_model
-from transmamba.convert import plot_transpoint_sweep
+from transmamba.student import load_model
+from transmamba.recipes.convert import plot_transpoint_sweep
 from transmamba.data.text import eval_batches, token_ids
 from transmamba.models.hf_llama import load_teacher
 

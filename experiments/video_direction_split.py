@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from transmamba.models.vision import load_student
-from transmamba.train_vision import load_data
+from transmamba.recipes.vision import load_data
 
 torch.set_num_threads(1)
 rows = {}

@@ -1,7 +1,11 @@
 """init_top1 + layer-0 mixer cosine for each arch x mixer init x bias x decay (no training)."""
 import copy, json, sys, time, torch
 from transmamba.config import load_config
-from transmamba.train_vision import DISTILL_DEFAULTS, build_distill_run, evaluate, load_data, _seed
+import numpy as np
+import torch
+
+from transmamba.evaluation.classification import evaluate_classifier as evaluate
+from transmamba.recipes.vision import DISTILL_DEFAULTS, build_distill_run, load_data
 from transmamba.adapt.distill import token_cosine
 torch.set_num_threads(1)
 combos = json.loads(sys.argv[1])
@@ -11,7 +15,7 @@ for c in combos:
     arch, mixer, bias, a0, L = c[:5]; lin = c[5] if len(c) > 5 else 0.0
     cfg = load_config(f"configs/vision/{arch}-fmnist.yaml", ["--init.layers", str(L), "--init.mixer", mixer,
                       "--init.mean_decay", str(a0), "--init.lin_scale", str(lin), "--student.bias", str(bias).lower()], defaults=DISTILL_DEFAULTS)
-    _seed(0)  # as _distill: seed, load the data, build (so init_top1 matches result.json)
+    torch.manual_seed(0); np.random.seed(0)  # as recipes.vision.distill: seed, load the data, build (so init_top1 matches result.json)
     data = load_data(cfg["data"])
     s, t, dl, rep = build_distill_run(cfg, data); ri = dl.calibrators[0].index
     s.eval()

@@ -7,9 +7,10 @@ import torch
 
 from transmamba.config import load_config
 from transmamba.models.vision import load_student
-from transmamba.models.teachers import load_pretrained_vit
-from transmamba.train_multimodal import VQA_DEFAULTS, question_bank, sample_questions
-from transmamba.train_vision import load_data
+from transmamba.models.vit_weights import load_pretrained_vit
+from transmamba.data.vqa_questions import question_bank, sample_questions
+from transmamba.recipes.vqa import VQA_DEFAULTS
+from transmamba.recipes.vision import load_data
 
 torch.set_num_threads(1)
 cfg = load_config("configs/multimodal/vqa-fmnist.yaml", None, defaults=VQA_DEFAULTS)

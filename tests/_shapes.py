@@ -1,4 +1,4 @@
-"""Random SSD-shaped inputs shared by test_ssd.py and test_memory_converter.py."""
+"""Random SSD-shaped inputs shared by the ops tests (ssd, memory converter, validate)."""
 
 import torch
 import torch.nn.functional as F

@@ -107,7 +107,7 @@ def test_missing_file():
 
 # ------------------------------------------------------------------------------ shipped configs
 def test_lm_configs_load_with_every_key_known():
-    from transmamba.train import build_config, resolve_config
+    from transmamba.recipes.lm import build_config, resolve_config
 
     names = sorted(p.stem for p in LM_CONFIGS.glob("*.yaml") if not p.stem.startswith("_"))
     assert set(MAIN + ["tiny"]) <= set(names)
@@ -117,7 +117,7 @@ def test_lm_configs_load_with_every_key_known():
 
 
 def test_main_lm_configs_compare_at_equal_budget_and_shape():
-    from transmamba.train import build_config
+    from transmamba.recipes.lm import build_config
 
     cfgs = {n: build_config(str(LM_CONFIGS / f"{n}.yaml"), []) for n in MAIN}
     ref = cfgs["transformer"]
@@ -135,7 +135,7 @@ def test_main_lm_configs_have_close_parameter_counts():
     lm = pytest.importorskip("transmamba.models.lm")
     import torch
 
-    from transmamba.train import build_config
+    from transmamba.recipes.lm import build_config
 
     counts = {}
     for name in MAIN:
@@ -144,3 +144,24 @@ def test_main_lm_configs_have_close_parameter_counts():
             counts[name] = sum(p.numel() for p in lm.LM(lm.LMConfig.from_dict(m)).parameters())
     assert all(10e6 <= n <= 20e6 for n in counts.values()), counts
     assert max(counts.values()) / min(counts.values()) < 1.01, counts
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    from transmamba.config import read_yaml
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 1e-3\n  tokens: [1, 2\nmodel: {}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: YAML syntax error at line \d+, column \d+"):
+        read_yaml(bad)
+
+
+def test_check_config_names_key_range_and_value():
+    from transmamba.config import TRAIN_RULES, check_config
+
+    check_config({"train": {"lr": 1e-3, "tokens": 1e6, "betas": [0.9, 0.95], "halt_at_step": None}}, TRAIN_RULES)
+    with pytest.raises(ValueError, match=r"'train.tokens' must be an integer >= 1, got 0"):
+        check_config({"train": {"tokens": 0}}, TRAIN_RULES)
+    with pytest.raises(ValueError, match=r"'train.lr' must be a finite number > 0, got inf"):
+        check_config({"train": {"lr": float("inf")}}, TRAIN_RULES)
+    with pytest.raises(ValueError, match=r"'train.eval_every' must be an integer >= 1, or 0 for off"):
+        check_config({"train": {"eval_every": True}}, TRAIN_RULES)

@@ -11,14 +11,28 @@
                          [--mode scratch|transmamba] [--key value ...]
 
 Heavy modules are imported only by the subcommand that needs them.
+
+Errors: a mistake the user can fix (a missing or unreadable file, a bad config key or value, an
+output directory in use by another run, a corrupt checkpoint, a diverged run) prints one line
+`error: <message>` on stderr and exits with status 2, as argparse's usage errors do. `--debug`
+anywhere on the command line shows the full traceback instead. Ctrl-C exits with status 130.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import linecache
 import os
 import sys
+import warnings
+
+from transmamba.errors import UserError
+
+# exceptions that report a user's mistake, not a bug (see `is_user_error`)
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError, FloatingPointError)
 
 BENCHES = {
     "kernels": "transmamba.bench.kernels",
@@ -28,12 +42,12 @@ BENCHES = {
 
 # subcommand -> (module, function taking the remaining argv)
 COMMANDS = {
-    "train": ("transmamba.train", "train_main"),
+    "train": ("transmamba.recipes.lm", "train_main"),
     "generate": ("transmamba.generate", "generate_main"),
-    "convert": ("transmamba.convert", "convert_main"),
-    "train-teacher": ("transmamba.train_vision", "train_teacher_main"),
-    "distill": ("transmamba.train_vision", "distill_main"),
-    "train-vqa": ("transmamba.train_multimodal", "train_vqa_main"),
+    "convert": ("transmamba.recipes.convert", "convert_main"),
+    "train-teacher": ("transmamba.recipes.vision", "train_teacher_main"),
+    "distill": ("transmamba.recipes.vision", "distill_main"),
+    "train-vqa": ("transmamba.recipes.vqa", "train_vqa_main"),
 }
 
 
@@ -72,10 +86,38 @@ def _teacher(argv):
     print(prepare_smollm2(args.cache_dir))
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+def is_user_error(exc: BaseException) -> bool:
+    """Whether `exc` reports something the user can fix, printed as one line rather than a traceback.
+
+    USER_ERRORS (ValueError covers a corrupt checkpoint and config errors; FloatingPointError a
+    diverged run; UserError a busy output directory), YAML syntax errors, and a TypeError that
+    transmamba's own code raised on purpose (a `raise` statement in the package, e.g. a config
+    value of the wrong type); a TypeError raised anywhere else is a bug. KeyError is never one
+    by itself: config lookups that can fail raise ValueError naming the key.
+    """
+    if isinstance(exc, USER_ERRORS):
+        return True
+    yaml = sys.modules.get("yaml")
+    if yaml is not None and isinstance(exc, yaml.YAMLError):
+        return True
+    if isinstance(exc, TypeError):
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None:
+            return False
+        filename = tb.tb_frame.f_code.co_filename
+        package = os.path.dirname(os.path.abspath(__file__))
+        return (os.path.abspath(filename).startswith(package + os.sep)
+                and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise"))
+    return False
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _dispatch(argv: list[str]) -> int:
     commands = ["bench", "teacher", *COMMANDS]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())
@@ -92,6 +134,30 @@ def main(argv=None):
         module, fn = COMMANDS[cmd]
         getattr(importlib.import_module(module), fn)(rest)
     return 0
+
+
+def main(argv=None) -> int:
+    """Run one subcommand; 0 on success, 2 for a user error (one `error:` line), 130 on Ctrl-C."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning  # restored when the block ends
+        try:
+            return _dispatch(argv)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        except Exception as e:
+            if debug or not is_user_error(e):
+                raise
+            print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

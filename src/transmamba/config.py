@@ -137,7 +137,13 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ValueError(f"config file {path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     base = data.pop("base", None)
@@ -176,3 +182,71 @@ def apply_overrides(cfg: dict, overrides: Iterable[str] | dict | None) -> dict:
 
 def dump_yaml(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------ validation
+class Rule:
+    """A check of one config value: `ok(value)` and what it must be (for the error message)."""
+
+    def __init__(self, must_be: str, ok):
+        self.must_be, self.ok = must_be, ok
+
+    def __or__(self, other: "Rule") -> "Rule":
+        return Rule(f"{self.must_be} or {other.must_be}", lambda v: self.ok(v) or other.ok(v))
+
+
+def _is_int(v) -> bool:
+    """An int, or a float with an integral value (YAML reads 1e6 as a float)."""
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v) -> bool:
+    return _is_real(v) and v == v and abs(v) != float("inf")
+
+
+POSITIVE_INT = Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1)
+NONNEG_INT = Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0)
+PERIOD = Rule("an integer >= 1, or 0 for off", lambda v: _is_int(v) and v >= 0)
+INT = Rule("an integer", _is_int)
+POSITIVE = Rule("a finite number > 0", lambda v: _finite(v) and v > 0)
+NONNEG = Rule("a finite number >= 0", lambda v: _finite(v) and v >= 0)
+FRACTION = Rule("a number in (0, 1]", lambda v: _finite(v) and 0 < v <= 1)
+UNIT = Rule("a number in [0, 1]", lambda v: _finite(v) and 0 <= v <= 1)
+BOOL = Rule("true or false", lambda v: isinstance(v, bool))
+NONE = Rule("null", lambda v: v is None)
+BETAS = Rule("a pair [beta1, beta2] of numbers in [0, 1)",
+             lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_finite(b) and 0 <= b < 1 for b in v))
+
+
+def one_of(*values) -> Rule:
+    return Rule("one of " + ", ".join(repr(v) for v in values), lambda v: v in values)
+
+
+def check_config(cfg: dict, rules: dict[str, Rule]) -> dict:
+    """Check each dotted key of `rules` present in cfg; ValueError naming the key, the expected
+    type/range and the value given. Returns cfg."""
+    missing = object()
+    for key, rule in rules.items():
+        value = get_dotted(cfg, key, missing)
+        if value is missing:
+            continue
+        if not rule.ok(value):
+            raise ValueError(f"config key {key!r} must be {rule.must_be}, got {value!r}")
+    return cfg
+
+
+# The engine's train-section keys (transmamba.training.engine.ENGINE_DEFAULTS), shared by every recipe.
+TRAIN_RULES: dict[str, Rule] = {
+    "train.lr": POSITIVE, "train.min_lr": NONNEG, "train.warmup_steps": NONNEG_INT,
+    "train.weight_decay": NONNEG, "train.betas": BETAS, "train.eps": POSITIVE, "train.grad_clip": NONNEG,
+    "train.grad_accum": POSITIVE_INT, "train.log_every": PERIOD, "train.eval_every": PERIOD,
+    "train.ckpt_every": PERIOD, "train.keep_checkpoints": NONNEG_INT, "train.halt_at_step": POSITIVE_INT | NONE,
+    "train.amp": one_of("none", "bf16"), "train.threads": POSITIVE_INT | NONE, "train.progress": BOOL,
+    "train.compile": BOOL, "train.tokens": POSITIVE_INT, "train.batch_size": POSITIVE_INT,
+    "train.seq_len": POSITIVE_INT, "train.epochs": POSITIVE_INT, "train.max_steps": POSITIVE_INT | NONE,
+    "train.seed": INT, "seed": INT,
+}

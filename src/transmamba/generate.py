@@ -1,22 +1,33 @@
 """Text generation from a trained checkpoint:
 `transmamba generate --checkpoint DIR --prompt "..." [--transpoint 64 | --schedule staggered]`.
 
-DIR is a checkpoint directory or a run directory (its newest checkpoint is used). The tokenizer is
-the one named in the checkpoint's config (data.tokenizer). TransPoints: `--transpoint P` puts the
-switch at absolute position P in every layer, `--schedule SPEC` takes any schedule spec of
-`transmamba.modules.schedule.make_schedule` (a name like "staggered" or a YAML dict like
-"{name: fixed, P: 64}"); with neither, the model uses its own schedule's evaluation setting.
+DIR is a checkpoint directory or a run directory (its newest intact checkpoint is used); it must
+hold a language model (`transmamba train` / `transmamba convert`): a vision student or a directory
+without the LM config keys is refused, saying so. The tokenizer is the one named in the
+checkpoint's config (data.tokenizer); one with more tokens than the model's vocabulary is refused.
+TransPoints: `--transpoint P` puts the switch at absolute position P in every layer, `--schedule
+SPEC` takes any schedule spec of `transmamba.modules.schedule.make_schedule` (a name like
+"staggered" or a YAML dict like "{name: fixed, P: 64}"); with neither, the model uses its own
+schedule's evaluation setting. Tokens are printed to stdout as they are produced.
+
+Context length: the LM has no hard cap. RoPE angles are computed for any position, the SSM state
+has a fixed size and the decoding caches are sized per call, so `--max-new-tokens` is only
+refused below 1. `max_seq_len` in the model config is the training length; going past it is
+allowed with a warning (the model has not seen such positions, quality may drop).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import math
+import warnings
+from typing import Callable, Iterator
 
 import torch
 
-from transmamba import checkpoint as ckpt_lib
 from transmamba.config import parse_value
+from transmamba.io import checkpoint as ckpt_lib
+from transmamba.student import lm_config_from, load_model
 
 
 def transpoints_from_args(n_layers: int, total_len: int, transpoint: int | None = None,
@@ -42,31 +53,129 @@ def _eot_id(tok) -> int:
     return int(tok.convert_tokens_to_ids(EOT))
 
 
+def check_sampling(max_new_tokens, temperature, top_k) -> None:
+    """ValueError naming the option for a token count < 1, a NaN/Inf/negative temperature or a top-k < 1."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise ValueError(f"--temperature must be a number, got {temperature!r}")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"--top-k must be a whole number >= 1 (or left out: no top-k), got {top_k!r}")
+
+
+def check_tokenizer(tok, vocab_size: int, source: str = "the model") -> None:
+    """ValueError when the tokenizer can produce ids the model has no embedding for."""
+    n = len(tok)
+    if n > vocab_size:
+        raise ValueError(f"the tokenizer has {n} tokens but {source} only {vocab_size} (model.vocab_size): "
+                         f"it is not the tokenizer this model was trained with (see --tokenizer)")
+
+
+def _sample_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                transpoints) -> Iterator[torch.Tensor]:
+    """The LM's decoding loop (prefill once, then one cached step per token), yielding each new token "b"."""
+    caches = model.allocate_caches(idx.shape[0], idx.shape[1] + max_new_tokens, transpoints)
+    logits = model(idx, caches=caches)[0][:, -1]
+    for i in range(max_new_tokens):
+        if temperature <= 0:
+            nxt = logits.argmax(-1)
+        else:
+            logits = logits / temperature
+            if top_k:
+                v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
+                logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
+            nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0]
+        yield nxt
+        if i + 1 < max_new_tokens:
+            logits = model.step(nxt, caches)
+
+
+class _Detokenizer:
+    """Turns a growing token list into text pieces for a streamer, never splitting a character.
+
+    A piece is held back while the decoded text ends in an incomplete UTF-8 sequence (U+FFFD);
+    after `window` tokens decoding restarts from the last token (kept as context), so the cost
+    per token stays bounded.
+    """
+
+    def __init__(self, tok, emit: Callable[[str], None], window: int = 32):
+        self.tok, self.emit, self.window = tok, emit, window
+        self.ids: list[int] = []
+        self.sent = 0
+
+    def push(self, ids: list[int]) -> None:
+        self.ids += ids
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent:
+            self.emit(text[self.sent:])
+        if len(self.ids) >= self.window:
+            self.ids = self.ids[-1:]
+            text = self.tok.decode(self.ids)
+        self.sent = len(text)
+
+    def close(self) -> None:
+        text = self.tok.decode(self.ids)
+        if len(text) > self.sent:
+            self.emit(text[self.sent:])
+        self.ids, self.sent = [], 0
+
+
 @torch.no_grad()
 def generate_text(model, tok, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
                   top_k: int | None = None, transpoint: int | None = None, schedule=None,
-                  device: str | torch.device = "cpu") -> str:
+                  device: str | torch.device = "cpu", streamer: Callable[[str], None] | None = None) -> str:
     """The prompt followed by `max_new_tokens` sampled tokens, decoded to text.
 
-    temperature <= 0 means greedy decoding (top_k = 1). An empty prompt starts from <|endoftext|>.
+    temperature 0 means greedy decoding; NaN, Inf or negative temperatures, top_k < 1 and
+    max_new_tokens < 1 raise ValueError. An empty prompt starts from <|endoftext|>. `streamer`, if
+    given, is called with successive pieces of the returned text as tokens are produced (the
+    decoded prompt first); their concatenation is the returned text.
     """
     from transmamba.data.text import encode
 
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    check_sampling(max_new_tokens, temperature, top_k)
+    cfg = getattr(model, "cfg", None)
+    vocab = getattr(cfg, "vocab_size", None)
+    if vocab is not None and hasattr(tok, "__len__"):
+        check_tokenizer(tok, int(vocab))
     ids = encode(tok, [prompt])[0] if prompt else []
     start = [] if ids else [_eot_id(tok)]
     idx = torch.tensor([start + ids], dtype=torch.long, device=device)
-    n_layers = getattr(getattr(model, "cfg", None), "n_layers", None) or len(model.transpoints_for(1, None))
-    tps = transpoints_from_args(n_layers, idx.shape[1] + max_new_tokens, transpoint, schedule)
-    if temperature is None or temperature <= 0:
-        temperature, top_k = 1.0, 1
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, transpoints=tps)
-    return tok.decode(out[0, len(start):].tolist())
+    total = idx.shape[1] + max_new_tokens
+    trained = getattr(cfg, "max_seq_len", None)
+    if trained is not None and total > int(trained):
+        warnings.warn(f"generating {total} tokens (prompt {idx.shape[1]} + {max_new_tokens} new) goes past the "
+                      f"model's training length max_seq_len={trained}; quality may drop beyond it")
+    n_layers = getattr(cfg, "n_layers", None) or len(model.transpoints_for(1, None))
+    tps = transpoints_from_args(n_layers, total, transpoint, schedule)
+    temperature = 0.0 if temperature is None else float(temperature)
+    out = list(ids)
+    if hasattr(model, "allocate_caches") and hasattr(model, "step"):
+        detok = _Detokenizer(tok, streamer) if streamer is not None else None
+        if detok is not None and ids:
+            detok.push(list(ids))
+        for nxt in _sample_ids(model, idx, max_new_tokens, temperature, top_k, tps):
+            t = int(nxt[0])
+            out.append(t)
+            if detok is not None:
+                detok.push([t])
+        if detok is not None:
+            detok.close()
+    else:  # a model with only `generate` (no cached step API): the text comes at the end
+        res = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, transpoints=tps)
+        out = res[0, len(start):].tolist()
+        if streamer is not None:
+            streamer(tok.decode(out))
+    return tok.decode(out)
 
 
 def generate_main(argv: list[str] | None = None) -> str:
-    """`transmamba generate --checkpoint DIR --prompt TEXT [options]`; prints and returns the text."""
+    """`transmamba generate --checkpoint DIR --prompt TEXT [options]`; streams and returns the text."""
     p = argparse.ArgumentParser(prog="transmamba generate", allow_abbrev=False,
                                 description="Sample text from a trained LM checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (newest checkpoint)")
@@ -74,33 +183,39 @@ def generate_main(argv: list[str] | None = None) -> str:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--transpoint", type=int, help="switch attention -> SSM at this position in every layer")
     g.add_argument("--schedule", help="TransPoint schedule spec, e.g. staggered or '{name: fixed, P: 64}'")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="<= 0: greedy")
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=200, help=">= 1 (the LM has no hard context cap)")
+    p.add_argument("--temperature", type=float, default=0.8, help="a finite number >= 0; 0: greedy")
+    p.add_argument("--top-k", type=int, default=None, help=">= 1; default: sample from every token")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--tokenizer", default=None, help="override the checkpoint's tokenizer name")
     p.add_argument("--cache-dir", default=None, help="tokenizer cache (default: the checkpoint's data.cache_dir)")
     args = p.parse_args(argv)
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k)
 
     from transmamba.data.text import load_tokenizer
-    from transmamba.train import pick_device
 
     path = ckpt_lib.resolve_checkpoint(args.checkpoint)
-    cfg = ckpt_lib.read_config(path)
-    data_cfg = cfg.get("data", {})
+    lm_config_from(ckpt_lib.read_config(path, verify=False), f"checkpoint {path}")  # is it an LM at all?
+    cfg = ckpt_lib.read_config(path)  # verified against the checkpoint's checksums
+    lm_cfg = lm_config_from(cfg, f"checkpoint {path}")
+    data_cfg = cfg.get("data", {}) if isinstance(cfg.get("data"), dict) else {}
     tok_name = args.tokenizer or data_cfg.get("tokenizer")
     if tok_name is None:
         raise ValueError(f"checkpoint {path} names no tokenizer (data.tokenizer); pass --tokenizer")
     tok = load_tokenizer(tok_name, args.cache_dir or data_cfg.get("cache_dir", "cache/text"))
-    device = pick_device(args.device)
+    check_tokenizer(tok, lm_cfg.vocab_size, f"the model in {path}")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     torch.manual_seed(args.seed)
-    model = ckpt_lib.load_model(path, device=device)
+    model = load_model(path, device=device)
+
+    def emit(piece: str) -> None:
+        print(piece, end="", flush=True)
+
     text = generate_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_k=args.top_k, transpoint=args.transpoint,
-                         schedule=args.schedule, device=device)
-    print(text)
-    sys.stdout.flush()
+                         schedule=args.schedule, device=device, streamer=emit)
+    print(flush=True)
     return text
 
 

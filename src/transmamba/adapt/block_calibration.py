@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from transmamba.adapt.layered_init import merge_weight
-from transmamba.models.teachers import ViT
+from transmamba.models.vit import ViT
 from transmamba.models.vision import VisionMamba
 
 

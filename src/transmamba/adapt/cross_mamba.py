@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transmamba.modules.mamba2 import sample_dt_bias
+from transmamba.modules.ssm_mixer import sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d
 from transmamba.ops.selective_scan import selective_scan
 from transmamba.ops.validate import check_dim, check_tensor

@@ -59,7 +59,7 @@ from torch import nn
 from transmamba.adapt.subclone import (attention_to_ssm, cut_linear, cut_mlp, cut_norm, fill_,
                                        head_dims, norm_cut_scale, qk_dims_for_state, rank_heads,
                                        top_k_indices, weight_importance)
-from transmamba.models.teachers import ViT
+from transmamba.models.vit import ViT
 from transmamba.models.vision import VideoMamba, VisionMamba, ViM
 
 DEFAULT_INIT_FRACTION = 0.5  # n = round(fraction * depth); chosen from the n sweep

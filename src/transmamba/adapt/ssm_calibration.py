@@ -38,11 +38,11 @@ GATE_OPEN = 1.2784645427610738  # silu(GATE_OPEN) = 1
 DT_ONE = math.log(math.e - 1)  # softplus(DT_ONE) = 1
 
 
-def _qkv(mixer: SwitchMixer, u: torch.Tensor):
+def ssm_inputs(mixer: SwitchMixer, u: torch.Tensor):
     """u "b l d" -> q "b l h n", k "b l g n", v "b l g p" after the conv (no RoPE: the SSM's C, B, x)."""
-    _, qkv, _ = mixer._project(u)
+    _, qkv, _ = mixer.project(u)
     qkv = causal_conv1d(qkv, mixer.conv_weight, mixer.conv_bias, activation=mixer.cfg.conv_activation)
-    return mixer._split_qkv(qkv)
+    return mixer.split_qkv(qkv)
 
 
 def _path_output(mixer: SwitchMixer, u: torch.Tensor, transpoint: int) -> torch.Tensor:
@@ -57,11 +57,11 @@ def _path_output(mixer: SwitchMixer, u: torch.Tensor, transpoint: int) -> torch.
     return y["y"].unflatten(-1, (mixer.h, mixer.p))
 
 
-def _scan(mixer: SwitchMixer, q, k, v, a: torch.Tensor) -> torch.Tensor:
+def decay_scan(mixer: SwitchMixer, q, k, v, a: torch.Tensor) -> torch.Tensor:
     """y^ssm with dt = 1 and per-head decay a "h": "b l h p"."""
     b, L = q.shape[:2]
     dt = q.new_ones(b, L, mixer.h)
-    return ssd_chunked(mixer._expand(v), dt, -a.to(q.dtype), mixer._expand(k), q, chunk_size=mixer.cfg.chunk_size)
+    return ssd_chunked(mixer.expand_heads(v), dt, -a.to(q.dtype), mixer.expand_heads(k), q, chunk_size=mixer.cfg.chunk_size)
 
 
 def _head_cos(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,7 @@ def calibrate_mixer(mixer: SwitchMixer, u: torch.Tensor, decays=DEFAULT_DECAYS,
     if not decays or min(decays) <= 0:
         raise ValueError(f"decays must be a non-empty list of positive rates, got {decays}")
     u = u.to(mixer.in_proj.weight.dtype)
-    q, k, v = _qkv(mixer, u)
+    q, k, v = ssm_inputs(mixer, u)
     y_att = _path_output(mixer, u, ATTENTION_ONLY)
     if target is not None:
         if target.shape != y_att.shape:
@@ -93,9 +93,9 @@ def calibrate_mixer(mixer: SwitchMixer, u: torch.Tensor, decays=DEFAULT_DECAYS,
     h, p = mixer.h, mixer.p
     cos_before = _head_cos(_path_output(mixer, u, 0), y_att)
     grid = torch.tensor(decays, dtype=q.dtype)
-    cos = torch.stack([_head_cos(_scan(mixer, q, k, v, a.expand(h)), y_att) for a in grid])  # "decays h"
+    cos = torch.stack([_head_cos(decay_scan(mixer, q, k, v, a.expand(h)), y_att) for a in grid])  # "decays h"
     a = grid[cos.argmax(0)]
-    y = _scan(mixer, q, k, v, a)
+    y = decay_scan(mixer, q, k, v, a)
     yhat = gated_rms_norm(y.flatten(-2), torch.full_like(y.flatten(-2), GATE_OPEN), torch.ones(h * p, dtype=y.dtype),
                           group_size=h * p // mixer.g, eps=mixer.cfg.norm_eps)
     t = y_att.flatten(-2)

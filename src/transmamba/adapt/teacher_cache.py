@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from transmamba.data.text import atomic_dir
+from transmamba.io.files import atomic_dir, remove_stale_tmp
 from transmamba.ops.validate import check_dim, check_tensor
 
 FORMAT_VERSION = 1
@@ -96,6 +96,7 @@ def build_teacher_cache(model, ids: np.ndarray, out_dir: str | os.PathLike, *, s
     dtype = np.dtype(dtype)
 
     out = Path(out_dir)
+    remove_stale_tmp(out)  # temporaries of a build that was killed
     meta = {"format": FORMAT_VERSION, "n_windows": n_windows, "seq_len": seq_len, "top_k": top_k,
             "hidden_layers": layers, "hidden_dtype": dtype.name, "d_model": config.hidden_size,
             "vocab": vocab, "n_layers": n_layers, "ids_sha1": _fingerprint_ids(ids),

@@ -10,8 +10,8 @@ Decoding rows fill both models' caches to the context length directly (random ke
 the teacher's KV cache; for the student, the SSM state of layers past their TransPoint and KV
 entries for the others) instead of prefilling: the cost of one decoding step depends on the
 cache's sizes, not its contents, and an 8k-token teacher prefill costs minutes on this CPU.
-`bench.lm._decode` and `_decode_teacher` with `synthetic=False` prefill for real (used by
-`transmamba convert`'s report).
+`transmamba.evaluation.speed.decode_speed` and `teacher_decode_speed` with `synthetic=False`
+prefill for real (used by `transmamba convert`'s report).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import os
 
 import torch
 
-from transmamba.bench.harness import row, time_ms
-from transmamba.bench.lm import _decode
+from transmamba.bench.harness import row
+from transmamba.evaluation.speed import decode_speed, teacher_decode_speed, time_ms
 
 STUDENT_CONFIG = "configs/convert/smollm2-switch-wide.yaml"
 
@@ -29,7 +29,7 @@ STUDENT_CONFIG = "configs/convert/smollm2-switch-wide.yaml"
 def build_pair(student_config: str = STUDENT_CONFIG):
     from transmamba.adapt.llama_to_switch import switch_config_from_teacher
     from transmamba.config import load_config
-    from transmamba.convert import DEFAULTS
+    from transmamba.recipes.convert import DEFAULTS
     from transmamba.models.hf_llama import load_teacher, teacher_spec
     from transmamba.models.lm import LM
 
@@ -38,42 +38,6 @@ def build_pair(student_config: str = STUDENT_CONFIG):
     torch.manual_seed(0)
     student = LM(switch_config_from_teacher(teacher_spec(teacher), **cfg["student"])).eval()
     return teacher, student
-
-
-def _teacher_kv_bytes(past) -> int:
-    total = 0
-    for layer in getattr(past, "layers", []):
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
-
-
-@torch.no_grad()
-def _decode_teacher(teacher, context: int, n_tokens: int, synthetic: bool = False):
-    idx = torch.randint(0, teacher.config.vocab_size, (1, context))
-    if synthetic:
-        from transformers import DynamicCache
-
-        from transmamba.models.hf_llama import teacher_spec
-
-        spec, past = teacher_spec(teacher), DynamicCache()
-        for i in range(spec["n_layers"]):
-            kv = torch.randn(2, 1, spec["n_kv_heads"], context, spec["head_dim"])
-            past.update(kv[0], kv[1], i)
-    else:
-        out = teacher(idx, use_cache=True)
-        past = getattr(out, "cache", None) or out.past_key_values
-    tok = idx[:, -1:]
-    state = {"past": past, "pos": context}
-
-    def one():
-        o = teacher(tok, cache=state["past"], use_cache=True, position_ids=torch.tensor([[state["pos"]]]))
-        state["past"], state["pos"] = getattr(o, "cache", None) or o.past_key_values, state["pos"] + 1
-
-    ms = time_ms(one, reps=n_tokens, warmup=1, max_s=60)
-    return ms, _teacher_kv_bytes(state["past"]) / 2**20
 
 
 def rows(prefill_Ls=(4096, 16384), decode_contexts=(1024, 8192), n_decode=8, reps=1,
@@ -88,8 +52,8 @@ def rows(prefill_Ls=(4096, 16384), decode_contexts=(1024, 8192), n_decode=8, rep
         out.append(row("convert prefill", L, t_s, t_t, tok_per_s_ours=round(L / t_s * 1e3, 1),
                        tok_per_s_peer=round(L / t_t * 1e3, 1), student=student_config))
     for C in decode_contexts:
-        ms_s, mb_s = _decode(student, C, n_decode, synthetic=True, warmup=1, max_s=60)
-        ms_t, mb_t = _decode_teacher(teacher, C, n_decode, synthetic=True)
+        ms_s, mb_s = decode_speed(student, C, n_decode, synthetic=True, warmup=1, max_s=60)
+        ms_t, mb_t = teacher_decode_speed(teacher, C, n_decode, synthetic=True)
         out.append(row("convert decode ms/token", C, ms_s, ms_t, tok_per_s_ours=round(1e3 / ms_s, 2),
                        tok_per_s_peer=round(1e3 / ms_t, 2), ours_cache_mb=round(mb_s, 2), peer_cache_mb=round(mb_t, 2),
                        student=student_config))

@@ -1,4 +1,5 @@
-"""Timing and peak-memory measurement shared by every benchmark, plus table/JSON output.
+"""Peak-memory measurement shared by every benchmark, plus table/JSON output (timing:
+`transmamba.evaluation.speed.time_ms`).
 
 Peak memory on CPU is the growth of the process's resident high-water mark (VmHWM) over the
 resident size just before the call; the mark is reset through /proc/self/clear_refs (Linux).
@@ -13,8 +14,6 @@ import ctypes
 import gc
 import json
 import re
-import statistics
-import time
 from typing import Callable
 
 import torch
@@ -59,21 +58,6 @@ def peak_memory_mb(fn: Callable[[], object]) -> float:
         out = fn()
         del out
         return max(_status_mb("VmHWM") - before, 0.0)
-
-
-def time_ms(fn: Callable[[], object], reps: int = 5, warmup: int = 1, max_s: float = 20.0) -> float:
-    """Median wall time of `fn` in milliseconds (stops early once `max_s` is spent)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    start = time.perf_counter()
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - start > max_s:
-            break
-    return statistics.median(times)
 
 
 def fwd_bwd(fn: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> Callable[[], None]:

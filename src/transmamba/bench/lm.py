@@ -2,16 +2,16 @@
 
 ours = TransMamba-Switch (staggered TransPoints over the 512-token training length), peer = the
 Transformer; Mamba-2 and hybrid times ride along as extra keys. Decoding rows prefill a context
-of L tokens, then time single-token steps; cache memory is the bytes held by all layer caches.
+of L tokens, then time single-token steps (`transmamba.evaluation.speed.decode_speed`); cache
+memory is the bytes held by all layer caches.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from transmamba.bench.harness import row, time_ms
+from transmamba.bench.harness import row
+from transmamba.evaluation.speed import decode_speed, time_ms
 from transmamba.models.lm import ARCHS, LM, LMConfig
 
 BENCH_MODEL = dict(vocab_size=8192, d_model=384, n_layers=8, n_heads=6, head_dim=64, d_state=64,
@@ -21,17 +21,6 @@ BENCH_MODEL = dict(vocab_size=8192, d_model=384, n_layers=8, n_heads=6, head_dim
 def build(arch: str) -> LM:
     torch.manual_seed(0)
     return LM(LMConfig(arch=arch, **BENCH_MODEL))
-
-
-def cache_nbytes(caches) -> int:
-    """Bytes of every tensor held by the layer caches (dataclasses of tensors)."""
-    total = 0
-    for c in caches:
-        for f in dataclasses.fields(c):
-            t = getattr(c, f.name)
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
 
 
 def _forward_ms(model, L, reps):
@@ -53,34 +42,6 @@ def _train_ms(model, L, reps):
     return time_ms(step, reps=reps, warmup=int(L < 8192))
 
 
-def _fill_caches(student, caches, context: int) -> None:
-    """TransMamba-Switch LM caches as if `context` tokens had been consumed (contents random; sizes exact)."""
-    for block, c in zip(student.blocks, caches):
-        mix = block.mixer
-        if context >= c.transpoint:
-            c.ssm_state = torch.randn(1, mix.h, mix.p, mix.n)
-            c.k = c.v = c.dt = None
-        else:
-            c.k, c.v = torch.randn(1, context, mix.g, mix.n), torch.randn(1, context, mix.g, mix.p)
-            c.dt = torch.rand(1, context, mix.h)
-        c.pos = context
-
-
-@torch.no_grad()
-def _decode(model, context, n_tokens, *, synthetic: bool = False, warmup: int = 2, max_s: float = 30):
-    """ms per decoded token at a context of `context` tokens, and the caches' MiB. The context is
-    prefilled, or with `synthetic` (TransMamba-Switch LMs) the caches are filled to its size."""
-    idx = torch.randint(0, model.cfg.vocab_size, (1, context))
-    caches = model.allocate_caches(1, max_len=context + n_tokens + 2)
-    if synthetic:
-        _fill_caches(model, caches, context)
-    else:
-        model(idx, caches=caches)
-    tok = idx[:, -1]
-    ms = time_ms(lambda: model.step(tok, caches), reps=n_tokens, warmup=warmup, max_s=max_s)
-    return ms, cache_nbytes(caches) / 2**20
-
-
 def rows(Ls=(1024, 4096, 16384), decode_contexts=(1024, 8192), reps=3, n_decode=16) -> list[dict]:
     models = {a: build(a) for a in ARCHS}
     out = []
@@ -92,7 +53,7 @@ def rows(Ls=(1024, 4096, 16384), decode_contexts=(1024, 8192), reps=3, n_decode=
                            tok_per_s_ours=round(L / t["transmamba"] * 1e3, 1),
                            tok_per_s_peer=round(L / t["transformer"] * 1e3, 1)))
     for C in decode_contexts:
-        d = {a: _decode(m, C, n_decode) for a, m in models.items()}
+        d = {a: decode_speed(m, C, n_decode) for a, m in models.items()}
         out.append(row("lm decode ms/token", C, d["transmamba"][0], d["transformer"][0],
                        ours_cache_mb=round(d["transmamba"][1], 2), peer_cache_mb=round(d["transformer"][1], 2),
                        mamba2_ms=round(d["mamba2"][0], 3), mamba2_cache_mb=round(d["mamba2"][1], 2),

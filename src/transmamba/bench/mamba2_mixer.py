@@ -14,7 +14,8 @@ import logging
 
 import torch
 
-from transmamba.bench.harness import emit, fwd_bwd, peak_memory_mb, row, time_ms
+from transmamba.bench.harness import emit, fwd_bwd, peak_memory_mb, row
+from transmamba.evaluation.speed import time_ms
 from transmamba.modules.mamba2 import Mamba2
 
 CONFIG = dict(hidden_size=256, num_heads=8, head_dim=64, state_size=64, n_groups=1, expand=2,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from transmamba.bench.harness import emit, fwd_bwd, peak_memory_mb, row, time_ms
+from transmamba.bench.harness import emit, fwd_bwd, peak_memory_mb, row
+from transmamba.evaluation.speed import time_ms
 from transmamba.ops.selective_scan import selective_scan
 
 BATCH, D_INNER, D_STATE = 1, 768, 16

@@ -21,7 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from transmamba.bench.harness import emit, fwd_bwd, peak_memory_mb, row, time_ms
+from transmamba.bench.harness import emit, fwd_bwd, peak_memory_mb, row
+from transmamba.evaluation.speed import time_ms
 from transmamba.ops.ssd import ssd_chunked, ssd_ref
 
 SHAPE = dict(b=1, h=8, p=64, n=64, g=1)

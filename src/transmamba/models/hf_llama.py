@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from transmamba.data.text import (SMOLLM2_GGUF, SMOLLM2_PACKAGE, _offline, atomic_dir, package_dir,
-                                  publish_dir)
+from transmamba.data.text import SMOLLM2_GGUF, SMOLLM2_PACKAGE
+from transmamba.io.files import atomic_dir, package_dir, publish_dir, remove_stale_tmp, set_hf_offline
 
 LLAMA_FAMILY = ("llama", "mistral")
 SMOLLM2_CACHE = "cache/teachers/smollm2"
@@ -38,7 +38,7 @@ def smollm2_gguf_path() -> Path:
 
 def load_smollm2_gguf(dtype: torch.dtype = torch.float32):
     """(model.eval(), tokenizer) dequantized from the GGUF, without a quantization_config."""
-    _offline()
+    set_hf_offline()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
@@ -61,10 +61,13 @@ def load_smollm2_gguf(dtype: torch.dtype = torch.float32):
 def prepare_smollm2(cache_dir: str | os.PathLike = SMOLLM2_CACHE) -> Path:
     """Dequantize SmolLM2's GGUF once into `cache_dir` (config, fp32 model.safetensors, tokenizer).
 
-    Written atomically (a temporary sibling directory renamed at the end); a later call finds the
-    directory and returns its path at once.
+    Written atomically (a temporary sibling directory `.smollm2.tmp-{pid}-{hex}`, ~514 MB, renamed
+    at the end); a later call finds the directory and returns its path at once. Temporaries left
+    by an earlier preparation that was killed (their pid is dead) are removed first, on every call;
+    those of a preparation still running in another process are left alone.
     """
     final = Path(cache_dir)
+    remove_stale_tmp(final)
     if (final / "config.json").exists() and (final / "model.safetensors").exists():
         return final
     model, tok = load_smollm2_gguf()  # built from a config without quantization_config
@@ -86,7 +89,7 @@ def load_teacher(path_or_name: str | os.PathLike, *, dtype: torch.dtype = torch.
     else is a local HF model directory (config.json + weights) whose model_type is one of
     `LLAMA_FAMILY`. The tokenizer is None when the directory holds none.
     """
-    _offline()
+    set_hf_offline()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if str(path_or_name) == "smollm2":
@@ -143,17 +146,3 @@ def teacher_spec(model) -> dict:
         "max_position_embeddings": config.max_position_embeddings,
         "model_type": config.model_type,
     }
-
-
-def tiny_llama(seed: int = 0, **overrides):
-    """A tiny random LlamaForCausalLM for tests (2 layers, d=32, GQA 4/2 heads of 8, vocab 64)."""
-    _offline()
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    kw = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-              rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-5,
-              tie_word_embeddings=False)
-    kw.update(overrides)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**kw)).eval()

@@ -109,14 +109,19 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, d_ff)
 
-    def _mix(self, h, transpoint, cache):
-        if self.kind == "transmamba":
-            return self.mixer(h, transpoint=transpoint, cache=cache)
-        return self.mixer(h, cache=cache)
+    def _transpoint_kw(self, transpoint) -> dict:
+        """The TransPoint as a keyword for the mixers that take one (TransMamba-Switch)."""
+        return {"transpoint": transpoint} if self.kind == "transmamba" else {}
 
     def forward(self, x, transpoint=None, cache=None):
-        x = x + self._mix(self.norm1(x), transpoint, cache)
+        x = x + self.mixer(self.norm1(x), cache=cache, **self._transpoint_kw(transpoint))
         return x + self.mlp(self.norm2(x))
+
+    def allocate_cache(self, batch: int, max_len: int | None = None, *, transpoint=None, device=None,
+                       dtype=None):
+        """The mixer's decoding cache (`allocate_cache` of every mixer has this signature)."""
+        return self.mixer.allocate_cache(batch, max_len, device=device, dtype=dtype,
+                                         **self._transpoint_kw(transpoint))
 
     def step(self, x_t, cache):
         x_t = x_t + self.mixer.step(self.norm1(x_t), cache)
@@ -199,14 +204,8 @@ class LM(nn.Module):
             transpoints = self.transpoints_for(max_len or self.cfg.max_seq_len)
         elif isinstance(transpoints, int):
             transpoints = [transpoints] * self.cfg.n_layers
-        caches = []
-        for block, P in zip(self.blocks, transpoints):
-            if block.kind == "transmamba":
-                caches.append(block.mixer.allocate_cache(batch, transpoint=P, max_len=max_len or 0,
-                                                         device=device, dtype=dtype))
-            else:
-                caches.append(block.mixer.allocate_cache(batch, max_len, device=device, dtype=dtype))
-        return caches
+        return [block.allocate_cache(batch, max_len, transpoint=P, device=device, dtype=dtype)
+                for block, P in zip(self.blocks, transpoints)]
 
     def step(self, idx_t, caches):
         """One token per row, idx_t "b" -> logits "b V"."""

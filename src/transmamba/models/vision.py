@@ -40,7 +40,7 @@ from torch import nn
 
 from transmamba.ops.scan_orders import (ScanOrder, plainmamba_orders, videomamba_orders,
                                            vim_orders, vmamba_orders)
-from transmamba.models.teachers import MLP, PatchGrid, patch_tokens  # MLP: the teacher's, so it copies in
+from transmamba.models.vit import MLP, PatchGrid, patch_tokens  # MLP: the teacher's, so it copies in
 from transmamba.modules.multiscan import MultiScanMamba
 from transmamba.modules.norm import RMSNorm
 from transmamba.ops.validate import check_dim, check_tensor
@@ -304,7 +304,7 @@ def build_student(cfg: StudentConfig | dict) -> VisionMamba:
 
 def save_student(model: VisionMamba, out_dir, extra: dict | None = None) -> Path:
     """out_dir/model.safetensors + out_dir/config.json ({"student": cfg, **extra}), each atomic."""
-    from transmamba.models.teachers import save_json_atomic, save_safetensors_atomic
+    from transmamba.io.files import save_json_atomic, save_safetensors_atomic
 
     out = Path(out_dir)
     save_safetensors_atomic(model.state_dict(), out / "model.safetensors")

@@ -16,7 +16,7 @@ from torch import nn
 
 from transmamba.modules.cache import KVCache
 from transmamba.ops.rope import apply_rope, rope_cos_sin
-from transmamba.ops.validate import check_dim, check_tensor
+from transmamba.ops.validate import check_all_finite, check_dim, check_tensor
 
 
 class CausalSelfAttention(nn.Module):
@@ -77,7 +77,10 @@ class CausalSelfAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """x "b l d_model" -> "b l d_model"; with a cache, attend to its tokens too and append."""
+        """x "b l d_model" -> "b l d_model"; with a cache, attend to its tokens too and append.
+
+        L = 0 or b = 0 give an empty output; NaN/Inf in q, k or v is a ValueError (switched off by
+        `transmamba.ops.validate.CHECK_FINITE = False`)."""
         check_tensor("x", x, 3, "(b, l, d_model)")
         check_dim("x", x, -1, self.d_model, "d_model")
         b, l, _ = x.shape
@@ -87,6 +90,7 @@ class CausalSelfAttention(nn.Module):
             return x.new_zeros(b, 0, self.d_model)
         start = 0 if cache is None else cache.length
         q, k, v = self._qkv(x, start)
+        check_all_finite(q=q, k=k, v=v)
         if cache is not None:
             k, v = cache.append(k, v)
         o = self._attend(q, k.to(q.dtype), v.to(q.dtype), start)

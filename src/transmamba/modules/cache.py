@@ -4,6 +4,11 @@
   (Mamba-2 "b h p n", Mamba-1 "b d n"), plus how many tokens have been consumed.
 - `KVCache` (attention): keys/values "b kv_heads L head_dim", either preallocated to `max_len`
   (written in place) or growing by concatenation (`max_len=None`).
+- `SwitchCache` (TransMamba-Switch): a KV cache (keys, values and dt "b T *") until the layer's
+  TransPoint, then the SSM state "b h p n" the Memory converter makes of it (the KV cache freed).
+
+Every mixer makes its own with `allocate_cache(batch, max_len=None, *, device=None, dtype=None)`
+(the Switch mixer also takes `transpoint=`).
 
 The mixers replace the tensors held here rather than writing into them (except the preallocated
 KV buffers), so a cache used under autograd keeps a valid graph; decode under `torch.no_grad()`.
@@ -87,3 +92,26 @@ class KVCache:
         if self.max_len is None:
             self.k = self.k[:, :, :0]
             self.v = self.v[:, :, :0]
+
+
+@dataclass
+class SwitchCache:
+    """Decoding state of a `SwitchMixer`: tokens before `transpoint` are held in the KV cache
+    (k, v, dt, growing by doubling up to the TransPoint); from the TransPoint on, ssm_state."""
+
+    conv_state: torch.Tensor  # "b c (k-1)"
+    transpoint: int
+    pos: int = 0  # tokens consumed so far
+    k: torch.Tensor | None = None  # "b T g n" (RoPE'd if rope), capacity T >= pos
+    v: torch.Tensor | None = None  # "b T g p"
+    dt: torch.Tensor | None = None  # "b T h"
+    ssm_state: torch.Tensor | None = None  # "b h p n", set once pos >= transpoint
+
+    @property
+    def batch(self) -> int:
+        return self.conv_state.shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes held by the tensors of this cache."""
+        ts = (self.conv_state, self.k, self.v, self.dt, self.ssm_state)
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from transmamba.modules.cache import Mamba1Cache
-from transmamba.modules.mamba2 import A_from_log, _SSMMixer, sample_dt_bias
+from transmamba.modules.ssm_mixer import A_from_log, SSMMixer, sample_dt_bias
 from transmamba.ops.selective_scan import selective_scan, selective_scan_step
 
 
-class Mamba1(_SSMMixer):
+class Mamba1(SSMMixer):
     """Mamba-1 mixer: "b l d_model" -> "b l d_model"; `step` decodes one token "b d_model"."""
 
     cache_cls = Mamba1Cache

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transmamba.ops.scan_orders import N_STEP_KINDS, ScanOrder
-from transmamba.modules.mamba2 import sample_dt_bias
+from transmamba.modules.ssm_mixer import sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d
 from transmamba.ops.selective_scan import selective_scan, selective_scan_ref
 from transmamba.ops.validate import check_dim, check_tensor

@@ -34,13 +34,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from transmamba.modules.mamba2 import A_from_log, sample_dt_bias
+from transmamba.modules.cache import SwitchCache
+from transmamba.modules.ssm_mixer import A_from_log, sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
 from transmamba.ops.memory_converter import memory_convert
 from transmamba.ops.norm import gated_rms_norm
 from transmamba.ops.rope import apply_rope, rope_cos_sin
 from transmamba.ops.ssd import ssd_chunked, ssd_step
-from transmamba.ops.validate import check_dim, check_tensor
+from transmamba.ops.validate import (check_all_finite, check_dim, check_tensor, check_transpoint,
+                                     check_transpoint_int)
 from transmamba.modules.schedule import ATTENTION_ONLY
 
 
@@ -70,23 +72,6 @@ class SwitchConfig:
         self.n_kv_heads = self.n_kv_heads or self.n_heads
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
-
-
-@dataclass
-class SwitchCache:
-    """Decoding state of one layer. `kv_len` tokens are in the KV cache until the TransPoint."""
-
-    conv_state: torch.Tensor  # "b c (k-1)"
-    transpoint: int
-    pos: int = 0  # tokens consumed so far
-    k: torch.Tensor | None = None  # "b T g n" (RoPE'd if rope), capacity T >= pos
-    v: torch.Tensor | None = None  # "b T g p"
-    dt: torch.Tensor | None = None  # "b T h"
-    ssm_state: torch.Tensor | None = None  # "b h p n", set once pos >= transpoint
-
-    def nbytes(self) -> int:
-        ts = (self.conv_state, self.k, self.v, self.dt, self.ssm_state)
-        return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
 class SwitchMixer(nn.Module):
@@ -123,13 +108,14 @@ class SwitchMixer(nn.Module):
         self.A_log.copy_(torch.log(torch.empty(self.h).uniform_(*cfg.A_init_range)))
 
     # ------------------------------------------------------------------------------ pieces
-    def _project(self, u):
+    def project(self, u):
         """u "... d" -> z "... (h p)", qkv "... c" (pre-conv), dt_raw "... h"."""
         zqkvdt = self.in_proj(u)
         z, qkv, dt_raw = torch.split(zqkvdt, [self.h * self.p, self.d_qkv, self.h], dim=-1)
         return (z if self.z_bias is None else z + self.z_bias), qkv, dt_raw
 
-    def _split_qkv(self, qkv):
+    def split_qkv(self, qkv):
+        """qkv "... c" -> q "... h n" (= C), k "... g n" (= B), v "... g p" (= x)."""
         q, k, v = torch.split(qkv, [self.h * self.n, self.g * self.n, self.g * self.p], dim=-1)
         return (q.unflatten(-1, (self.h, self.n)), k.unflatten(-1, (self.g, self.n)),
                 v.unflatten(-1, (self.g, self.p)))
@@ -143,7 +129,7 @@ class SwitchMixer(nn.Module):
     def _dt_A(self, dt_raw):
         return F.softplus(dt_raw + self.dt_bias), A_from_log(self.A_log)
 
-    def _expand(self, t):
+    def expand_heads(self, t):
         """"b l g d" -> "b l h d": grouped heads repeated for every query head."""
         r = self.h // self.g
         return t if r == 1 else t.repeat_interleave(r, dim=2)
@@ -170,26 +156,35 @@ class SwitchMixer(nn.Module):
     def forward(self, u, transpoint=None, cache: SwitchCache | None = None):
         """u "b l d" -> "b l d".
 
-        transpoint: int, or a LongTensor "b" (one P per row; not with a cache), or None for the
-        layer's scheduled `cfg.transpoint` (or the cache's). With a cache, u continues after the
-        cache's `pos` tokens and the cache is updated in place (prefill or chunked decoding).
+        transpoint: an int >= 0, or an integer tensor "b" of entries >= 0 (one P per row; not with
+        a cache), or None for the layer's scheduled `cfg.transpoint` (or the cache's); anything else
+        is a ValueError. With a cache, u continues after the cache's `pos` tokens and the cache is
+        updated in place (prefill or chunked decoding). L = 0 or b = 0 give an empty output.
+        NaN/Inf in q, k, v (= C, B, x) or dt is a ValueError (`transmamba.ops.validate.CHECK_FINITE`).
         """
         check_tensor("u", u, 3, "(b, l, d_model)")
         check_dim("u", u, 2, self.cfg.d_model, "d_model")
         b, L, _ = u.shape
+        if cache is not None and cache.batch != b:
+            raise ValueError(f"cache has batch {cache.batch}, u has batch {b} (shape {tuple(u.shape)})")
         pos0 = cache.pos if cache is not None else 0
         P = self._resolve_transpoint(transpoint, cache, b)
-        z, qkv, dt_raw = self._project(u)
+        if L == 0:
+            return u.new_zeros(b, 0, self.cfg.d_model)
+        z, qkv, dt_raw = self.project(u)
         if cache is not None:
             qkv, cache.conv_state = causal_conv1d(qkv, self.conv_weight, self.conv_bias,
                                                   initial_state=cache.conv_state, return_final_state=True,
                                                   activation=self.cfg.conv_activation)
         else:
             qkv = causal_conv1d(qkv, self.conv_weight, self.conv_bias, activation=self.cfg.conv_activation)
-        q, k, v = self._split_qkv(qkv)
+        q, k, v = self.split_qkv(qkv)
         dt, A = self._dt_A(dt_raw)
+        self._check_finite(q, k, v, dt)
 
-        if isinstance(P, torch.Tensor):  # one TransPoint per row: both paths over the overlap
+        if isinstance(P, torch.Tensor) and b == 0:
+            s_lo = s_hi = 0
+        elif isinstance(P, torch.Tensor):  # one TransPoint per row: both paths over the overlap
             s_lo, s_hi = int(P.min().clamp(0, L)), int(P.max().clamp(0, L))
         else:
             s_lo = s_hi = min(max(P - pos0, 0), L)
@@ -208,7 +203,7 @@ class SwitchMixer(nn.Module):
             pieces.append(y_att.flatten(-2))
         if s_lo < L:  # SSM on local positions [s_lo, L), from the exact state at pos0 + s_lo
             state = self._state_at_switch(cache, k, v, dt, A, s_lo, pos0)
-            y_ssm = ssd_chunked(self._expand(v[:, s_lo:]), dt[:, s_lo:], A, self._expand(k[:, s_lo:]),
+            y_ssm = ssd_chunked(self.expand_heads(v[:, s_lo:]), dt[:, s_lo:], A, self.expand_heads(k[:, s_lo:]),
                                 q[:, s_lo:], chunk_size=self.cfg.chunk_size, D=self.D,
                                 initial_state=state, return_final_state=cache is not None)
             if cache is not None:
@@ -229,18 +224,20 @@ class SwitchMixer(nn.Module):
             cache.pos = pos0 + L
         return self.out_proj(y)
 
+    @staticmethod
+    def _check_finite(q, k, v, dt) -> None:
+        check_all_finite(**{"q (= C)": q, "k (= B, K)": k, "v (= x, V)": v, "dt": dt})
+
     def _resolve_transpoint(self, transpoint, cache, b):
+        """The TransPoint of this call: an int >= 0, or an int64 tensor "b" (checked, see
+        `check_transpoint`); None gives the cache's (or `cfg.transpoint` without a cache)."""
         if transpoint is None:
             return cache.transpoint if cache is not None else self.cfg.transpoint
-        if isinstance(transpoint, torch.Tensor) and transpoint.dim() == 1:
+        P = check_transpoint(transpoint, b)
+        if isinstance(P, torch.Tensor):
             if cache is not None:
                 raise ValueError("a per-row transpoint tensor cannot be used with a decoding cache")
-            if transpoint.shape[0] != b:
-                raise ValueError(f"transpoint has shape {tuple(transpoint.shape)}, expected ({b},) for batch {b}")
-            return transpoint.long().clamp(min=0)
-        P = int(transpoint)
-        if P < 0:
-            raise ValueError(f"transpoint must be >= 0, got {P}")
+            return P
         if cache is not None and P != cache.transpoint:
             raise ValueError(f"transpoint={P} differs from the cache's transpoint={cache.transpoint}")
         return P
@@ -257,14 +254,17 @@ class SwitchMixer(nn.Module):
             DT = torch.cat([cache.dt[:, :pos0], DT], 1)
         if K.shape[1] == 0:
             return None
-        return memory_convert(self._expand(K), self._expand(V), DT, A, chunk_size=self.cfg.chunk_size)
+        return memory_convert(self.expand_heads(K), self.expand_heads(V), DT, A, chunk_size=self.cfg.chunk_size)
 
     # ------------------------------------------------------------------------------ decoding
-    def allocate_cache(self, batch: int, transpoint: int | None = None, max_len: int = 0,
-                       device=None, dtype=None) -> SwitchCache:
+    def allocate_cache(self, batch: int, max_len: int | None = None, *, device=None, dtype=None,
+                       transpoint: int | None = None) -> SwitchCache:
+        """Empty cache: conv state "b c (d_conv-1)" and, with max_len, KV buffers preallocated to
+        min(max_len, TransPoint) tokens (None: they grow by doubling). transpoint: an int >= 0, or
+        None for the layer's `cfg.transpoint`; device and dtype default to in_proj's."""
         w = self.in_proj.weight
         device, dtype = device or w.device, dtype or w.dtype
-        P = self.cfg.transpoint if transpoint is None else int(transpoint)
+        P = self.cfg.transpoint if transpoint is None else check_transpoint_int(transpoint)
         cap = min(max_len, P) if max_len else 0
         cache = SwitchCache(conv_state=torch.zeros(batch, self.d_qkv, self.cfg.d_conv - 1, device=device, dtype=dtype),
                                 transpoint=P)
@@ -292,11 +292,16 @@ class SwitchMixer(nn.Module):
     def step(self, u_t, cache: SwitchCache):
         """One token u_t "b d" -> "b d"; attention while pos < P, the SSM from P on."""
         check_tensor("u_t", u_t, 2, "(b, d_model)")
-        z, qkv, dt_raw = self._project(u_t)
+        check_dim("u_t", u_t, 1, self.cfg.d_model, "d_model")
+        if not isinstance(cache, SwitchCache) or cache.batch != u_t.shape[0]:
+            raise ValueError(f"cache must be a SwitchCache with batch {u_t.shape[0]} (see allocate_cache), "
+                             f"got {type(cache).__name__}")
+        z, qkv, dt_raw = self.project(u_t)
         qkv, cache.conv_state = causal_conv1d_step(cache.conv_state, qkv, self.conv_weight, self.conv_bias,
                                                    self.cfg.conv_activation)
-        q, k, v = self._split_qkv(qkv[:, None])
+        q, k, v = self.split_qkv(qkv[:, None])
         dt, A = self._dt_A(dt_raw[:, None])
+        self._check_finite(q, k, v, dt)
         pos = cache.pos
         if pos < cache.transpoint:  # attention over the KV cache
             pos_t = torch.tensor([pos], device=u_t.device)
@@ -311,8 +316,8 @@ class SwitchMixer(nn.Module):
                     cache.ssm_state = torch.zeros(u_t.shape[0], self.h, self.p, self.n, device=u_t.device,
                                                   dtype=torch.promote_types(u_t.dtype, torch.float32))
                 cache.k = cache.v = cache.dt = None
-            y, cache.ssm_state = ssd_step(cache.ssm_state, self._expand(v)[:, 0], dt[:, 0], A,
-                                          self._expand(k)[:, 0], q[:, 0], D=self.D)
+            y, cache.ssm_state = ssd_step(cache.ssm_state, self.expand_heads(v)[:, 0], dt[:, 0], A,
+                                          self.expand_heads(k)[:, 0], q[:, 0], D=self.D)
             y = self._gate_out(y[:, None], z[:, None])[:, 0]
         cache.pos = pos + 1
         return self.out_proj(y)

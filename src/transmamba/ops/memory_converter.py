@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import torch
 
-from transmamba.ops.ssd import (_check_A_D, _check_state, _compute_dtype, _sum_after, _to_chunks,
-                                ssd_chunk_state)
-from transmamba.ops.validate import (check_chunk_size, check_dim, check_groups, check_positive, check_shape,
-                                     check_tensor)
+from transmamba.ops.ssd import compute_dtype, ssd_chunk_state, sum_after, to_chunks
+from transmamba.ops.validate import (check_A_D, check_all_finite, check_chunk_size, check_groups, check_positive,
+                                     check_shape, check_ssd_state, check_tensor, check_transpoint)
 
 __all__ = ["memory_convert", "memory_convert_masked"]
 
@@ -45,9 +44,9 @@ def _check_kv(K, V, dt, A, initial_state, chunk_size) -> tuple[int, int, int, in
     g, n = K.shape[2], K.shape[3]
     check_groups("K", K, h, "V")
     check_shape("dt", dt, 3, "(b, P, h)", lead_sizes + [(h, f"heads h={h} of V")])
-    _check_A_D(A, None, h, "V")
+    check_A_D(A, None, h, "V")
     if initial_state is not None:
-        _check_state("initial_state", initial_state, b, h, p, n)
+        check_ssd_state("initial_state", initial_state, b, h, p, n)
     return b, P, h, p, g, n
 
 
@@ -55,17 +54,17 @@ def _convert(K, V, dt, A, chunk_size, initial_state, shape) -> torch.Tensor:
     """Unchecked core: dt may be 0 (masked tokens: decay exp(0) = 1, contribution 0)."""
     b, P, h, p, g, n = shape
     r = h // g
-    ct = _compute_dtype(K.dtype, V.dtype, dt.dtype)
+    ct = compute_dtype(K.dtype, V.dtype, dt.dtype)
     s0 = None if initial_state is None else initial_state.to(ct)
-    if P == 0:
+    if P == 0 or b == 0:
         return V.new_zeros((b, h, p, n), dtype=ct) if s0 is None else s0.clone()
     q = min(chunk_size, P)
-    xc = _to_chunks(V.to(ct), q).unflatten(3, (g, r))  # b c q g r p
-    dtc = _to_chunks(dt.to(ct), q).unflatten(3, (g, r))  # b c q g r
-    Bc = _to_chunks(K.to(ct), q)  # b c q g n
+    xc = to_chunks(V.to(ct), q).unflatten(3, (g, r))  # b c q g r p
+    dtc = to_chunks(dt.to(ct), q).unflatten(3, (g, r))  # b c q g r
+    Bc = to_chunks(K.to(ct), q)  # b c q g n
     states, dA_chunk = ssd_chunk_state(xc, dtc, A.to(ct).view(g, r), Bc)  # b c g r p n, b c g r
     # state_P = sum_c exp(sum_{c' > c} dA_chunk[c']) states[c]  (+ exp(sum_c dA_chunk[c]) S)
-    to_end = torch.exp(_sum_after(dA_chunk.movedim(1, -1)))  # b g r c
+    to_end = torch.exp(sum_after(dA_chunk.movedim(1, -1)))  # b g r c
     state = torch.einsum("bgrc,bcgrpn->bgrpn", to_end, states).reshape(b, h, p, n)
     if s0 is not None:
         state = state + torch.exp(dA_chunk.sum(1)).reshape(b, h, 1, 1) * s0
@@ -80,9 +79,12 @@ def memory_convert(K, V, dt, A, *, chunk_size=64, initial_state=None):
     K "b P g n" (= B), V "b P h p" (= x), dt "b P h" (> 0), A "h", initial_state S "b h p n" | None
     -> state "b h p n" (compute dtype: float32 for fp16/bf16 inputs), so that
     `ssd_chunked(x[:, P:], ..., initial_state=state)` continues the full scan exactly.
-    P = 0 gives zeros (or a copy of the initial state).
+    P = 0 or batch 0 gives zeros (or a copy of the initial state). NaN/Inf in K, V, dt or the
+    initial state is a ValueError (`transmamba.ops.validate.CHECK_FINITE` switches that off), and
+    so is A >= 0.
     """
     shape = _check_kv(K, V, dt, A, initial_state, chunk_size)
+    check_all_finite(K=K, V=V, initial_state=initial_state)
     check_positive("dt", dt)
     return _convert(K, V, dt, A, chunk_size, initial_state, shape)
 
@@ -99,10 +101,9 @@ def memory_convert_masked(K, V, dt, A, P, *, chunk_size=64, initial_state=None):
     """
     shape = _check_kv(K, V, dt, A, initial_state, chunk_size)
     b, L = shape[0], shape[1]
-    if not isinstance(P, torch.Tensor) or P.dim() != 1 or P.is_floating_point() or P.is_complex():
-        got = tuple(P.shape) if isinstance(P, torch.Tensor) else type(P).__name__
-        raise ValueError(f"P must be an integer tensor of shape (b,) = ({b},), got {got}")
-    check_dim("P", P, 0, b, f"batch b={b} of V")
+    if not isinstance(P, torch.Tensor):
+        raise ValueError(f"P must be an integer tensor of shape (b,) = ({b},), got {type(P).__name__}")
+    P = check_transpoint(P, b, name="P")
     if P.numel() and (int(P.min()) < 0 or int(P.max()) > L):
         raise ValueError(f"P must lie in [0, L={L}], got min {int(P.min())} max {int(P.max())}")
     if P.numel() and int(P.max()) < L:  # nothing after the longest prefix matters
@@ -115,4 +116,5 @@ def memory_convert_masked(K, V, dt, A, P, *, chunk_size=64, initial_state=None):
     dt = torch.where(keep[..., None], dt, zero)
     V = torch.where(keep[..., None, None], V, torch.zeros((), dtype=V.dtype, device=V.device))
     K = torch.where(keep[..., None, None], K, torch.zeros((), dtype=K.dtype, device=K.device))
+    check_all_finite(K=K, V=V, initial_state=initial_state)  # after masking: NaN past P_b is allowed
     return _convert(K, V, dt, A, chunk_size, initial_state, shape)

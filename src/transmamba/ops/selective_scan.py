@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from transmamba.ops.validate import check_finite, check_positive, check_shape, check_tensor
+from transmamba.ops.validate import check_all_finite, check_negative, check_positive, check_shape, check_tensor
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_step"]
 
@@ -26,7 +26,8 @@ def _compute_dtype(*ts: torch.Tensor | None) -> torch.dtype:
 
 
 def _validate(u, delta, A, B, C, D, z, initial_state, *, step: bool = False) -> None:
-    """Check ranks, matching sizes and finiteness; raise ValueError naming the argument.
+    """Check ranks, matching sizes, finiteness (`CHECK_FINITE`), A < 0 and delta > 0; raise
+    ValueError naming the argument.
 
     step=True checks one decoding step: no length axis, names u_t, delta_t, B_t, C_t, z_t, state.
     """
@@ -48,9 +49,8 @@ def _validate(u, delta, A, B, C, D, z, initial_state, *, step: bool = False) -> 
     if initial_state is not None:
         check_shape(s_, initial_state, 3, "(b, d, n)",
                     [(bl[0], "batch (b)"), (d, "channels (d)"), (n, "A state size (n)")])
-    for name, t in ((u_, u), ("A", A), (B_, B), (C_, C), ("D", D), (z_, z), (s_, initial_state)):
-        if t is not None:
-            check_finite(name, t)
+    check_all_finite(**{u_: u, B_: B, C_: C, "D": D, z_: z, s_: initial_state})
+    check_negative("A", A)
     check_positive(dt_, delta)
 
 

@@ -13,6 +13,10 @@ Mamba-2 paper (intra-chunk quadratic form, per-chunk states, state passing betwe
 state-to-output) written with matmuls; `ssd_step` is one token of the recurrence for decoding.
 Half-precision inputs are computed in float32 and the output is cast back to x's dtype; final
 states are returned in the compute dtype (float32 for fp16/bf16 inputs).
+
+Every entry point checks its arguments (`transmamba.ops.validate`): shapes, dt > 0, A < 0, and no
+NaN/Inf in x, dt, A, B, C, D or the state (the finiteness checks can be switched off with
+`validate.CHECK_FINITE = False`). Batch 0 or length 0 give empty outputs of the right shape.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from transmamba.ops.validate import (check_chunk_size, check_finite, check_groups, check_positive,
-                                     check_shape, check_tensor)
+from transmamba.ops.validate import (check_A_D, check_all_finite, check_chunk_size, check_groups,
+                                     check_positive, check_shape, check_ssd_state, check_tensor)
 
 __all__ = [
     "ssd_ref",
@@ -30,28 +34,18 @@ __all__ = [
     "ssd_chunk_state",
     "ssd_state_passing",
     "segsum",
+    "sum_after",
+    "to_chunks",
+    "compute_dtype",
 ]
 
 
 # ----------------------------------------------------------------------------------- validation
 
 
-def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """float64 if any input is float64, else float32 (fp16/bf16 accumulate in float32)."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
-def _check_A_D(A, D, h: int, of: str = "x") -> None:
-    """A "(h,)" (finite) and D "(h,)" | None, where h is the number of heads of `of`."""
-    check_shape("A", A, 1, "(h,)", [(h, f"heads h={h} of {of}")])
-    check_finite("A", A)
-    if D is not None:
-        check_shape("D", D, 1, "(h,)", [(h, f"heads h={h} of {of}")])
-
-
-def _check_state(name: str, state, b: int, h: int, p: int, n: int) -> None:
-    sizes = [(b, f"batch b={b}"), (h, f"heads h={h}"), (p, f"head dim p={p}"), (n, f"state dim n={n}")]
-    check_shape(name, state, 4, "(b, h, p, n)", sizes)
 
 
 def _check_args(x, dt, A, B, C, D, state, *, step: bool = False) -> tuple[int, ...]:
@@ -68,9 +62,11 @@ def _check_args(x, dt, A, B, C, D, state, *, step: bool = False) -> tuple[int, .
     check_shape(C_, C, len(bl) + 2, f"({lead}, g, n)",
                 lead_sizes + [(g, f"groups g={g} of {B_}"), (n, f"state dim n={n} of {B_}")])
     check_groups(B_, B, h, x_)
-    _check_A_D(A, D, h, x_)
+    check_A_D(A, D, h, x_)
+    s_ = "state" if step else "initial_state"
     if step or state is not None:
-        _check_state("state" if step else "initial_state", state, bl[0], h, p, n)
+        check_ssd_state(s_, state, bl[0], h, p, n)
+    check_all_finite(**{x_: x, B_: B, C_: C, s_: state, "D": D})
     check_positive(dt_, dt)
     return (*bl, h, p, g, n)
 
@@ -100,7 +96,7 @@ def ssd_ref(x, dt, A, B, C, *, D=None, initial_state=None, return_final_state=Fa
     -> y "b l h p" (x's dtype) [, final_state "b h p n" (compute dtype)].
     """
     b, l, h, p, g, n = _check_args(x, dt, A, B, C, D, initial_state)
-    ct = _compute_dtype(x.dtype, dt.dtype, B.dtype, C.dtype)
+    ct = compute_dtype(x.dtype, dt.dtype, B.dtype, C.dtype)
     r = h // g
     xs = x.to(ct)
     dts = dt.to(ct)
@@ -132,7 +128,7 @@ def ssd_step(state, x_t, dt_t, A, B_t, C_t, *, D=None):
     -> (y_t "b h p" in x_t's dtype, new_state "b h p n" in the compute dtype).
     """
     b, h, p, g, n = _check_args(x_t, dt_t, A, B_t, C_t, D, state, step=True)
-    ct = _compute_dtype(x_t.dtype, dt_t.dtype, B_t.dtype, C_t.dtype, state.dtype)
+    ct = compute_dtype(x_t.dtype, dt_t.dtype, B_t.dtype, C_t.dtype, state.dtype)
     x32 = x_t.to(ct)
     y_t, new_state = _step(state.to(ct), x32, dt_t.to(ct), A.to(ct), B_t.to(ct), C_t.to(ct), h // g)
     if D is not None:
@@ -160,12 +156,12 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     return s.masked_fill(~torch.tril(ones), float("-inf"))
 
 
-def _sum_after(a: torch.Tensor) -> torch.Tensor:
+def sum_after(a: torch.Tensor) -> torch.Tensor:
     """out[..., j] = sum_{k>j} a[..., k] (exclusive reverse cumsum, no subtraction)."""
     return F.pad(a[..., 1:], (0, 1)).flip(-1).cumsum(-1).flip(-1)
 
 
-def _to_chunks(t: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def to_chunks(t: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Zero-pad the length axis (dim 1) to a multiple of chunk_size and split it: "b (c q) ..." ->
     "b c q ...". Zero dt on padded tokens means decay exp(0)=1 and no contribution."""
     l = t.shape[1]
@@ -190,7 +186,7 @@ def ssd_chunk_state(xc, dtc, A, Bc):
 
 def _chunk_states(xdt, dA, Bc):
     """states[c] = sum_j exp(sum_{k>j} dA_k) xdt_j B_j^T: xdt "b c q g r p", dA "b c g r q"."""
-    w = torch.exp(_sum_after(dA)).permute(0, 1, 4, 2, 3)  # b c q g r: decay from j to chunk end
+    w = torch.exp(sum_after(dA)).permute(0, 1, 4, 2, 3)  # b c q g r: decay from j to chunk end
     return torch.einsum("bcjgn,bcjgrp->bcgrpn", Bc, xdt * w[..., None])
 
 
@@ -229,19 +225,19 @@ def ssd_chunked(x, dt, A, B, C, *, chunk_size=64, D=None, initial_state=None, re
     """
     check_chunk_size(chunk_size)
     b, l, h, p, g, n = _check_args(x, dt, A, B, C, D, initial_state)
-    ct = _compute_dtype(x.dtype, dt.dtype, B.dtype, C.dtype)
+    ct = compute_dtype(x.dtype, dt.dtype, B.dtype, C.dtype)
     r = h // g
-    if l == 0:
-        y = x.new_zeros((b, 0, h, p))
+    if l == 0 or b == 0:  # nothing to scan: empty y, the state passes through unchanged
+        y = x.new_zeros((b, l, h, p))
         if not return_final_state:
             return y
         s = x.new_zeros((b, h, p, n), dtype=ct) if initial_state is None else initial_state.to(ct)
         return y, s
     q = min(chunk_size, l)  # a single short chunk needs no padding
-    xc = _to_chunks(x.to(ct), q).unflatten(3, (g, r))  # b c q g r p
-    dtc = _to_chunks(dt.to(ct), q).unflatten(3, (g, r))  # b c q g r
-    Bc = _to_chunks(B.to(ct), q)  # b c q g n
-    Cc = _to_chunks(C.to(ct), q)
+    xc = to_chunks(x.to(ct), q).unflatten(3, (g, r))  # b c q g r p
+    dtc = to_chunks(dt.to(ct), q).unflatten(3, (g, r))  # b c q g r
+    Bc = to_chunks(B.to(ct), q)  # b c q g n
+    Cc = to_chunks(C.to(ct), q)
     A_gr = A.to(ct).view(g, r)
 
     # 1. intra-chunk: masked decay matrix times C B^T, applied to dt*x

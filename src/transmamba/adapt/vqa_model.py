@@ -1,0 +1,85 @@
+"""The VQA model of the multimodal Adapt recipe: a VisionMamba backbone, question tokens, a fusion.
+
+Visual tokens v = norm_f(blocks(embed(x))) "b l d" of a ViM student; then one of three fusions,
+all ending in the same MLP head -> 2 logits (no / yes):
+    late      z = [mean_t v_t ; W_t mean_j text_j]                          (concat, "b 2d")
+    modulate  g = v + CrossMamba_mod(n(v), text);   z = mean_t n'(g_t)      (text shifts B, C, dt)
+    prefix    g = v + CrossMamba_pre(n(v), text);   z = mean_t n'(g_t)      (text scanned first,
+              its SSM state starts the visual scan; run per group of equal question length)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from transmamba.adapt.cross_mamba import CrossMamba
+
+FUSIONS = ("late", "modulate", "prefix")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """s = sum_j mask_j x_j / sum_j mask_j: "b m d", "b m" -> "b d"."""
+    m = mask.to(x.dtype)[..., None]
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class VQAModel(nn.Module):
+    """Visual backbone (a VisionMamba student, head unused) + text tokens -> fusion -> 2 logits."""
+
+    def __init__(self, backbone: nn.Module, d_text: int, fusion: str = "modulate",
+                 hidden: int = 128, d_state: int = 8, expand: float = 2.0):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        self.fusion, self.backbone = fusion, backbone
+        backbone.head = nn.Identity()  # the image-classification head plays no part here
+        d = backbone.cfg.d_model
+        if fusion == "late":
+            self.text_proj = nn.Linear(d_text, d)
+            d_in = 2 * d
+        else:
+            self.norm_in = nn.LayerNorm(d)
+            self.cross = CrossMamba(d, d_text, d_state=d_state, expand=expand, mode=fusion)
+            self.norm_out = nn.LayerNorm(d)
+            d_in = d
+        self.head = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, 2))
+
+    def visual_tokens(self, x: torch.Tensor, return_directions: bool = False):
+        """v = norm_f(blocks(embed(x))) "b l d" (and per-layer direction features, or Nones)."""
+        bb = self.backbone
+        h, feats = bb.embed(x), []
+        for blk in bb.blocks:
+            h, dirs = blk(h, return_directions)
+            feats.append(dirs)
+        return bb.norm_f(h), feats
+
+    def _cross(self, u: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """CrossMamba on n(v); "prefix" runs once per question length (it scans every text token)."""
+        if self.fusion == "modulate":
+            return self.cross(u, text, mask)
+        lengths = mask.sum(1)
+        out = torch.empty_like(u)
+        for m in lengths.unique().tolist():
+            sel = torch.nonzero(lengths == m).squeeze(1)
+            out[sel] = self.cross(u[sel], text[sel, :m])
+        return out
+
+    def fuse(self, v: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Visual tokens "b l d" + text "b m d_text" (mask "b m") -> logits "b 2"."""
+        if self.fusion == "late":
+            z = torch.cat([v.mean(1), self.text_proj(masked_mean(text, mask))], dim=-1)
+        else:
+            g = v + self._cross(self.norm_in(v), text, mask)
+            z = self.norm_out(g).mean(1)
+        return self.head(z)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
+                return_directions: bool = False):
+        """logits "b 2" (and the backbone's direction features when return_directions)."""
+        if text.shape[0] != x.shape[0] or tuple(mask.shape) != tuple(text.shape[:2]):
+            raise ValueError(f"text {tuple(text.shape)} / mask {tuple(mask.shape)} must match "
+                             f"batch {x.shape[0]} and each other")
+        v, feats = self.visual_tokens(x, return_directions)
+        logits = self.fuse(v, text, mask)
+        return (logits, feats) if return_directions else logits

@@ -1,0 +1,1 @@
+"""Evaluators, one per kind of metric: perplexity, classification, speed."""

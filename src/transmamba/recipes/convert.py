@@ -1,0 +1,325 @@
+"""`transmamba convert`: a pretrained causal LM -> a TransMamba-Switch student, end to end.
+
+    teacher (SmolLM2-135M or any local HF Llama dir)
+      -> calibrate on real text, subclone dims/heads/neurons, layered init of the first n layers
+      -> teacher outputs (top-k log-probs + the aligned hidden states) cached once on disk, mmapped
+      -> distill:  loss = w_kl * KL_topk(teacher || student) + w_hidden * sum_i w_i (1 - cos_i) + w_ce * CE
+                   (w_i = adaptive layer weights, `transmamba.adapt.distill.adaptive_weights`),
+                   TransPoints optionally annealed from the sequence length down to the target schedule
+      -> evaluate held-out perplexity (teacher and student), save the student (safetensors + config),
+         write report.md with the loss curve.
+
+Distillation runs on the one engine (`transmamba.training.engine.fit`): this recipe supplies the
+student, the cached teacher batches, the loss (`DistillStep`) and the held-out perplexity.
+
+Recipe switches give the comparison runs at equal tokens: from scratch (`recipe.subclone false,
+recipe.distill false`), subcloning + init only (`recipe.distill false`), the full recipe, and the full
+recipe with TransPoint annealing (`recipe.anneal_frac > 0`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from transmamba.adapt.distill import adaptive_layer_loss, token_cosine
+from transmamba.adapt.llama_to_switch import (calibrate, init_from_teacher, layer_map_for, plan_subclone,
+                                              switch_config_from_teacher)
+from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
+from transmamba.adapt.teacher_cache import TeacherCache, build_teacher_cache, topk_kl
+from transmamba.config import NONNEG, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, dump_yaml, load_config
+from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
+from transmamba.io.checkpoint import save_checkpoint
+from transmamba.models.lm import LM
+from transmamba.modules.schedule import make_schedule
+from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process
+
+DEFAULTS = {
+    "teacher": "smollm2",
+    "name": "convert",
+    "out_dir": "runs/convert",
+    "seed": 0,
+    "student": {"n_layers": 8, "d_model": 384, "n_heads": 6, "n_kv_heads": 2, "d_ff": 1024,
+                "conv_activation": None, "switch_gate_bias": True,
+                "schedule": {"name": "staggered", "period": 8, "span": 256}},
+    "recipe": {"subclone": True, "n_init": None, "layer_map": "uniform", "distill": True,
+               "adaptive": True, "anneal_frac": 0.0, "anneal_mode": "together", "ssm_calib": True},
+    "data": {"tokenizer": "smollm2", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
+             "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs"},
+    "train": {**copy.deepcopy(ENGINE_DEFAULTS), "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
+              "warmup_steps": 20, "weight_decay": 0.1, "grad_clip": 1.0, "w_kl": 1.0, "w_hidden": 1.0,
+              "hidden_mean": True, "w_ce": 0.5, "temperature": 1.0, "log_every": 10, "eval_every": 0,
+              "ckpt_every": 0},
+    "device": "cpu",
+    "eval": {"batches": 8, "batch_size": 8, "transpoints": [], "speed_context": 1024, "speed_tokens": 8,
+             "prompts": ["ROMEO:", "To be, or not to be,"], "prompt_tokens": 24},
+}
+
+
+def _student_config(spec: dict, cfg: dict):
+    s = dict(cfg["student"])
+    return switch_config_from_teacher(spec, **s)
+
+
+def _teacher_ppl(teacher, val_ids, seq_len, batch_size, n_batches, cache_file: Path) -> dict:
+    """Teacher's held-out perplexity on the same windows as the student's (cached as JSON)."""
+    key = f"{seq_len}x{batch_size}x{n_batches}x{len(val_ids)}"
+    saved = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    if key in saved:
+        return saved[key]
+    res = hf_perplexity(teacher, val_ids, batch_size=batch_size, seq_len=seq_len, n_batches=n_batches)
+    saved[key] = res
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(json.dumps(saved))
+    return res
+
+
+CONVERT_RULES = {**TRAIN_RULES, "train.w_kl": NONNEG, "train.w_hidden": NONNEG, "train.w_ce": NONNEG,
+                 "data.seq_len": POSITIVE_INT, "data.cache_windows": POSITIVE_INT, "data.calib_windows": POSITIVE_INT,
+                 "data.top_k": POSITIVE_INT, "eval.batches": POSITIVE_INT, "eval.batch_size": POSITIVE_INT,
+                 "student.n_layers": POSITIVE_INT, "student.d_model": POSITIVE_INT, "student.n_heads": POSITIVE_INT,
+                 "student.d_ff": POSITIVE_INT, "recipe.anneal_frac": UNIT}
+
+
+def build_student(teacher, spec, cfg, train_ids):
+    """Student LM, subcloned and layer-initialised from the teacher when the recipe says so."""
+    scfg = _student_config(spec, cfg)
+    torch.manual_seed(cfg["seed"])
+    student = LM(scfg)
+    rec, d = cfg["recipe"], cfg["data"]
+    layer_map = layer_map_for(scfg.n_layers, spec["n_layers"], rec["layer_map"])
+    dims = torch.arange(scfg.d_model)
+    if rec["subclone"]:
+        L = d["seq_len"]
+        starts = np.linspace(0, len(train_ids) - L - 1, d["calib_windows"]).astype(np.int64)
+        calib = torch.from_numpy(np.stack([np.asarray(train_ids[s:s + L], dtype=np.int64) for s in starts]))
+        cal = calibrate(teacher, calib)
+        plan = plan_subclone(cal, spec, scfg)
+        init_from_teacher(student, teacher, plan, n_init=rec["n_init"], layer_map=layer_map, cal=cal)
+        if rec["ssm_calib"]:  # gate, dt, A, norm of the SSM paths fitted to the attention paths
+            n_init = scfg.n_layers if rec["n_init"] is None else rec["n_init"]
+            calibrate_ssm_paths(student, calib, layers=range(n_init))  # the layers the teacher filled
+        dims = plan.dims
+    return student, layer_map, dims
+
+
+class DistillStep(nn.Module):
+    """loss = w_kl KL_topk(teacher || student) + w_hidden sum_i w_i (1 - cos_i) + w_ce CE (recipe.distill),
+    or plain CE; batches are (x, y, topk_idx, topk_logp, *hidden) from the teacher cache."""
+
+    def __init__(self, student: LM, cfg: dict, layer_map: list[int], dims: torch.Tensor):
+        super().__init__()
+        self.model = student
+        self.t, self.rec, self.L = cfg["train"], cfg["recipe"], cfg["data"]["seq_len"]
+        self.layer_map = list(layer_map)
+        self.register_buffer("dims", torch.as_tensor(dims), persistent=False)
+
+    def forward(self, batch, step: int):
+        x, y, topk_idx, topk_logp, *hidden = batch
+        t, student = self.t, self.model
+        logits, ce, h = student(x, targets=y, transpoints=student.transpoints_for(self.L, step), return_hidden=True)
+        parts = {"loss_ce": ce}
+        if not self.rec["distill"]:
+            return ce, parts
+        parts["loss_kl"] = topk_kl(logits.float(), topk_idx, topk_logp, T=t["temperature"])
+        cos = torch.stack([token_cosine(h[i + 1].float(), hidden[i][..., self.dims].float())
+                           for i in range(len(self.layer_map))])
+        parts["loss_hidden"] = adaptive_layer_loss(cos, adaptive=self.rec["adaptive"], normalize=t["hidden_mean"])
+        loss = t["w_ce"] * ce + t["w_kl"] * parts["loss_kl"] + t["w_hidden"] * parts["loss_hidden"]
+        return loss, parts
+
+
+def cache_batches(cache: TeacherCache, batch_size: int, seed: int, hidden_keys: list[int]):
+    """start_step -> iterator of cached teacher batches (x, y, topk_idx, topk_logp, *hidden), windows
+    drawn at random (numpy default_rng(seed)); resuming redraws the skipped choices."""
+
+    def stream(start: int):
+        rng = np.random.default_rng(seed)
+        step = 0
+        while True:
+            idx = rng.choice(len(cache), size=batch_size, replace=len(cache) < batch_size)
+            if step >= start:
+                b = cache.batch(idx)
+                yield (b["x"], b["y"], b["topk_idx"], b["topk_logp"], *(b["hidden"][k] for k in hidden_keys))
+            step += 1
+
+    return stream
+
+
+def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, progress=True, resume=False) -> dict:
+    """Train the student on the cached teacher outputs through the engine (plain CE when
+    recipe.distill is false); TransPoints optionally annealed towards the target schedule."""
+    t, rec = cfg["train"], cfg["recipe"]
+    L, bs = cfg["data"]["seq_len"], int(t["batch_size"])
+    steps = max(1, math.ceil(int(t["tokens"]) / (bs * L)))
+    target = student.cfg.schedule
+    if rec["anneal_frac"] > 0:
+        student.schedule = make_schedule({"name": "annealed", "target": target, "mode": rec["anneal_mode"],
+                                          "steps": max(1, int(rec["anneal_frac"] * steps))})
+    ev_cfg = cfg["eval"]
+
+    def evaluate(m):
+        r = lm_perplexity(m, val_ids, batch_size=ev_cfg["batch_size"], seq_len=L, n_batches=ev_cfg["batches"],
+                          device=next(m.parameters()).device, amp=t["amp"])
+        return {"val_loss": r["val_loss"], "val_ppl": r["val_ppl"]}
+
+    out = Path(cfg["out_dir"]) / cfg["name"]
+    run = Run(name=f"convert[{cfg['name']}]", step_module=DistillStep(student, cfg, layer_map, dims),
+              batches=cache_batches(cache, bs, cfg["seed"], [m + 1 for m in layer_map]), total_steps=steps,
+              tcfg={**t, "progress": bool(progress and t.get("progress", True))}, out_dir=out,
+              config={"model": student.cfg.to_dict(), "convert": cfg}, evaluate=evaluate, unit="tokens",
+              unit_per_example=L, metric_fields=["val_loss", "val_ppl", "loss_ce", "loss_kl", "loss_hidden"],
+              fingerprint={"model": student.cfg.to_dict()}, best_key="val_loss", device=cfg["device"])
+    try:
+        res = fit(run, resume=resume)
+    finally:
+        student.schedule = make_schedule(target)
+    return {"steps": res["step"], "tokens": res["tokens"], "train_s": res["elapsed_s"], "tok_per_s": res["tok_per_s"],
+            "processes": res["processes"], "amp": res["amp"]}
+
+
+def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
+    """Run the whole pipeline for a resolved config; returns the summary (also in summary.json)."""
+    from transmamba.data.text import token_ids
+    from transmamba.models.hf_llama import load_teacher, teacher_spec
+
+    check_config(cfg, CONVERT_RULES)
+    out = Path(cfg["out_dir"]) / cfg["name"]
+    out.mkdir(parents=True, exist_ok=True)
+    d = cfg["data"]
+    teacher, _ = load_teacher(cfg["teacher"])
+    spec = teacher_spec(teacher)
+    train_ids = token_ids("train", d["tokenizer"], d["cache_dir"])
+    val_ids = token_ids("val", d["tokenizer"], d["cache_dir"])
+    student, layer_map, dims = build_student(teacher, spec, cfg, train_ids)
+    tc_dir = Path(d["teacher_cache_dir"]) / f"{cfg['teacher'].replace('/', '_')}-L{d['seq_len']}-n{d['cache_windows']}-k{d['top_k']}-h{'_'.join(map(str, layer_map))}"
+    build_teacher_cache(teacher, train_ids, tc_dir, seq_len=d["seq_len"], n_windows=d["cache_windows"],
+                        top_k=d["top_k"], hidden_layers=[m + 1 for m in layer_map], progress=progress)
+    cache = TeacherCache(tc_dir)
+    ev = cfg["eval"]
+    teacher_eval = _teacher_ppl(teacher, val_ids, d["seq_len"], ev["batch_size"], ev["batches"],
+                                Path(d["teacher_cache_dir"]) / f"teacher_ppl_{cfg['teacher'].replace('/', '_')}.json")
+
+    def ppl(**kw):
+        return lm_perplexity(student, val_ids, batch_size=ev["batch_size"], seq_len=d["seq_len"],
+                             n_batches=ev["batches"], **kw)
+
+    init_eval = ppl()
+    run = distill(student, cache, cfg, layer_map, dims, val_ids, progress, resume)
+    if not is_main_process():
+        return run
+    final = ppl()
+    sweep = {int(P): ppl(transpoints=[int(P)] * student.cfg.n_layers)["val_ppl"] for P in ev["transpoints"]}
+    run_cfg = {"model": student.cfg.to_dict(), "data": {"tokenizer": d["tokenizer"], "cache_dir": d["cache_dir"]},
+               "convert": cfg}
+    save_checkpoint(out / "student", student, None, run["steps"], run_cfg,
+                    extra={"val_ppl": final["val_ppl"], "teacher_val_ppl": teacher_eval["val_ppl"]})
+    if (out / "loss.png").exists():
+        (out / "loss.png").replace(out / "loss_curve.png")
+    summary = {"name": cfg["name"], "teacher_val_ppl": teacher_eval["val_ppl"], "init_val_ppl": init_eval["val_ppl"],
+               "val_ppl": final["val_ppl"], "val_tokens": final["val_tokens"], "student_params": student.num_params(False),
+               "student_non_embedding_params": student.num_params(), "transpoint_sweep_ppl": sweep,
+               "transpoints": student.transpoints_for(d["seq_len"]), **run}
+    summary |= speed_and_samples(teacher, student, cfg)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    write_report(out, summary)
+    return summary
+
+
+def speed_and_samples(teacher, student, cfg) -> dict:
+    """Decode speed and cache memory at `eval.speed_context` for both models; greedy continuations."""
+    from transmamba.evaluation.speed import decode_speed, teacher_decode_speed
+    from transmamba.data.text import load_tokenizer
+
+    ev, res = cfg["eval"], {}
+    student.eval()
+    if ev["speed_context"]:
+        ms_s, mb_s = decode_speed(student, ev["speed_context"], ev["speed_tokens"], warmup=1, max_s=60)
+        ms_t, mb_t = teacher_decode_speed(teacher, ev["speed_context"], ev["speed_tokens"])
+        res["speed"] = {"context": ev["speed_context"], "student_tok_s": 1e3 / ms_s, "teacher_tok_s": 1e3 / ms_t,
+                        "student_cache_mb": mb_s, "teacher_cache_mb": mb_t}
+    tok = load_tokenizer(cfg["data"]["tokenizer"], cfg["data"]["cache_dir"])
+    samples = []
+    for prompt in ev["prompts"]:
+        ids = torch.tensor([tok.encode(prompt)])
+        with torch.no_grad():
+            s_out = student.generate(ids, ev["prompt_tokens"], temperature=0)
+            t_out = teacher.generate(ids, max_new_tokens=ev["prompt_tokens"], do_sample=False,
+                                     pad_token_id=tok.eos_token_id or 0)
+        samples.append({"prompt": prompt, "teacher": tok.decode(t_out[0, ids.shape[1]:]),
+                        "student": tok.decode(s_out[0, ids.shape[1]:])})
+    res["samples"] = samples
+    return res
+
+
+def plot_transpoint_sweep(sweep: dict, png: Path, name: str) -> Path:
+    """Held-out perplexity against the TransPoint P used by every layer (0 = pure SSM)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ps = sorted(sweep, key=int)
+    ax.plot([int(p) for p in ps], [sweep[p] for p in ps], marker="o")
+    ax.set_xlabel("TransPoint P (every layer; tokens before P use attention)")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_title(f"convert {name}: quality vs TransPoint")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    return png
+
+
+def write_report(out: Path, s: dict) -> Path:
+    """report.md: teacher vs student table, the TransPoint sweep, samples, the loss curve."""
+    sp = s.get("speed", {})
+    lines = [f"# transmamba convert: {s['name']}", "",
+             f"Student: TransMamba-Switch, {s['student_params'] / 1e6:.1f}M parameters, TransPoints "
+             f"{s['transpoints']}; {s['tokens']} training tokens in {s['train_s']:.0f} s.", "",
+             "| model | held-out ppl | decode tok/s | cache MB |", "|---|---|---|---|",
+             f"| teacher (SmolLM2-135M) | {s['teacher_val_ppl']:.2f} | {sp.get('teacher_tok_s', float('nan')):.1f} | "
+             f"{sp.get('teacher_cache_mb', float('nan')):.1f} |",
+             f"| student at init | {s['init_val_ppl']:.2f} | | |",
+             f"| student | {s['val_ppl']:.2f} | {sp.get('student_tok_s', float('nan')):.1f} | "
+             f"{sp.get('student_cache_mb', float('nan')):.1f} |", ""]
+    if sp:
+        lines += [f"Decoding measured at a context of {sp['context']} tokens, batch 1.", ""]
+    if s.get("transpoint_sweep_ppl"):
+        lines += ["| TransPoint P (all layers) | held-out ppl |", "|---|---|"]
+        lines += [f"| {p} | {v:.2f} |" for p, v in s["transpoint_sweep_ppl"].items()] + [""]
+    for smp in s.get("samples", []):
+        lines += [f"**{smp['prompt']}**", "", f"- teacher: {smp['teacher']!r}", f"- student: {smp['student']!r}", ""]
+    if s.get("transpoint_sweep_ppl"):
+        plot_transpoint_sweep(s["transpoint_sweep_ppl"], out / "transpoint_tradeoff.png", s["name"])
+        lines += ["![perplexity vs TransPoint](transpoint_tradeoff.png)", ""]
+    lines += ["![loss curve](loss_curve.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    print("\n".join(lines[:10]))
+    return path
+
+
+def convert_main(argv: list[str] | None = None) -> dict:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="transmamba convert", description=__doc__.split("\n")[0])
+    p.add_argument("--teacher", default=None, help='"smollm2" or a local HF Llama-family directory')
+    p.add_argument("--student", required=True, help="configs/convert/<name>.yaml")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the distillation from its newest checkpoint "
+                   "(needs --train.ckpt_every >= 1)")
+    args, rest = p.parse_known_args(argv)
+    cfg = load_config(args.student, rest, defaults=DEFAULTS)
+    if args.teacher:
+        cfg["teacher"] = args.teacher
+    summary = convert(cfg, progress=not args.quiet, resume=args.resume)
+    print(json.dumps({k: v for k, v in summary.items()}, indent=2))
+    return summary

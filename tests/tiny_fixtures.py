@@ -1,0 +1,52 @@
+"""Tiny stand-ins for real data and models, shared by the tests (not part of the package).
+
+- `tiny_llama`: a random 2-layer HF LlamaForCausalLM (d=32, GQA 4/2 heads of 8, vocab 64).
+- `write_idx`: writes uint8 images/labels as (gzipped) IDX files, the Fashion-MNIST format that
+  `transmamba.data.fashion_mnist` reads.
+
+Import as `from tiny_fixtures import tiny_llama` (tests/ is on sys.path: its conftest.py sits in a
+directory without __init__.py).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transmamba.data.fashion_mnist import IMAGE_MAGIC, LABEL_MAGIC
+from transmamba.io.files import set_hf_offline
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    """A tiny random LlamaForCausalLM (2 layers, d=32, GQA 4/2 heads of 8, vocab 64), in eval mode;
+    `overrides` are LlamaConfig fields."""
+    set_hf_offline()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    kw = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+              rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-5,
+              tie_word_embeddings=False)
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**kw)).eval()
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = True) -> Path:
+    """Write uint8 images "n r c" (IDX3) or labels "n" (IDX1), gzipped unless compress=False."""
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    if a.ndim == 3:
+        header = struct.pack(">iiii", IMAGE_MAGIC, *a.shape)
+    elif a.ndim == 1:
+        header = struct.pack(">ii", LABEL_MAGIC, a.shape[0])
+    else:
+        raise ValueError(f"array must have shape (n, r, c) or (n,), got {a.shape}")
+    raw = header + a.tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
