@@ -24,6 +24,7 @@ TINY_FAMILIES = {
     "llama-bias": ("llama", {"attention_bias": True, "mlp_bias": True}),
     "mistral": ("mistral", {"sliding_window": 8}),
     "qwen2": ("qwen2", {}),
+    "qwen2-sliding": ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1}),
     "qwen3": ("qwen3", {}),
     "gemma": ("gemma", {"hidden_act": "gelu_pytorch_tanh"}),
     "gemma2": ("gemma2", {"sliding_window": 8, "query_pre_attn_scalar": 16, "attn_logit_softcapping": 2.0,
@@ -34,6 +35,7 @@ TINY_FAMILIES = {
                                                    "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0,
                                                                       "factor": 2.0}}}),
     "phi3": ("phi3", {}),
+    "phi3-window": ("phi3", {"sliding_window": 8}),
     "olmo2": ("olmo2", {}),
     "smollm3": ("smollm3", {"no_rope_layers": [1, 0]}),
 }
