@@ -99,14 +99,19 @@ def test_teacher_check_cli(tmp_path, capsys):
     assert not res["lossless"] and "mixture-of-experts" in res["unsupported"][0]
 
 
-def test_check_reports_a_student_that_is_not_exact():
+def test_check_reports_what_is_not_exact():
+    from transmamba.adapt.teacher_check import compare_logits
+
     teacher = tiny_teacher("llama")
-    res = check_model(teacher)
-    assert res["lossless"]
+    assert check_model(teacher)["lossless"]
+    student = convert_full_size(teacher)
     with torch.no_grad():
-        teacher.model.layers[0].self_attn.q_proj.weight.mul_(1.0)
-    teacher.config.hidden_act = "relu"  # the config lies about the model: refused, not converted
-    assert check_model(teacher)["unsupported"]
+        student.blocks[1].mixer.out_proj.weight[0, 0] += 1e-2  # a slightly wrong student is caught
+    diff, ok = compare_logits(teacher, student, IDS)
+    assert not ok and diff > 1e-4
+    teacher.config.hidden_act = "relu"  # a config the converter cannot honour: refused, not converted
+    res = check_model(teacher)
+    assert not res["lossless"] and "activation 'relu'" in res["unsupported"][0]
 
 
 def test_convert_refuses_before_any_work(tmp_path):

