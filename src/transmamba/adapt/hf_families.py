@@ -50,7 +50,8 @@ IRRELEVANT = {
     "tokenizer_class", "cache_implementation", "max_position_embeddings", "original_max_position_embeddings",
     "_sliding_window_pattern", "sliding_window_pattern", "use_sliding_window", "max_window_layers",
     "no_rope_layer_interval", "chunk_size_feed_forward", "is_encoder_decoder", "_attn_implementation_autoset",
-    "tie_word_embeddings", "rope_scaling", "rope_theta", "partial_rotary_factor",
+    "tie_word_embeddings", "rope_theta", "partial_rotary_factor",  # (legacy rope_scaling: transformers
+    # folds it into rope_parameters; one left over is refused as unknown)
 }
 HONOURED = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters"}
