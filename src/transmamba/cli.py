@@ -4,6 +4,7 @@
     transmamba train --config configs/lm/<name>.yaml [--key value ...]
     transmamba generate --checkpoint DIR --prompt "..." [--transpoint P]
     transmamba teacher prepare [--cache-dir DIR]
+    transmamba teacher check PATH [--json]          (exit 0 only when the conversion is lossless)
     transmamba convert --teacher smollm2 --student configs/convert/<name>.yaml [--key value ...]
     transmamba train-teacher --config configs/vision/vit-fmnist.yaml [--key value ...]
     transmamba distill --config configs/vision/<student>-fmnist.yaml [--key value ...]
@@ -80,10 +81,22 @@ def _teacher(argv):
     sub = p.add_subparsers(dest="action", required=True)
     prep = sub.add_parser("prepare", help="dequantize SmolLM2's GGUF once into an fp32 safetensors cache")
     prep.add_argument("--cache-dir", default="cache/teachers/smollm2")
+    chk = sub.add_parser("check", help="convert a local HF model dir or GGUF file at full size; compare logits")
+    chk.add_argument("path")
+    chk.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.action == "check":
+        import json
+
+        from transmamba.adapt.teacher_check import check_teacher
+
+        res = check_teacher(args.path)
+        print(json.dumps(res) if args.json else json.dumps(res, indent=2))
+        return 0 if res["lossless"] else 1
     from transmamba.models.hf_llama import prepare_smollm2
 
     print(prepare_smollm2(args.cache_dir))
+    return 0
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -129,7 +142,7 @@ def _dispatch(argv: list[str]) -> int:
     if cmd == "bench":
         _bench(rest)
     elif cmd == "teacher":
-        _teacher(rest)
+        return _teacher(rest)
     else:  # the subcommands return their summaries; success is exit status 0
         module, fn = COMMANDS[cmd]
         getattr(importlib.import_module(module), fn)(rest)

@@ -1,4 +1,8 @@
-"""A Llama-family causal LM -> a TransMamba-Switch LM: the Adapt recipe (subcloning + layered init) on an LM.
+"""A Transformer causal LM -> a TransMamba-Switch LM: the Adapt recipe (subcloning + layered init) on an LM.
+
+Every family `transmamba.adapt.hf_families` accepts goes through here (its `TeacherSpec` says what
+the student needs: biases, q/k norms, norm placement, activation, RoPE tables, windows, soft-caps);
+the Llama layer below is the common case.
 
 Teacher layer t (HF Llama):  x += o_proj(attn(rope(q_proj h), rope(k_proj h), v_proj h)),  h = norm(x)
                              x += down_proj(silu(gate_proj h') * up_proj h'),             h' = norm(x)
@@ -25,23 +29,37 @@ from dataclasses import dataclass, field
 
 import torch
 
+from transmamba.adapt.hf_families import TeacherSpec, final_norm_weight, inspect_teacher, layer_weights
 from transmamba.adapt.subclone import activation_importance, cut_linear, cut_norm, head_dims, norm_cut_scale, top_k_indices
 from transmamba.models.lm import LM, LMConfig
 
 
-def switch_config_from_teacher(spec: dict, *, n_layers: int | None = None, d_model: int | None = None,
+def switch_config_from_teacher(spec, *, n_layers: int | None = None, d_model: int | None = None,
                                n_heads: int | None = None, n_kv_heads: int | None = None,
-                               d_ff: int | None = None, **overrides) -> LMConfig:
-    """An LMConfig for a Switch student of the teacher (`models.hf_llama.teacher_spec`), cut as asked.
+                               d_ff: int | None = None, layer_map: list[int] | str | None = None,
+                               **overrides) -> LMConfig:
+    """An LMConfig for a Switch student of the teacher, cut as asked. `spec`: a `TeacherSpec`
+    (`adapt.hf_families.inspect_teacher`) or the legacy Llama dict of `models.hf_llama.teacher_spec`.
 
     Defaults give the full-size, lossless student: identity conv without activation, RoPE with the
-    teacher's theta, the teacher's eps, vocabulary and tying, no parameter balancing.
+    teacher's theta, the teacher's eps, vocabulary and tying, no parameter balancing, and every
+    family option of the TeacherSpec; student layer i takes teacher layer layer_map[i]'s per-layer
+    options (RoPE on/off, base, table, window). layer_map: a list, "uniform"/"first", or None
+    (uniform).
     """
-    kw = dict(vocab_size=spec["vocab"], d_model=d_model or spec["d_model"], n_layers=n_layers or spec["n_layers"],
+    n_layers = n_layers or spec["n_layers"]
+    kw = dict(vocab_size=spec["vocab"], d_model=d_model or spec["d_model"], n_layers=n_layers,
               arch="transmamba", n_heads=n_heads or spec["n_heads"], n_kv_heads=n_kv_heads or spec["n_kv_heads"],
               head_dim=spec["head_dim"], d_ff=d_ff or spec["d_ff"], balance_params=False,
               rope_theta=spec["rope_theta"], switch_rope=True, conv_activation=None, conv_init_identity=True,
               norm_eps=spec["rms_eps"], tie_embeddings=spec["tie_embeddings"], schedule="attention")
+    if isinstance(spec, TeacherSpec):
+        if not isinstance(layer_map, list):
+            layer_map = layer_map_for(n_layers, spec.n_layers, layer_map or "uniform")
+        per_layer = [spec.layer_options(t) for t in layer_map]
+        kw.update(switch_options=spec.switch_options(), switch_layer_options=per_layer if any(per_layer) else [],
+                  pre_norms=spec.pre_norms, post_norms=spec.post_norms, mlp_act=spec.hidden_act,
+                  mlp_bias=spec.mlp_bias, embed_scale=spec.embed_scale, final_softcap=spec.final_softcap)
     kw.update(overrides)
     return LMConfig(**kw)
 
@@ -68,11 +86,11 @@ class Calibration:
 
 
 @torch.no_grad()
-def calibrate(teacher, ids: torch.Tensor, max_norm_tokens: int = 2048) -> Calibration:
+def calibrate(teacher, ids: torch.Tensor, max_norm_tokens: int = 2048, spec: TeacherSpec | None = None) -> Calibration:
     """Run the teacher on `ids` "b l" with hooks on o_proj/down_proj inputs and on every RMSNorm."""
+    spec = spec or inspect_teacher(teacher.config)
     spec_layers = teacher.model.layers
-    hd = teacher.config.head_dim if getattr(teacher.config, "head_dim", None) else (
-        teacher.config.hidden_size // teacher.config.num_attention_heads)
+    hd = spec.head_dim
     head_out, neurons, norm_in, hooks = {}, {}, {}, []
 
     def keep(store, key, reduce):
@@ -83,7 +101,7 @@ def calibrate(teacher, ids: torch.Tensor, max_norm_tokens: int = 2048) -> Calibr
             keep(head_out, t, lambda a: a.abs().unflatten(-1, (-1, hd)).mean((0, 1, 3)))))
         hooks.append(layer.mlp.down_proj.register_forward_pre_hook(
             keep(neurons, t, lambda a: activation_importance(a))))
-        for name in ("input_layernorm", "post_attention_layernorm"):
+        for name in spec.norm_names().values():
             hooks.append(getattr(layer, name).register_forward_pre_hook(
                 keep(norm_in, f"{t}.{name}", lambda a: a.reshape(-1, a.shape[-1])[:max_norm_tokens].clone())))
     hooks.append(teacher.model.norm.register_forward_pre_hook(
@@ -114,7 +132,7 @@ def _pick_heads(head_imp: torch.Tensor, n_kv: int, n_kv_s: int, n_q_s: int):
     return q, kv
 
 
-def plan_subclone(cal: Calibration, spec: dict, cfg: LMConfig) -> SubclonePlan:
+def plan_subclone(cal: Calibration, spec, cfg: LMConfig) -> SubclonePlan:
     """Importance-ranked dims, heads and neurons for a student of config `cfg`."""
     if cfg.head_dim != spec["head_dim"]:
         raise ValueError(f"student head_dim={cfg.head_dim} must equal the teacher's {spec['head_dim']} (RoPE pairs)")
@@ -130,7 +148,7 @@ def plan_subclone(cal: Calibration, spec: dict, cfg: LMConfig) -> SubclonePlan:
                         kv_heads=[kv for _, kv in heads], neurons=[top_k_indices(n, cfg.d_ff) for n in cal.neurons])
 
 
-def full_plan(spec: dict) -> SubclonePlan:
+def full_plan(spec) -> SubclonePlan:
     """Keep everything (the lossless, full-size conversion)."""
     n = spec["n_layers"]
     return SubclonePlan(torch.arange(spec["d_model"]), [torch.arange(spec["n_heads"])] * n,
@@ -139,9 +157,12 @@ def full_plan(spec: dict) -> SubclonePlan:
 
 @torch.no_grad()
 def init_from_teacher(student: LM, teacher, plan: SubclonePlan, *, n_init: int | None = None,
-                      layer_map: list[int] | None = None, cal: Calibration | None = None) -> list[str]:
+                      layer_map: list[int] | None = None, cal: Calibration | None = None,
+                      spec: TeacherSpec | None = None) -> list[str]:
     """Subclone the teacher into the student: embeddings, final norm, and the first `n_init` layers
-    (layered init) from teacher layers `layer_map`. Returns the names of the student tensors written."""
+    (layered init) from teacher layers `layer_map`. Returns the names of the student tensors written.
+    Fused projections are split and (1 + w) norms folded by `hf_families.layer_weights`."""
+    spec = spec or inspect_teacher(teacher.config)
     cfg, tm = student.cfg, teacher.model
     n_init = cfg.n_layers if n_init is None else n_init
     layer_map = layer_map or layer_map_for(cfg.n_layers, len(tm.layers))
@@ -155,25 +176,37 @@ def init_from_teacher(student: LM, teacher, plan: SubclonePlan, *, n_init: int |
         written.append(name)
 
     put("embed.weight", student.embed.weight, tm.embed_tokens.weight[:, S])
-    put("norm_f.weight", student.norm_f.weight, cut_norm(tm.norm.weight, None, S, scale("norm"))[0])
+    put("norm_f.weight", student.norm_f.weight, cut_norm(final_norm_weight(teacher, spec), None, S, scale("norm"))[0])
     if not cfg.tie_embeddings:
         put("lm_head.weight", student.lm_head.weight, teacher.lm_head.weight[:, S])
+    names = spec.norm_names()
     for i in range(n_init):
         t = layer_map[i]
-        tl, blk = tm.layers[t], student.blocks[i]
-        mix, at = blk.mixer, tl.self_attn
+        w, blk = layer_weights(teacher, t, spec), student.blocks[i]
+        mix = blk.mixer
         qd, kvd = head_dims(plan.q_heads[t], hd), head_dims(plan.kv_heads[t], hd)
-        put(f"blocks.{i}.norm1.weight", blk.norm1.weight, cut_norm(tl.input_layernorm.weight, None, S, scale(f"{t}.input_layernorm"))[0])
-        put(f"blocks.{i}.norm2.weight", blk.norm2.weight,
-            cut_norm(tl.post_attention_layernorm.weight, None, S, scale(f"{t}.post_attention_layernorm"))[0])
+        for slot, hf_name in names.items():
+            put(f"blocks.{i}.{slot}.weight", getattr(blk, slot).weight, cut_norm(w[slot], None, S, scale(f"{t}.{hf_name}"))[0])
         hp, hq, gk = mix.h * mix.p, mix.h * mix.n, mix.g * mix.n  # in_proj rows: [z | q | k | v | dt]
-        W = mix.in_proj.weight
-        put(f"blocks.{i}.mixer.in_proj[q]", W[hp:hp + hq], cut_linear(at.q_proj.weight, None, qd, S)[0])
-        put(f"blocks.{i}.mixer.in_proj[k]", W[hp + hq:hp + hq + gk], cut_linear(at.k_proj.weight, None, kvd, S)[0])
-        put(f"blocks.{i}.mixer.in_proj[v]", W[hp + hq + gk:hp + hq + 2 * gk], cut_linear(at.v_proj.weight, None, kvd, S)[0])
-        put(f"blocks.{i}.mixer.out_proj.weight", mix.out_proj.weight, cut_linear(at.o_proj.weight, None, S, qd)[0])
+        rows = {"q": (hp, hq, qd), "k": (hp + hq, gk, kvd), "v": (hp + hq + gk, gk, kvd)}
+        for n, (r0, nr, idx) in rows.items():
+            Wn, bn = cut_linear(w[n], w.get(f"{n}_bias"), idx, S)
+            put(f"blocks.{i}.mixer.in_proj[{n}]", mix.in_proj.weight[r0:r0 + nr], Wn)
+            if bn is not None and mix.in_proj.bias is not None:
+                put(f"blocks.{i}.mixer.in_proj.bias[{n}]", mix.in_proj.bias[r0:r0 + nr], bn)
+        Wo, bo = cut_linear(w["o"], w.get("o_bias"), S, qd)
+        put(f"blocks.{i}.mixer.out_proj.weight", mix.out_proj.weight, Wo)
+        if bo is not None and mix.out_proj.bias is not None:
+            put(f"blocks.{i}.mixer.out_proj.bias", mix.out_proj.bias, bo)
+        if "q_norm" in w:
+            full = mix.cfg.qk_norm == "full"
+            put(f"blocks.{i}.mixer.q_norm_weight", mix.q_norm_weight, w["q_norm"][qd] if full else w["q_norm"])
+            put(f"blocks.{i}.mixer.k_norm_weight", mix.k_norm_weight, w["k_norm"][kvd] if full else w["k_norm"])
         N = plan.neurons[t]
-        put(f"blocks.{i}.mlp.gate_proj.weight", blk.mlp.gate_proj.weight, cut_linear(tl.mlp.gate_proj.weight, None, N, S)[0])
-        put(f"blocks.{i}.mlp.up_proj.weight", blk.mlp.up_proj.weight, cut_linear(tl.mlp.up_proj.weight, None, N, S)[0])
-        put(f"blocks.{i}.mlp.down_proj.weight", blk.mlp.down_proj.weight, cut_linear(tl.mlp.down_proj.weight, None, S, N)[0])
+        for n, out_idx, in_idx in (("gate", N, S), ("up", N, S), ("down", S, N)):
+            proj = getattr(blk.mlp, f"{n}_proj")
+            Wn, bn = cut_linear(w[n], w.get(f"{n}_bias"), out_idx, in_idx)
+            put(f"blocks.{i}.mlp.{n}_proj.weight", proj.weight, Wn)
+            if bn is not None and proj.bias is not None:
+                put(f"blocks.{i}.mlp.{n}_proj.bias", proj.bias, bn)
     return written

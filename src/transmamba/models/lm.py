@@ -8,6 +8,15 @@ arch = "hybrid":       Mamba-2 mixers with one attention layer in `hybrid_attn_e
 arch = "transmamba":   every mixer is a TransMamba-Switch mixer; each layer's TransPoint comes from
                        the schedule (`transmamba.modules.schedule`), per call
 
+Options for converted Transformer families (`transmamba.adapt.hf_families`; defaults: the block above):
+    pre_norms / post_norms   RMSNorm before each branch / on each branch's output before the residual
+                             add (Gemma 2/3: both; OLMo 2: post only)
+    mlp_act, mlp_bias        the gated MLP's activation (silu | gelu_tanh | gelu), biases
+    embed_scale              embeddings multiplied by it (Gemma: sqrt(d_model)); the tied head is not
+    final_softcap            logits <- cap * tanh(logits / cap)
+    switch_options           SwitchConfig fields for every Switch layer (bias, qk_norm, attn_scale, ...)
+    switch_layer_options     one dict per layer, overriding those (RoPE on/off, base, table, window)
+
 Parameter counts are equalised across architectures: each layer's SwiGLU width is set so that
 mixer + MLP has the parameter count of an attention layer with a `d_ff`-wide SwiGLU.
 Decoding: `allocate_caches` then `step` one token at a time (or `generate`).
@@ -53,6 +62,14 @@ class LMConfig:
     conv_activation: str | None = "silu"
     conv_init_identity: bool = False
     switch_gate_bias: bool = False  # a bias on the Switch layer's z gate (converted students open it)
+    switch_options: dict = field(default_factory=dict)  # more SwitchConfig fields, every Switch layer
+    switch_layer_options: list = field(default_factory=list)  # [] or one dict per layer (overrides)
+    pre_norms: bool = True
+    post_norms: bool = False
+    mlp_act: str = "silu"
+    mlp_bias: bool = False
+    embed_scale: float = 1.0
+    final_softcap: float | None = None
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -65,6 +82,11 @@ class LMConfig:
         if self.d_ff is None:
             self.d_ff = 64 * round(8 * self.d_model / 3 / 64)
         make_schedule(self.schedule)  # fail early on a bad schedule
+        if self.switch_layer_options and len(self.switch_layer_options) != self.n_layers:
+            raise ValueError(f"switch_layer_options has {len(self.switch_layer_options)} entries, "
+                             f"expected n_layers={self.n_layers} (or none)")
+        if not (self.pre_norms or self.post_norms):
+            raise ValueError("a block needs pre_norms or post_norms")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,35 +109,49 @@ def _n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def build_mixer(cfg: LMConfig, kind: str) -> nn.Module:
+def build_mixer(cfg: LMConfig, kind: str, layer: int | None = None) -> nn.Module:
     if kind == "attention":
         return CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, rope_theta=cfg.rope_theta)
     if kind == "mamba2":
         return Mamba2(cfg.d_model, d_state=cfg.d_state, headdim=cfg.head_dim, expand=cfg.expand,
                       d_conv=cfg.d_conv, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
-    return SwitchMixer(SwitchConfig(
-        d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-        d_conv=cfg.d_conv, conv_activation=cfg.conv_activation, conv_init_identity=cfg.conv_init_identity,
-        rope=cfg.switch_rope, rope_theta=cfg.rope_theta, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps,
-        gate_bias=cfg.switch_gate_bias))
+    kw = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+              d_conv=cfg.d_conv, conv_activation=cfg.conv_activation, conv_init_identity=cfg.conv_init_identity,
+              rope=cfg.switch_rope, rope_theta=cfg.rope_theta, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps,
+              gate_bias=cfg.switch_gate_bias)
+    kw.update(cfg.switch_options)
+    if cfg.switch_layer_options and layer is not None:
+        kw.update(cfg.switch_layer_options[layer])
+    return SwitchMixer(SwitchConfig(**kw))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: LMConfig, kind: str, d_ff: int):
+    """x + post1(mixer(norm1(x))), then + post2(mlp(norm2(x))); absent norms are the identity."""
+
+    def __init__(self, cfg: LMConfig, kind: str, d_ff: int, layer: int | None = None):
         super().__init__()
         self.kind = kind
-        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = build_mixer(cfg, kind)
-        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.d_model, d_ff)
+        norm = (lambda: RMSNorm(cfg.d_model, cfg.norm_eps))  # noqa: E731
+        self.norm1 = norm() if cfg.pre_norms else nn.Identity()
+        self.mixer = build_mixer(cfg, kind, layer)
+        self.norm2 = norm() if cfg.pre_norms else nn.Identity()
+        self.mlp = SwiGLU(cfg.d_model, d_ff, bias=cfg.mlp_bias, act=cfg.mlp_act)
+        if cfg.post_norms:
+            self.post_norm1, self.post_norm2 = norm(), norm()
+        else:
+            self.post_norm1 = self.post_norm2 = None
+
+    def _post(self, norm, y):
+        return y if norm is None else norm(y)
 
     def _transpoint_kw(self, transpoint) -> dict:
         """The TransPoint as a keyword for the mixers that take one (TransMamba-Switch)."""
         return {"transpoint": transpoint} if self.kind == "transmamba" else {}
 
     def forward(self, x, transpoint=None, cache=None):
-        x = x + self.mixer(self.norm1(x), cache=cache, **self._transpoint_kw(transpoint))
-        return x + self.mlp(self.norm2(x))
+        y = self.mixer(self.norm1(x), cache=cache, **self._transpoint_kw(transpoint))
+        x = x + self._post(self.post_norm1, y)
+        return x + self._post(self.post_norm2, self.mlp(self.norm2(x)))
 
     def allocate_cache(self, batch: int, max_len: int | None = None, *, transpoint=None, device=None,
                        dtype=None):
@@ -124,8 +160,8 @@ class Block(nn.Module):
                                          **self._transpoint_kw(transpoint))
 
     def step(self, x_t, cache):
-        x_t = x_t + self.mixer.step(self.norm1(x_t), cache)
-        return x_t + self.mlp(self.norm2(x_t))
+        x_t = x_t + self._post(self.post_norm1, self.mixer.step(self.norm1(x_t), cache))
+        return x_t + self._post(self.post_norm2, self.mlp(self.norm2(x_t)))
 
 
 class LM(nn.Module):
@@ -140,8 +176,8 @@ class LM(nn.Module):
             kind = cfg.layer_kind(i)
             d_ff = cfg.d_ff
             if cfg.balance_params and kind != "attention":
-                d_ff = max(16, (ref - _n_params(build_mixer(cfg, kind))) // (3 * cfg.d_model))
-            blocks.append(Block(cfg, kind, d_ff))
+                d_ff = max(16, (ref - _n_params(build_mixer(cfg, kind, i))) // (3 * cfg.d_model))
+            blocks.append(Block(cfg, kind, d_ff, i))
         self.blocks = nn.ModuleList(blocks)
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -186,13 +222,13 @@ class LM(nn.Module):
             transpoints = (caches and [getattr(c, "transpoint", None) for c in caches]) or self.transpoints_for(L)
         elif isinstance(transpoints, int):
             transpoints = [transpoints] * self.cfg.n_layers
-        x = self.embed(idx)
+        x = self._embed(idx)
         hidden = [x] if return_hidden else None
         for i, block in enumerate(self.blocks):
             x = block(x, transpoints[i], None if caches is None else caches[i])
             if return_hidden:
                 hidden.append(x)
-        logits = self.lm_head(self.norm_f(x))
+        logits = self._head(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
@@ -209,10 +245,21 @@ class LM(nn.Module):
 
     def step(self, idx_t, caches):
         """One token per row, idx_t "b" -> logits "b V"."""
-        x = self.embed(idx_t)
+        x = self._embed(idx_t)
         for block, cache in zip(self.blocks, caches):
             x = block.step(x, cache)
-        return self.lm_head(self.norm_f(x))
+        return self._head(x)
+
+    def _embed(self, idx):
+        x = self.embed(idx)
+        if self.cfg.embed_scale != 1.0:  # in the activations' dtype, as HF Gemma does
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
+        return x
+
+    def _head(self, x):
+        logits = self.lm_head(self.norm_f(x))
+        cap = self.cfg.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,

@@ -15,6 +15,20 @@ equal those of a pure SSM layer with the same weights, and outputs at t < P equa
 layer's. Q/K/V pass through the short causal conv (and its activation) on both paths; the z gate
 acts on the SSM path only; RoPE (optional, for converting RoPE teachers) acts on attention only.
 
+Options for converting other Transformer families (`transmamba.adapt.hf_families`), each on the
+path(s) where the math puts it:
+    bias / out_bias   biases of the q, k, v (and z, dt) rows of in_proj / of out_proj: both paths
+                      (C, B, x are the biased q, k, v)
+    qk_norm           RMSNorm of q and k after the conv, "head" (one weight "n" per head, Qwen3,
+                      Gemma 3) or "full" (over the whole projection, OLMo 2): both paths (C, B are
+                      the normed q, k)
+    rope_inv_freq, rope_attention_factor   a scaled RoPE's table (attention only, like RoPE)
+    sliding_window    attention sees keys t - W < s <= t: attention only. The SSM state carries the
+                      whole prefix, so from P on the window no longer applies.
+    attn_scale        the softmax temperature (default head_dim^-1/2): attention only (a constant
+                      scale of C only rescales y, which the gated RMSNorm removes)
+    attn_softcap      logits <- cap * tanh(logits / cap) before the softmax: attention only
+
 Heads: q/C has n_heads (h) heads of dim n = head_dim; k/B and v/x have n_kv_heads (g) heads
 (grouped-query attention); on the SSM path x is expanded to every head and head i reads B group
 i // (h / g). dt, A_log (and D, off by default as in the paper) are per head.
@@ -38,7 +52,7 @@ from transmamba.modules.cache import SwitchCache
 from transmamba.modules.ssm_mixer import A_from_log, sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
 from transmamba.ops.memory_converter import memory_convert
-from transmamba.ops.norm import gated_rms_norm
+from transmamba.ops.norm import gated_rms_norm, rms_norm
 from transmamba.ops.rope import apply_rope, rope_cos_sin
 from transmamba.ops.ssd import ssd_chunked, ssd_step
 from transmamba.ops.validate import (check_all_finite, check_dim, check_tensor, check_transpoint,
@@ -59,7 +73,14 @@ class SwitchConfig:
     rope_theta: float = 10000.0
     chunk_size: int = 64
     use_D: bool = False
-    bias: bool = False
+    bias: bool = False  # in_proj bias (and out_proj's unless out_bias says otherwise)
+    out_bias: bool | None = None  # None: same as bias
+    qk_norm: str | None = None  # None | "head" | "full": RMSNorm of q and k (both paths)
+    rope_inv_freq: list[float] | None = None  # a scaled RoPE's inverse frequencies (None: theta^(-2j/n))
+    rope_attention_factor: float = 1.0  # multiplies RoPE's cos and sin (yarn)
+    sliding_window: int | None = None  # attention path only: keys within the last W positions
+    attn_scale: float | None = None  # attention logits scale (None: head_dim^-1/2)
+    attn_softcap: float | None = None  # attention logits <- cap * tanh(logits / cap)
     gate_bias: bool = False  # z = W_z u + b_z: lets a converted layer start with the gate open (silu(b_z) = 1)
     norm_eps: float = 1e-5
     dt_min: float = 0.001
@@ -72,6 +93,12 @@ class SwitchConfig:
         self.n_kv_heads = self.n_kv_heads or self.n_heads
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
+        if self.qk_norm not in (None, "head", "full"):
+            raise ValueError(f"qk_norm must be None, 'head' or 'full', got {self.qk_norm!r}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+        if self.attn_softcap is not None and self.attn_softcap <= 0:
+            raise ValueError(f"attn_softcap must be > 0 or None, got {self.attn_softcap}")
 
 
 class SwitchMixer(nn.Module):
@@ -91,7 +118,10 @@ class SwitchMixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(h, **fk))
         self.D = nn.Parameter(torch.ones(h, **fk)) if cfg.use_D else None
         self.norm_weight = nn.Parameter(torch.ones(h * n, **fk))
-        self.out_proj = nn.Linear(h * n, cfg.d_model, bias=cfg.bias, **fk)
+        self.out_proj = nn.Linear(h * n, cfg.d_model, bias=cfg.bias if cfg.out_bias is None else cfg.out_bias, **fk)
+        if cfg.qk_norm:  # RMSNorm weights of q and k ("head": per head dim, shared by heads)
+            self.q_norm_weight = nn.Parameter(torch.ones(n if cfg.qk_norm == "head" else h * n, **fk))
+            self.k_norm_weight = nn.Parameter(torch.ones(n if cfg.qk_norm == "head" else g * n, **fk))
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -115,15 +145,23 @@ class SwitchMixer(nn.Module):
         return (z if self.z_bias is None else z + self.z_bias), qkv, dt_raw
 
     def split_qkv(self, qkv):
-        """qkv "... c" -> q "... h n" (= C), k "... g n" (= B), v "... g p" (= x)."""
+        """conv output "... c" -> q "... h n" (= C), k "... g n" (= B), v "... g p" (= x); q, k
+        RMS-normed with qk_norm."""
         q, k, v = torch.split(qkv, [self.h * self.n, self.g * self.n, self.g * self.p], dim=-1)
-        return (q.unflatten(-1, (self.h, self.n)), k.unflatten(-1, (self.g, self.n)),
-                v.unflatten(-1, (self.g, self.p)))
+        if self.cfg.qk_norm == "full":
+            q, k = rms_norm(q, self.q_norm_weight, self.cfg.norm_eps), rms_norm(k, self.k_norm_weight, self.cfg.norm_eps)
+        q, k, v = q.unflatten(-1, (self.h, self.n)), k.unflatten(-1, (self.g, self.n)), v.unflatten(-1, (self.g, self.p))
+        if self.cfg.qk_norm == "head":
+            q, k = rms_norm(q, self.q_norm_weight, self.cfg.norm_eps), rms_norm(k, self.k_norm_weight, self.cfg.norm_eps)
+        return q, k, v
 
     def _rope(self, t, positions, inverse=False):
-        if not self.cfg.rope:
+        cfg = self.cfg
+        if not cfg.rope:
             return t
-        cos, sin = rope_cos_sin(positions, self.n, self.cfg.rope_theta, dtype=t.dtype)
+        f = cfg.rope_attention_factor
+        cos, sin = rope_cos_sin(positions, self.n, cfg.rope_theta, dtype=t.dtype, inv_freq=cfg.rope_inv_freq,
+                                scale=f if not inverse else 1.0 / f)  # (f R)^-1 = R^T / f
         return apply_rope(t, cos, -sin if inverse else sin)
 
     def _dt_A(self, dt_raw):
@@ -135,15 +173,33 @@ class SwitchMixer(nn.Module):
         return t if r == 1 else t.repeat_interleave(r, dim=2)
 
     def _attend(self, q, k, v, q_pos0: int):
-        """Causal softmax attention. q "b s h n" at positions q_pos0.., k/v "b T g *" at 0..T-1."""
+        """Causal softmax attention. q "b s h n" at positions q_pos0.., k/v "b T g *" at 0..T-1
+        (within the sliding window, scaled by attn_scale, soft-capped by attn_softcap if set)."""
+        cfg = self.cfg
         s, T = q.shape[1], k.shape[1]
         qh, kh, vh = (rearrange(t, "b l h d -> b h l d") for t in (q, k, v))
-        if q_pos0 == 0 and s == T:
-            o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, enable_gqa=self.g != self.h)
-        else:
+        W = cfg.sliding_window
+        mask = None
+        if not (q_pos0 == 0 and s == T) or (W is not None and W < T) or cfg.attn_softcap is not None:
             qi = torch.arange(q_pos0, q_pos0 + s, device=q.device)[:, None]
-            mask = torch.arange(T, device=q.device)[None, :] <= qi
-            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, enable_gqa=self.g != self.h)
+            ki = torch.arange(T, device=q.device)[None, :]
+            mask = ki <= qi
+            if W is not None:
+                mask = mask & (ki > qi - W)
+        if cfg.attn_softcap is not None:
+            r = self.h // self.g
+            kh, vh = kh.repeat_interleave(r, 1), vh.repeat_interleave(r, 1)
+            scale = cfg.attn_scale if cfg.attn_scale is not None else self.n ** -0.5
+            logits = (qh @ kh.transpose(-1, -2)) * scale
+            logits = torch.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
+            logits = logits.masked_fill(~mask, float("-inf"))
+            o = logits.softmax(-1, dtype=torch.promote_types(qh.dtype, torch.float32)).to(qh.dtype) @ vh
+        elif mask is None:
+            o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=cfg.attn_scale,
+                                               enable_gqa=self.g != self.h)
+        else:
+            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=cfg.attn_scale,
+                                               enable_gqa=self.g != self.h)
         return rearrange(o, "b h l d -> b l h d")
 
     def _gate_out(self, y, z):

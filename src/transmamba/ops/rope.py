@@ -15,10 +15,13 @@ import torch
 from transmamba.ops.validate import check_dim, check_tensor
 
 
-def rope_cos_sin(positions, dim: int, theta: float = 10000.0, *, dtype=None):
+def rope_cos_sin(positions, dim: int, theta: float = 10000.0, *, dtype=None, inv_freq=None,
+                 scale: float = 1.0):
     """cos, sin "... l dim" for integer or float `positions` "... l" (e.g. "l" or "b l").
 
-    cos = cos([pos * inv_freq, pos * inv_freq]),  inv_freq_j = theta^(-2j/dim).
+    cos = scale * cos([pos * inv_freq, pos * inv_freq]),  inv_freq_j = theta^(-2j/dim) unless given
+    (a sequence of dim/2 frequencies, e.g. a scaled RoPE's from transformers' ROPE_INIT_FUNCTIONS;
+    `scale` is then its attention factor, applied to cos and sin as HF does).
     Angles are computed in `dtype` (default float32; at least float32), as HF Llama does, so
     float32 results match a Llama checkpoint's rotary tables.
     """
@@ -29,10 +32,17 @@ def rope_cos_sin(positions, dim: int, theta: float = 10000.0, *, dtype=None):
         raise ValueError(f"dim must be a positive even number, got dim={dim}")
     dtype = dtype or torch.float32
     cdt = torch.promote_types(dtype, torch.float32)
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64,
-                                              device=positions.device).to(cdt) / dim))
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64,
+                                                  device=positions.device).to(cdt) / dim))
+    else:
+        inv_freq = torch.as_tensor(inv_freq, dtype=torch.float32, device=positions.device).to(cdt)
+        if inv_freq.shape != (dim // 2,):
+            raise ValueError(f"inv_freq must have dim/2 = {dim // 2} entries, got {tuple(inv_freq.shape)}")
     ang = positions.to(cdt)[..., None] * inv_freq
     emb = torch.cat([ang, ang], dim=-1)
+    if scale != 1.0:
+        return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 

@@ -1,6 +1,7 @@
 """`transmamba convert`: a pretrained causal LM -> a TransMamba-Switch student, end to end.
 
-    teacher (SmolLM2-135M or any local HF Llama dir)
+    teacher (SmolLM2-135M, or a local HF dir / GGUF file of a family `adapt.hf_families` accepts;
+             anything else is refused before any work)
       -> calibrate on real text, subclone dims/heads/neurons, layered init of the first n layers
       -> teacher outputs (top-k log-probs + the aligned hidden states) cached once on disk, mmapped
       -> distill:  loss = w_kl * KL_topk(teacher || student) + w_hidden * sum_i w_i (1 - cos_i) + w_ce * CE
@@ -64,7 +65,7 @@ DEFAULTS = {
 
 def _student_config(spec: dict, cfg: dict):
     s = dict(cfg["student"])
-    return switch_config_from_teacher(spec, **s)
+    return switch_config_from_teacher(spec, layer_map=cfg["recipe"]["layer_map"], **s)
 
 
 def _teacher_ppl(teacher, val_ids, seq_len, batch_size, n_batches, cache_file: Path) -> dict:
@@ -187,14 +188,15 @@ def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, progres
 def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     """Run the whole pipeline for a resolved config; returns the summary (also in summary.json)."""
     from transmamba.data.text import token_ids
-    from transmamba.models.hf_llama import load_teacher, teacher_spec
+    from transmamba.adapt.hf_families import inspect_teacher
+    from transmamba.models.hf_llama import load_teacher
 
     check_config(cfg, CONVERT_RULES)
+    teacher, _ = load_teacher(cfg["teacher"], check=inspect_teacher)  # refuses before reading weights
+    spec = inspect_teacher(teacher.config)
     out = Path(cfg["out_dir"]) / cfg["name"]
     out.mkdir(parents=True, exist_ok=True)
     d = cfg["data"]
-    teacher, _ = load_teacher(cfg["teacher"])
-    spec = teacher_spec(teacher)
     train_ids = token_ids("train", d["tokenizer"], d["cache_dir"])
     val_ids = token_ids("val", d["tokenizer"], d["cache_dir"])
     student, layer_map, dims = build_student(teacher, spec, cfg, train_ids)
