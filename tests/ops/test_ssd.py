@@ -242,3 +242,26 @@ def test_step_bad_inputs():
         ssd_step(s, x, dt, A, B, C[..., :2])
     with pytest.raises(ValueError, match="D"):
         ssd_step(s, x, dt, A, B, C, D=torch.ones(2, dtype=F64))
+
+
+def test_bf16_autocast_keeps_the_state_in_fp32():
+    """Under bf16 autocast the per-chunk states, the state passing and the memory converter run in
+    float32: the final state is float32 and as exact as without autocast (up to the bf16 rounding
+    of its inputs), while y carries bf16 rounding from the intra-chunk products."""
+    from transmamba.ops.memory_converter import memory_convert
+
+    torch.manual_seed(0)
+    b, l, h, p, g, n = 2, 200, 4, 16, 2, 16
+    x, B, C = torch.randn(b, l, h, p), torch.randn(b, l, g, n), torch.randn(b, l, g, n)
+    dt = torch.rand(b, l, h) * 0.5 + 0.01
+    A = -torch.rand(h) - 0.1
+    y32, s32 = ssd_chunked(x, dt, A, B, C, chunk_size=32, return_final_state=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16, s16 = ssd_chunked(x, dt, A, B, C, chunk_size=32, return_final_state=True)
+        m16 = memory_convert(B, x, dt, A, chunk_size=32)  # the state after the whole sequence
+    m32 = memory_convert(B, x, dt, A, chunk_size=32)
+    assert s16.dtype == torch.float32 and m16.dtype == torch.float32
+    assert torch.allclose(s16, s32, rtol=1e-5, atol=1e-5)  # no bf16 anywhere in the state path
+    assert torch.allclose(m16, m32, rtol=1e-5, atol=1e-5) and torch.allclose(m32, s32, rtol=1e-4, atol=1e-4)
+    err = (y16.float() - y32).abs().max() / y32.abs().max()
+    assert 0 < err < 3e-2  # the intra-chunk products did run in bf16

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from transmamba.ops.ssd import compute_dtype, ssd_chunk_state, sum_after, to_chunks
+from transmamba.ops.ssd import compute_dtype, fp32_state, ssd_chunk_state, sum_after, to_chunks
 from transmamba.ops.validate import (check_A_D, check_all_finite, check_chunk_size, check_groups, check_positive,
                                      check_shape, check_ssd_state, check_tensor, check_transpoint)
 
@@ -59,15 +59,16 @@ def _convert(K, V, dt, A, chunk_size, initial_state, shape) -> torch.Tensor:
     if P == 0 or b == 0:
         return V.new_zeros((b, h, p, n), dtype=ct) if s0 is None else s0.clone()
     q = min(chunk_size, P)
-    xc = to_chunks(V.to(ct), q).unflatten(3, (g, r))  # b c q g r p
-    dtc = to_chunks(dt.to(ct), q).unflatten(3, (g, r))  # b c q g r
-    Bc = to_chunks(K.to(ct), q)  # b c q g n
-    states, dA_chunk = ssd_chunk_state(xc, dtc, A.to(ct).view(g, r), Bc)  # b c g r p n, b c g r
-    # state_P = sum_c exp(sum_{c' > c} dA_chunk[c']) states[c]  (+ exp(sum_c dA_chunk[c]) S)
-    to_end = torch.exp(sum_after(dA_chunk.movedim(1, -1)))  # b g r c
-    state = torch.einsum("bgrc,bcgrpn->bgrpn", to_end, states).reshape(b, h, p, n)
-    if s0 is not None:
-        state = state + torch.exp(dA_chunk.sum(1)).reshape(b, h, 1, 1) * s0
+    with fp32_state(K.device):  # the state at P in float32, also under bf16 autocast
+        xc = to_chunks(V.to(ct), q).unflatten(3, (g, r))  # b c q g r p
+        dtc = to_chunks(dt.to(ct), q).unflatten(3, (g, r))  # b c q g r
+        Bc = to_chunks(K.to(ct), q)  # b c q g n
+        states, dA_chunk = ssd_chunk_state(xc, dtc, A.to(ct).view(g, r), Bc)  # b c g r p n, b c g r
+        # state_P = sum_c exp(sum_{c' > c} dA_chunk[c']) states[c]  (+ exp(sum_c dA_chunk[c]) S)
+        to_end = torch.exp(sum_after(dA_chunk.movedim(1, -1)))  # b g r c
+        state = torch.einsum("bgrc,bcgrpn->bgrpn", to_end, states).reshape(b, h, p, n)
+        if s0 is not None:
+            state = state + torch.exp(dA_chunk.sum(1)).reshape(b, h, 1, 1) * s0
     return state
 
 

@@ -14,6 +14,11 @@ state-to-output) written with matmuls; `ssd_step` is one token of the recurrence
 Half-precision inputs are computed in float32 and the output is cast back to x's dtype; final
 states are returned in the compute dtype (float32 for fp16/bf16 inputs).
 
+Under `torch.autocast` (bf16 training, `train.amp: bf16`) the intra-chunk products (step 1) and the
+state-to-output product (step 4) run in bf16 with fp32 accumulation, while everything that forms the
+SSM state -- the per-chunk states (step 2), the state passing (step 3) and so the final state, and
+the memory converter's state at P -- runs with autocast off, in float32 (`fp32_state`).
+
 Every entry point checks its arguments (`transmamba.ops.validate`): shapes, dt > 0, A < 0, and no
 NaN/Inf in x, dt, A, B, C, D or the state (the finiteness checks can be switched off with
 `validate.CHECK_FINITE = False`). Batch 0 or length 0 give empty outputs of the right shape.
@@ -171,6 +176,11 @@ def to_chunks(t: torch.Tensor, chunk_size: int) -> torch.Tensor:
     return t.view(t.shape[0], -1, chunk_size, *t.shape[2:])
 
 
+def fp32_state(device: torch.device):
+    """Autocast off inside: the SSM state is formed in the compute dtype (float32), not bf16."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def ssd_chunk_state(xc, dtc, A, Bc):
     """Step 2 of chunked SSD: the state each chunk produces on its own (from a zero state).
 
@@ -247,12 +257,11 @@ def ssd_chunked(x, dt, A, B, C, *, chunk_size=64, D=None, initial_state=None, re
     xdt = xc * dtc[..., None]
     y = torch.einsum("bcgrij,bcjgrp->bcigrp", CB[:, :, :, None] * Lmat, xdt)
 
-    # 2. per-chunk states (the step the memory converter is built on)
-    states, dA_chunk = _chunk_states(xdt, dA, Bc), dA.sum(-1)  # = ssd_chunk_state(xc, dtc, A_gr, Bc)
-
-    # 3. state passing between chunks
-    s0 = None if initial_state is None else initial_state.to(ct).reshape(b, g, r, p, n)
-    prev, final = ssd_state_passing(states, dA_chunk, s0)
+    # 2. per-chunk states (the step the memory converter is built on) and 3. state passing, in fp32
+    with fp32_state(x.device):
+        states, dA_chunk = _chunk_states(xdt, dA, Bc), dA.sum(-1)  # = ssd_chunk_state(xc, dtc, A_gr, Bc)
+        s0 = None if initial_state is None else initial_state.to(ct).reshape(b, g, r, p, n)
+        prev, final = ssd_state_passing(states, dA_chunk, s0)
 
     # 4. state -> output, decayed from the chunk start to each token
     decay_in = torch.exp(torch.cumsum(dA, dim=-1)).permute(0, 1, 4, 2, 3)  # b c q g r
