@@ -43,3 +43,15 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path):
     c = _rows(part)
     assert c == b  # bit-identical to the uninterrupted 2-process run
     assert not (part / ".lock").exists()
+
+
+def test_accelerate_launch_runs_two_processes(tmp_path):
+    """`accelerate launch --config_file configs/accelerate/multi_cpu.yaml` starts 2 gloo processes."""
+    out = tmp_path / "acc"
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "multi_cpu.yaml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), str(SCRIPT),
+                        str(out), "3"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es)" in r.stderr
+    assert len(_rows(out)) == 3
