@@ -106,3 +106,9 @@ def test_bf16_trains_and_stays_close_to_fp32(tmp_path):
     assert max(abs(x - y) for x, y in zip(la, lb)) < 0.05  # bf16 matmuls, fp32 state and weights
     assert lb != la  # autocast really ran
     assert json.loads((Path(b["out_dir"]) / "summary.json").read_text())["amp"] == "bf16"
+
+
+def test_a_batch_too_small_to_split_is_refused(tmp_path):
+    cfg = _cfg(tmp_path, batch_size=2, grad_accum=4)
+    with pytest.raises(ValueError, match=r"batch of 2 examples .* 1 process\(es\) x 4 micro-batches"):
+        train(cfg, data=_data())

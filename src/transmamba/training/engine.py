@@ -203,7 +203,7 @@ def fit(run: Run, *, resume: bool = False) -> dict:
     device, world, rank, main = acc.device, acc.num_processes, acc.process_index, acc.is_main_process
     if t.get("threads"):
         torch.set_num_threads(int(t["threads"]))
-    if device.type == "cuda":
+    if device.type == "cuda" and t.get("tf32", True):
         torch.backends.cuda.matmul.allow_tf32 = True
     out_dir = Path(run.out_dir)
     root = out_dir / "checkpoints"
@@ -320,6 +320,10 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             batch = next(batches)
             n_global = batch_size_of(batch)
+            if n_global < world * accum:  # an empty shard would leave a rank out of the gradient sync
+                raise ValueError(f"a batch of {n_global} examples (step {step + 1}) cannot be split over {world} "
+                                 f"process(es) x {accum} micro-batches (train.grad_accum); use a larger "
+                                 f"train.batch_size or fewer processes")
             local, n_local = shard(batch, rank, world)
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
