@@ -50,3 +50,21 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = Tr
     path = Path(path)
     path.write_bytes(gzip.compress(raw) if compress else raw)
     return path
+
+
+def run_tiny_convert(tmp_path, teacher_dir, name, *extra, transpoints="[0, 16]"):
+    """`transmamba convert` of a 2-layer d24 Switch student from a local teacher dir on 32-token
+    windows with a budget of a few steps (the recipe tests' shared run)."""
+    from transmamba.recipes.convert import convert_main
+
+    cfg = tmp_path / "student.yaml"
+    cfg.write_text("student: {n_layers: 2, d_model: 24, n_heads: 2, n_kv_heads: 1, d_ff: 32,"
+                   " schedule: {name: staggered, period: 2, span: 32}}\n")
+    argv = ["--teacher", str(teacher_dir), "--student", str(cfg), "--quiet", "--name", name,
+            "--out_dir", str(tmp_path / "runs"), "--data.seq_len", "32", "--data.cache_windows", "4",
+            "--data.calib_windows", "2", "--data.teacher_cache_dir", str(tmp_path / "tc"),
+            "--train.tokens", "256", "--train.batch_size", "2", "--train.warmup_steps", "1",
+            "--eval.batches", "1", "--eval.batch_size", "2", "--eval.transpoints", transpoints,
+            "--eval.speed_context", "8", "--eval.speed_tokens", "2", "--eval.prompt_tokens", "2",
+            "--eval.prompts", "['ROMEO:']", *extra]
+    return convert_main(argv)

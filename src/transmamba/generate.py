@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -72,25 +72,6 @@ def check_tokenizer(tok, vocab_size: int, source: str = "the model") -> None:
     if n > vocab_size:
         raise ValueError(f"the tokenizer has {n} tokens but {source} only {vocab_size} (model.vocab_size): "
                          f"it is not the tokenizer this model was trained with (see --tokenizer)")
-
-
-def _sample_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
-                transpoints) -> Iterator[torch.Tensor]:
-    """The LM's decoding loop (prefill once, then one cached step per token), yielding each new token "b"."""
-    caches = model.allocate_caches(idx.shape[0], idx.shape[1] + max_new_tokens, transpoints)
-    logits = model(idx, caches=caches)[0][:, -1]
-    for i in range(max_new_tokens):
-        if temperature <= 0:
-            nxt = logits.argmax(-1)
-        else:
-            logits = logits / temperature
-            if top_k:
-                v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
-                logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
-            nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0]
-        yield nxt
-        if i + 1 < max_new_tokens:
-            logits = model.step(nxt, caches)
 
 
 class _Detokenizer:
@@ -155,11 +136,11 @@ def generate_text(model, tok, prompt: str, *, max_new_tokens: int = 200, tempera
     tps = transpoints_from_args(n_layers, total, transpoint, schedule)
     temperature = 0.0 if temperature is None else float(temperature)
     out = list(ids)
-    if hasattr(model, "allocate_caches") and hasattr(model, "step"):
+    if hasattr(model, "decode"):
         detok = _Detokenizer(tok, streamer) if streamer is not None else None
         if detok is not None and ids:
             detok.push(list(ids))
-        for nxt in _sample_ids(model, idx, max_new_tokens, temperature, top_k, tps):
+        for nxt in model.decode(idx, max_new_tokens, temperature=temperature, top_k=top_k, transpoints=tps):
             t = int(nxt[0])
             out.append(t)
             if detok is not None:

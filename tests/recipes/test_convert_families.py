@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from transmamba.student import load_model
-from transmamba.recipes.convert import convert_main
 from transmamba.data.text import load_tokenizer
+from tiny_fixtures import run_tiny_convert
 from tiny_teachers import tiny_teacher
 
 FAMILIES = ["llama-llama3", "qwen2", "gemma3"]  # rope scaling; q/k/v bias; norms, windows, local rope, q/k norm
@@ -22,17 +22,7 @@ def teacher_dir(request, tmp_path_factory):
 
 
 def run(tmp_path, teacher_dir, name, *extra):
-    cfg = tmp_path / "student.yaml"
-    cfg.write_text("student: {n_layers: 2, d_model: 24, n_heads: 2, n_kv_heads: 1, d_ff: 32,"
-                   " schedule: {name: staggered, period: 2, span: 32}}\n")
-    argv = ["--teacher", str(teacher_dir), "--student", str(cfg), "--quiet", "--name", name,
-            "--out_dir", str(tmp_path / "runs"), "--data.seq_len", "32", "--data.cache_windows", "4",
-            "--data.calib_windows", "2", "--data.teacher_cache_dir", str(tmp_path / "tc"),
-            "--train.tokens", "256", "--train.batch_size", "2", "--train.warmup_steps", "1",
-            "--eval.batches", "1", "--eval.batch_size", "2", "--eval.transpoints", "[0]",
-            "--eval.speed_context", "8", "--eval.speed_tokens", "2", "--eval.prompt_tokens", "2",
-            "--eval.prompts", "['ROMEO:']", *extra]
-    return convert_main(argv)
+    return run_tiny_convert(tmp_path, teacher_dir, name, *extra, transpoints="[0]")
 
 
 def test_switch_and_mamba2_students_convert(tmp_path, teacher_dir):

@@ -262,14 +262,13 @@ class LM(nn.Module):
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
-                 transpoints=None):
-        """Prefill the prompt once, then decode token by token (temperature 0: greedy)."""
+    def decode(self, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+               transpoints=None):
+        """Prefill the prompt once, then one cached `step` per token, yielding each new token "b"
+        (temperature 0: greedy; else sampling from softmax(logits / temperature), top-k if given)."""
         self._check_idx(idx)
         caches = self.allocate_caches(idx.shape[0], idx.shape[1] + max_new_tokens, transpoints)
-        logits, _ = self(idx, caches=caches)
-        logits = logits[:, -1]
-        out = [idx]
+        logits = self(idx, caches=caches)[0][:, -1]
         for i in range(max_new_tokens):
             if temperature <= 0:
                 nxt = logits.argmax(-1)
@@ -279,7 +278,13 @@ class LM(nn.Module):
                     v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
                     logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
                 nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0]
-            out.append(nxt[:, None])
+            yield nxt
             if i + 1 < max_new_tokens:
                 logits = self.step(nxt, caches)
-        return torch.cat(out, 1)
+
+    def generate(self, idx, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 transpoints=None):
+        """The prompt followed by `max_new_tokens` decoded tokens "b (l + new)" (see `decode`)."""
+        new = [t[:, None] for t in self.decode(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                               transpoints=transpoints)]
+        return torch.cat([idx, *new], 1)
