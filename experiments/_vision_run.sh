@@ -5,7 +5,7 @@
 vision_run() {
   local out=$1 arch=$2 mode=$3 frac=$4; shift 4
   if [ -f "$out/result.json" ]; then echo "skip $out"; return; fi
-  echo "$(date -u +%T) start $out"
+  mkdir -p "$(dirname "$out")"; echo "$(date -u +%T) start $out"
   .venv/bin/transmamba distill --config configs/vision/$arch-fmnist.yaml --mode $mode \
     --data.fraction $frac --out_dir $out --train.progress false "$@" > $out.log 2>&1
   echo "$(date -u +%T) done $out rc=$?"
