@@ -302,3 +302,11 @@ def test_distill_bf16_through_the_engine(teacher_dir, tmp_path):
     assert res["amp"] == "bf16" and res["steps"] == 6 and np.isfinite(res["test_loss"])
     rows = [r for r in read_metrics(out / "metrics.csv") if r["train_loss"] is not None]
     assert len(rows) == 6 and all(np.isfinite(r["distill_loss"]) for r in rows)
+
+
+@pytest.mark.parametrize("key,value", [("--train.epochs", "0"), ("--train.lr", "nan"), ("--data.fraction", "1.5"),
+                                       ("--student.depth", "-1"), ("--mode", "teacher")])
+def test_bad_vision_config_is_refused_before_any_work(tmp_path, key, value):
+    with pytest.raises(ValueError, match=key[2:].replace(".", "[.]") + ".*must be"):
+        distill_main(["--data.dataset", "digits", "--out_dir", str(tmp_path / "x"), key, value])
+    assert not (tmp_path / "x").exists()
