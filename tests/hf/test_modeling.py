@@ -207,3 +207,16 @@ def test_old_checkpoint_format_still_loads_and_converts(tmp_path):
     torch.testing.assert_close(new(idx)[0], old(idx)[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="already"):
         convert_to_hf(new_dir, tmp_path / "again")
+
+
+def test_generate_cli_reads_an_hf_student(tmp_path, capsys):
+    from transmamba.cli import main
+    from transmamba.data.text import load_tokenizer
+    from transmamba.student import save_hf
+
+    tok = load_tokenizer("smollm2", tmp_path / "tok")
+    torch.manual_seed(0)
+    save_hf(LM(LMConfig(**{**TINY, "vocab_size": len(tok), "d_model": 16, "n_heads": 1})), tmp_path / "s", tok)
+    assert main(["generate", "--checkpoint", str(tmp_path / "s"), "--prompt", "ROMEO:", "--max-new-tokens", "3",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")

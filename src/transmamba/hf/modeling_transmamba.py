@@ -13,8 +13,10 @@ tokens). TransPoints: the schedule's evaluation setting for the total length (pr
 max_new_tokens), or `generate(..., transpoints=[...])`.
 
 attention_mask: left padding only (each row 0...0 1...1); each row then behaves as if alone
-(`LM.forward(..., pad=)`). A mask with holes or right padding is refused (ValueError), as are
-`inputs_embeds` and position_ids that are not the default ones.
+(`LM.forward(..., pad=)`). A mask with holes or right padding is refused (ValueError), as is
+`inputs_embeds`; position_ids are ignored (positions follow the cache; RoPE is relative, so a
+left-padded row needs no shift). Beam search reorders the cache rows; assisted decoding is refused
+(the cache cannot be cropped).
 """
 
 from __future__ import annotations
@@ -98,8 +100,6 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
         transpoints = model_kwargs.pop("transpoints", None)
         if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
             return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        if getattr(generation_config, "num_beams", 1) not in (None, 1):
-            pass  # beams reorder rows through `TransMambaCache.reorder_cache`
         model_kwargs["cache"] = TransMambaCache(self.model, transpoints, max_len=generation_config.max_length)
 
     # ------------------------------------------------------------------ forward

@@ -198,6 +198,7 @@ def train(cfg: dict, *, resume: bool = False, data: TextData | None = None,
             from transmamba.data.text import load_tokenizer
 
             tok = load_tokenizer(cfg["data"]["tokenizer"], cfg["data"]["cache_dir"])
+            tok = tok if len(tok) <= model.cfg.vocab_size else None  # a test-sized vocabulary: no tokenizer
             summary["student"] = str(save_hf(model, out_dir / "student", tok,
                                              run_info={"config": cfg, "summary": dict(summary)}))
         (out_dir / "config.yaml").write_text(dump_yaml(cfg))
