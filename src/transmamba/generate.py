@@ -1,7 +1,8 @@
 """Text generation from a trained checkpoint:
 `transmamba generate --checkpoint DIR --prompt "..." [--transpoint 64 | --schedule staggered]`.
 
-DIR is a checkpoint directory or a run directory (its newest intact checkpoint is used); it must
+DIR is a Hugging Face-format student (what `transmamba convert` / `train` write as <out>/student,
+with its tokenizer), a checkpoint directory or a run directory (its newest intact checkpoint is used); it must
 hold a language model (`transmamba train` / `transmamba convert`): a vision student or a directory
 without the LM config keys is refused, saying so. The tokenizer is the one named in the
 checkpoint's config (data.tokenizer); one with more tokens than the model's vocabulary is refused.
@@ -175,7 +176,23 @@ def generate_main(argv: list[str] | None = None) -> str:
     check_sampling(args.max_new_tokens, args.temperature, args.top_k)
 
     from transmamba.data.text import load_tokenizer
+    from transmamba.student import is_hf_dir
 
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if is_hf_dir(args.checkpoint):  # a Hugging Face-format student: its own tokenizer unless --tokenizer
+        from transformers import AutoTokenizer
+
+        torch.manual_seed(args.seed)
+        model = load_model(args.checkpoint, device=device)
+        tok = (load_tokenizer(args.tokenizer, args.cache_dir or "cache/text") if args.tokenizer
+               else AutoTokenizer.from_pretrained(args.checkpoint))
+        check_tokenizer(tok, model.cfg.vocab_size, f"the model in {args.checkpoint}")
+        text = generate_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k, transpoint=args.transpoint,
+                             schedule=args.schedule, device=device,
+                             streamer=lambda piece: print(piece, end="", flush=True))
+        print(flush=True)
+        return text
     path = ckpt_lib.resolve_checkpoint(args.checkpoint)
     lm_config_from(ckpt_lib.read_config(path, verify=False), f"checkpoint {path}")  # is it an LM at all?
     cfg = ckpt_lib.read_config(path)  # verified against the checkpoint's checksums
@@ -186,7 +203,6 @@ def generate_main(argv: list[str] | None = None) -> str:
         raise ValueError(f"checkpoint {path} names no tokenizer (data.tokenizer); pass --tokenizer")
     tok = load_tokenizer(tok_name, args.cache_dir or data_cfg.get("cache_dir", "cache/text"))
     check_tokenizer(tok, lm_cfg.vocab_size, f"the model in {path}")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     torch.manual_seed(args.seed)
     model = load_model(path, device=device)
 

@@ -1,4 +1,10 @@
-"""Language-model checkpoints: `load_model` rebuilds the LM a checkpoint holds.
+"""Language-model checkpoints: `load_model` rebuilds the LM a checkpoint holds, in either format.
+
+- the Hugging Face format (`config.json` with `model_type: "transmamba"`, `model.safetensors`, the
+  tokenizer files): what `transmamba convert` / `transmamba train` write for the final student
+  (`save_hf`), loadable with `AutoModelForCausalLM.from_pretrained(dir)` after `import transmamba`;
+- our training-checkpoint format (`transmamba.io.checkpoint`: checksummed manifest, the run
+  config with its "model" section), still read; `convert_to_hf(old, new)` rewrites one as the first.
 
 The checkpoint file format lives in `transmamba.io.checkpoint`, a leaf that cannot import
 `transmamba.models`; building the model from the checkpoint's config happens here, above both.
@@ -6,7 +12,10 @@ The checkpoint file format lives in `transmamba.io.checkpoint`, a leaf that cann
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+
 import torch
 
 from transmamba.io.checkpoint import load_checkpoint, model_config_dict, read_config, resolve_checkpoint
@@ -38,13 +47,79 @@ def lm_config_from(config: dict, source: str | os.PathLike = "checkpoint") -> LM
     return LMConfig.from_dict(cfg)
 
 
+HF_MODEL_TYPE = "transmamba"
+RUN_INFO = "transmamba_run.json"  # beside a Hugging Face-format student: how it was made
+
+
+def is_hf_dir(dir: str | os.PathLike) -> bool:
+    """Whether `dir` holds a Hugging Face-format student (config.json with model_type "transmamba")."""
+    f = Path(dir) / "config.json"
+    if not f.is_file():
+        return False
+    try:
+        cfg = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("model_type") == HF_MODEL_TYPE
+
+
 def load_model(dir: str | os.PathLike, device: str | torch.device = "cpu") -> LM:
     """Rebuild the LM from config.json and load its (checksum-verified) weights, in eval mode.
 
-    `dir` may be a checkpoint dir, a checkpoints dir or a run dir (newest intact checkpoint).
+    `dir` may be a Hugging Face-format student directory (`save_hf`), a checkpoint dir, a
+    checkpoints dir or a run dir (newest intact checkpoint).
     """
+    if is_hf_dir(dir):
+        from transmamba.hf import TransMambaForCausalLM
+
+        return TransMambaForCausalLM.from_pretrained(str(dir)).model.to(device).eval()
     dir = resolve_checkpoint(dir)
     cfg = lm_config_from(read_config(dir, verify=False), f"checkpoint {dir}")
     model = LM(cfg)
     load_checkpoint(dir, model)
     return model.to(device).eval()
+
+
+def save_hf(lm: LM, dir: str | os.PathLike, tokenizer=None, run_info: dict | None = None, **config_kwargs) -> Path:
+    """Write `lm` as a Hugging Face model directory: config.json (model_type "transmamba"),
+    model.safetensors, generation_config.json, the tokenizer's files when one is given (its
+    <|endoftext|> / eos token becomes eos_token_id unless config_kwargs say otherwise) and
+    run_info (how it was made: the run config, metrics) as transmamba_run.json."""
+    from transmamba.hf import TransMambaForCausalLM
+
+    if tokenizer is not None:
+        if len(tokenizer) > lm.cfg.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only {lm.cfg.vocab_size}")
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        config_kwargs.setdefault("eos_token_id", eos)
+        config_kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
+        config_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+    dir = Path(dir)
+    model = TransMambaForCausalLM.from_lm(lm, **config_kwargs)
+    model.save_pretrained(str(dir))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(dir))
+    if run_info is not None:
+        (dir / RUN_INFO).write_text(json.dumps(run_info, indent=2, default=str))
+    return dir
+
+
+def convert_to_hf(old: str | os.PathLike, new: str | os.PathLike, tokenizer="auto") -> Path:
+    """Rewrite a checkpoint in our training format as a Hugging Face model directory.
+
+    tokenizer: "auto" (the one the checkpoint's config names, data.tokenizer / data.cache_dir, if
+    any), None (none) or a tokenizer object."""
+    if is_hf_dir(old):
+        raise ValueError(f"{old} is already a Hugging Face-format student")
+    lm = load_model(old)
+    if tokenizer == "auto":
+        tokenizer = None
+        cfg = read_config(resolve_checkpoint(old), verify=False)
+        data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+        if data.get("tokenizer"):
+            from transmamba.data.text import load_tokenizer
+
+            tokenizer = load_tokenizer(data["tokenizer"], data.get("cache_dir", "cache/text"))
+    return save_hf(lm, new, tokenizer)

@@ -20,6 +20,10 @@ Options for converted Transformer families (`transmamba.adapt.hf_families`; defa
 Parameter counts are equalised across architectures: each layer's SwiGLU width is set so that
 mixer + MLP has the parameter count of an attention layer with a `d_ff`-wide SwiGLU.
 Decoding: `allocate_caches` then `step` one token at a time (or `generate`).
+
+Left padding (`pad`: padding tokens per row, "b"): every mixer makes padded positions contribute
+nothing, and each row's TransPoints are the schedule's for the row alone (its length without the
+padding) shifted by its padding, so each row of a padded batch equals the row alone.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from transmamba.modules.mamba2 import Mamba2
 from transmamba.modules.mlp import SwiGLU
 from transmamba.modules.norm import RMSNorm
 from transmamba.modules.switch import SwitchConfig, SwitchMixer
+from transmamba.ops.padding import check_pad
 from transmamba.modules.schedule import make_schedule
 
 ARCHS = ("transformer", "mamba2", "hybrid", "transmamba")
@@ -148,8 +153,11 @@ class Block(nn.Module):
         """The TransPoint as a keyword for the mixers that take one (TransMamba-Switch)."""
         return {"transpoint": transpoint} if self.kind == "transmamba" else {}
 
-    def forward(self, x, transpoint=None, cache=None):
-        y = self.mixer(self.norm1(x), cache=cache, **self._transpoint_kw(transpoint))
+    def forward(self, x, transpoint=None, cache=None, pad=None):
+        kw = self._transpoint_kw(transpoint)
+        if pad is not None:
+            kw["pad"] = pad
+        y = self.mixer(self.norm1(x), cache=cache, **kw)
         x = x + self._post(self.post_norm1, y)
         return x + self._post(self.post_norm2, self.mlp(self.norm2(x)))
 
@@ -158,6 +166,11 @@ class Block(nn.Module):
         """The mixer's decoding cache (`allocate_cache` of every mixer has this signature)."""
         return self.mixer.allocate_cache(batch, max_len, device=device, dtype=dtype,
                                          **self._transpoint_kw(transpoint))
+
+    def cache_pad(self, cache, pad) -> None:
+        """Record the prompt's left padding in a cache that masks keys (attention, Switch)."""
+        if hasattr(cache, "pad"):
+            cache.pad = pad
 
     def step(self, x_t, cache):
         x_t = x_t + self._post(self.post_norm1, self.mixer.step(self.norm1(x_t), cache))
@@ -210,22 +223,43 @@ class LM(nn.Module):
             raise ValueError(f"idx has token ids outside [0, {self.cfg.vocab_size}): "
                              f"min {int(idx.min())}, max {int(idx.max())}")
 
-    def forward(self, idx, targets=None, transpoints=None, caches=None, return_hidden: bool = False):
+    def row_transpoints(self, total_len: int, pad=None, transpoints=None, step: int | None = None) -> list:
+        """Per-layer TransPoints for a batch of `total_len` positions: ints without padding; with
+        pad "b", one int64 tensor "b" per layer: row r's TransPoint is the one of the row alone
+        (length total_len - pad[r], from the schedule, or `transpoints` given as ints) plus pad[r]."""
+        if isinstance(transpoints, int):
+            transpoints = [transpoints] * self.cfg.n_layers
+        if pad is None:
+            return list(transpoints) if transpoints is not None else self.transpoints_for(total_len, step)
+        rows = []
+        for r in pad.tolist():
+            tps = transpoints if transpoints is not None else self.transpoints_for(max(total_len - r, 0), step)
+            rows.append([int(P) + r for P in tps])
+        return [torch.tensor([row[i] for row in rows], dtype=torch.long, device=pad.device)
+                for i in range(self.cfg.n_layers)]
+
+    def forward(self, idx, targets=None, transpoints=None, caches=None, return_hidden: bool = False, pad=None):
         """idx "b l" -> (logits "b l V", loss or None[, hidden states list]).
 
         transpoints: per-layer list (or one int) for TransMamba-Switch layers; None: the schedule's
         evaluation setting. caches: from `allocate_caches` (prefill; continue with `step`).
+        pad: None or "b" left-padding counts: each row then equals the row alone (its TransPoints
+        shifted by its padding, see `row_transpoints`; with caches, give pad to `allocate_caches`).
         """
         self._check_idx(idx)
         L = idx.shape[1]
-        if transpoints is None:
-            transpoints = (caches and [getattr(c, "transpoint", None) for c in caches]) or self.transpoints_for(L)
-        elif isinstance(transpoints, int):
+        pad = check_pad(pad, idx.shape[0])
+        if caches is not None:
+            if transpoints is None:
+                transpoints = [getattr(c, "transpoint", None) for c in caches]
+        else:
+            transpoints = self.row_transpoints(L, pad, transpoints)
+        if isinstance(transpoints, int):
             transpoints = [transpoints] * self.cfg.n_layers
         x = self._embed(idx)
         hidden = [x] if return_hidden else None
         for i, block in enumerate(self.blocks):
-            x = block(x, transpoints[i], None if caches is None else caches[i])
+            x = block(x, transpoints[i], None if caches is None else caches[i], pad)
             if return_hidden:
                 hidden.append(x)
         logits = self._head(x)
@@ -235,13 +269,19 @@ class LM(nn.Module):
         return (logits, loss, hidden) if return_hidden else (logits, loss)
 
     # ------------------------------------------------------------------------------ decoding
-    def allocate_caches(self, batch: int, max_len: int | None = None, transpoints=None, device=None, dtype=None):
-        if transpoints is None:
-            transpoints = self.transpoints_for(max_len or self.cfg.max_seq_len)
-        elif isinstance(transpoints, int):
-            transpoints = [transpoints] * self.cfg.n_layers
-        return [block.allocate_cache(batch, max_len, transpoint=P, device=device, dtype=dtype)
-                for block, P in zip(self.blocks, transpoints)]
+    def allocate_caches(self, batch: int, max_len: int | None = None, transpoints=None, device=None, dtype=None,
+                        pad=None):
+        """One decoding cache per layer. transpoints: per-layer ints (None: the schedule's for
+        max_len tokens). pad: "b" left padding of the prompt that will be prefilled: the TransPoints
+        become per-row (`row_transpoints`) and the caches remember it (give it to forward too)."""
+        pad = check_pad(pad, batch)
+        transpoints = self.row_transpoints(max_len or self.cfg.max_seq_len, pad, transpoints)
+        caches = [block.allocate_cache(batch, max_len if pad is None else None, transpoint=P, device=device,
+                                       dtype=dtype) for block, P in zip(self.blocks, transpoints)]
+        if pad is not None:
+            for block, c in zip(self.blocks, caches):
+                block.cache_pad(c, pad.to(device) if device is not None else pad)
+        return caches
 
     def step(self, idx_t, caches):
         """One token per row, idx_t "b" -> logits "b V"."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transmamba.modules.cache import KVCache
+from transmamba.ops.padding import check_pad, key_padding_mask
 from transmamba.ops.rope import apply_rope, rope_cos_sin
 from transmamba.ops.validate import check_all_finite, check_dim, check_tensor
 
@@ -61,13 +62,19 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def _attend(self, q, k, v, offset: int) -> torch.Tensor:
-        """Softmax attention of l queries at positions offset.. over offset+l keys (causal)."""
+    def _attend(self, q, k, v, offset: int, pad=None) -> torch.Tensor:
+        """Softmax attention of l queries at positions offset.. over offset+l keys (causal; with
+        pad "b", padding keys masked for real queries)."""
         lq, lk = q.shape[2], k.shape[2]
         r = self.n_heads // self.n_kv_heads
         if r > 1:
             k = k.repeat_interleave(r, dim=1)
             v = v.repeat_interleave(r, dim=1)
+        if pad is not None:
+            i = torch.arange(lq, device=q.device)[:, None] + offset
+            causal = torch.arange(lk, device=q.device)[None, :] <= i
+            mask = causal[None] & key_padding_mask(pad, offset, lq, lk)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
         if offset == 0:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         if lq == 1:
@@ -76,8 +83,11 @@ class CausalSelfAttention(nn.Module):
         mask = torch.arange(lk, device=q.device)[None, :] <= i
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, pad=None) -> torch.Tensor:
         """x "b l d_model" -> "b l d_model"; with a cache, attend to its tokens too and append.
+
+        pad: None or "b" left-padding counts (with a cache: at its first forward, then kept in it):
+        real queries do not see padding keys, so each row equals the row alone (RoPE is relative).
 
         L = 0 or b = 0 give an empty output; NaN/Inf in q, k or v is a ValueError (switched off by
         `transmamba.ops.validate.CHECK_FINITE = False`)."""
@@ -89,11 +99,18 @@ class CausalSelfAttention(nn.Module):
         if l == 0:
             return x.new_zeros(b, 0, self.d_model)
         start = 0 if cache is None else cache.length
+        pad = check_pad(pad, b)
+        if cache is not None:
+            if pad is not None:
+                if start > 0 and not (cache.pad is not None and torch.equal(pad, cache.pad)):
+                    raise ValueError("pad (left padding) can only be given with a cache's first forward")
+                cache.pad = pad
+            pad = cache.pad
         q, k, v = self._qkv(x, start)
         check_all_finite(q=q, k=k, v=v)
         if cache is not None:
             k, v = cache.append(k, v)
-        o = self._attend(q, k.to(q.dtype), v.to(q.dtype), start)
+        o = self._attend(q, k.to(q.dtype), v.to(q.dtype), start, pad)
         return self.o_proj(o.transpose(1, 2).reshape(b, l, self.n_heads * self.head_dim))
 
     def step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:

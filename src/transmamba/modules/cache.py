@@ -60,6 +60,7 @@ class KVCache:
     v: torch.Tensor
     length: int = 0
     max_len: int | None = None
+    pad: torch.Tensor | None = None  # "b" left padding of the prompt (int64), None: no padding
 
     @classmethod
     def allocate(cls, batch: int, n_kv_heads: int, head_dim: int, max_len: int | None = None,
@@ -100,16 +101,27 @@ class SwitchCache:
     (k, v, dt, growing by doubling up to the TransPoint); from the TransPoint on, ssm_state."""
 
     conv_state: torch.Tensor  # "b c (k-1)"
-    transpoint: int
+    transpoint: int | torch.Tensor  # an int, or one per row "b" (int64)
     pos: int = 0  # tokens consumed so far
     k: torch.Tensor | None = None  # "b T g n" (RoPE'd if rope), capacity T >= pos
     v: torch.Tensor | None = None  # "b T g p"
     dt: torch.Tensor | None = None  # "b T h"
     ssm_state: torch.Tensor | None = None  # "b h p n", set once pos >= transpoint
+    pad: torch.Tensor | None = None  # "b" left padding of the prompt (int64), None: no padding
 
     @property
     def batch(self) -> int:
         return self.conv_state.shape[0]
+
+    @property
+    def min_transpoint(self) -> int:
+        P = self.transpoint
+        return (int(P.min()) if P.numel() else 0) if isinstance(P, torch.Tensor) else P
+
+    @property
+    def max_transpoint(self) -> int:
+        P = self.transpoint
+        return (int(P.max()) if P.numel() else 0) if isinstance(P, torch.Tensor) else P
 
     def nbytes(self) -> int:
         """Bytes held by the tensors of this cache."""

@@ -22,6 +22,7 @@ from torch import nn
 from transmamba.modules.cache import Mamba2Cache
 from transmamba.modules.norm import GatedRMSNorm
 from transmamba.modules.ssm_mixer import A_from_log, SSMMixer, sample_dt_bias
+from transmamba.ops.padding import check_pad, padded_positions
 from transmamba.ops.ssd import ssd_chunked, ssd_step
 
 
@@ -90,15 +91,24 @@ class Mamba2(SSMMixer):
         return self._zero_cache(batch, self.conv_dim, ssm_shape, device, dtype)
 
     # ------------------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor, cache: Mamba2Cache | None = None) -> torch.Tensor:
-        """x "b l d_model" -> "b l d_model"; with a cache, continue from it and update it."""
+    def forward(self, x: torch.Tensor, cache: Mamba2Cache | None = None, pad=None) -> torch.Tensor:
+        """x "b l d_model" -> "b l d_model"; with a cache, continue from it and update it.
+
+        pad: None or "b" left-padding counts (positions from the cache's start): padded positions
+        contribute nothing (conv inputs and x zeroed), so each row equals the row alone."""
         self._check_forward(x, cache)
         b, l, _ = x.shape
+        pad = check_pad(pad, b)
         if l == 0:
             return x.new_zeros(b, 0, self.d_model)
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        is_pad = None if pad is None else padded_positions(pad, 0 if cache is None else cache.seqlen, l)
+        if is_pad is not None:
+            xBC = xBC.masked_fill(is_pad[..., None], 0)
         xBC, conv_state = self._conv(xBC, cache)
         xs, B, C = self._split_xBC(xBC)
+        if is_pad is not None:
+            xs = xs.masked_fill(is_pad[..., None, None], 0)
         out = ssd_chunked(xs, self._dt(dt), A_from_log(self.A_log), B, C, chunk_size=self.chunk_size,
                           D=self.D, initial_state=None if cache is None else cache.ssm_state,
                           return_final_state=cache is not None)

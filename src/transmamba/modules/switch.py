@@ -53,10 +53,10 @@ from transmamba.modules.ssm_mixer import A_from_log, sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
 from transmamba.ops.memory_converter import memory_convert
 from transmamba.ops.norm import gated_rms_norm, rms_norm
+from transmamba.ops.padding import check_pad, key_padding_mask, padded_positions
 from transmamba.ops.rope import apply_rope, rope_cos_sin
 from transmamba.ops.ssd import ssd_chunked, ssd_step
-from transmamba.ops.validate import (check_all_finite, check_dim, check_tensor, check_transpoint,
-                                     check_transpoint_int)
+from transmamba.ops.validate import check_all_finite, check_dim, check_tensor, check_transpoint
 from transmamba.modules.schedule import ATTENTION_ONLY
 
 
@@ -172,9 +172,10 @@ class SwitchMixer(nn.Module):
         r = self.h // self.g
         return t if r == 1 else t.repeat_interleave(r, dim=2)
 
-    def _attend(self, q, k, v, q_pos0: int):
+    def _attend(self, q, k, v, q_pos0: int, pad=None):
         """Causal softmax attention. q "b s h n" at positions q_pos0.., k/v "b T g *" at 0..T-1
-        (within the sliding window, scaled by attn_scale, soft-capped by attn_softcap if set)."""
+        (within the sliding window, scaled by attn_scale, soft-capped by attn_softcap if set;
+        padding keys, pad "b" left-padding counts, masked for real queries)."""
         cfg = self.cfg
         s, T = q.shape[1], k.shape[1]
         qh, kh, vh = (rearrange(t, "b l h d -> b h l d") for t in (q, k, v))
@@ -186,6 +187,11 @@ class SwitchMixer(nn.Module):
             mask = ki <= qi
             if W is not None:
                 mask = mask & (ki > qi - W)
+        if pad is not None:
+            pm = key_padding_mask(pad, q_pos0, s, T)
+            base = mask if mask is not None else (torch.arange(T, device=q.device)[None, :]
+                                                  <= torch.arange(q_pos0, q_pos0 + s, device=q.device)[:, None])
+            mask = (base[None] & pm)[:, None]  # "b 1 s T"
         if cfg.attn_softcap is not None:
             r = self.h // self.g
             kh, vh = kh.repeat_interleave(r, 1), vh.repeat_interleave(r, 1)
@@ -209,12 +215,15 @@ class SwitchMixer(nn.Module):
         return y
 
     # ------------------------------------------------------------------------------ forward
-    def forward(self, u, transpoint=None, cache: SwitchCache | None = None):
+    def forward(self, u, transpoint=None, cache: SwitchCache | None = None, pad=None):
         """u "b l d" -> "b l d".
 
-        transpoint: an int >= 0, or an integer tensor "b" of entries >= 0 (one P per row; not with
-        a cache), or None for the layer's scheduled `cfg.transpoint` (or the cache's); anything else
-        is a ValueError. With a cache, u continues after the cache's `pos` tokens and the cache is
+        transpoint: an int >= 0, or an integer tensor "b" of entries >= 0 (one P per row; with a
+        cache, the cache's own), or None for the layer's scheduled `cfg.transpoint` (or the cache's);
+        anything else is a ValueError. pad: None or "b" left-padding counts (with a cache, given at
+        its first forward and kept in it): padded positions contribute nothing (conv inputs and
+        x = v zeroed, keys masked), so each row equals the row alone with its TransPoint shifted by
+        its padding (the caller shifts it). With a cache, u continues after the cache's `pos` tokens and the cache is
         updated in place (prefill or chunked decoding). L = 0 or b = 0 give an empty output.
         NaN/Inf in q, k, v (= C, B, x) or dt is a ValueError (`transmamba.ops.validate.CHECK_FINITE`).
         """
@@ -225,9 +234,13 @@ class SwitchMixer(nn.Module):
             raise ValueError(f"cache has batch {cache.batch}, u has batch {b} (shape {tuple(u.shape)})")
         pos0 = cache.pos if cache is not None else 0
         P = self._resolve_transpoint(transpoint, cache, b)
+        pad = self._resolve_pad(pad, cache, b)
         if L == 0:
             return u.new_zeros(b, 0, self.cfg.d_model)
         z, qkv, dt_raw = self.project(u)
+        is_pad = None if pad is None else padded_positions(pad, pos0, L)
+        if is_pad is not None:
+            qkv = qkv.masked_fill(is_pad[..., None], 0)
         if cache is not None:
             qkv, cache.conv_state = causal_conv1d(qkv, self.conv_weight, self.conv_bias,
                                                   initial_state=cache.conv_state, return_final_state=True,
@@ -235,13 +248,15 @@ class SwitchMixer(nn.Module):
         else:
             qkv = causal_conv1d(qkv, self.conv_weight, self.conv_bias, activation=self.cfg.conv_activation)
         q, k, v = self.split_qkv(qkv)
+        if is_pad is not None:
+            v = v.masked_fill(is_pad[..., None, None], 0)
         dt, A = self._dt_A(dt_raw)
         self._check_finite(q, k, v, dt)
 
         if isinstance(P, torch.Tensor) and b == 0:
             s_lo = s_hi = 0
         elif isinstance(P, torch.Tensor):  # one TransPoint per row: both paths over the overlap
-            s_lo, s_hi = int(P.min().clamp(0, L)), int(P.max().clamp(0, L))
+            s_lo, s_hi = int((P.min() - pos0).clamp(0, L)), int((P.max() - pos0).clamp(0, L))
         else:
             s_lo = s_hi = min(max(P - pos0, 0), L)
         pieces = []
@@ -253,8 +268,8 @@ class SwitchMixer(nn.Module):
             if cache is not None and pos0 > 0:
                 K = torch.cat([cache.k[:, :pos0], K], 1)
                 V = torch.cat([cache.v[:, :pos0], V], 1)
-            y_att = self._attend(q_att, K, V, pos0)
-            if cache is not None and s_lo == L:  # the chunk ends before P: keep the KV cache
+            y_att = self._attend(q_att, K, V, pos0, pad)
+            if cache is not None and s_hi == L:  # the chunk ends before (a row's) P: keep the KV cache
                 self._cache_append(cache, k_att, v, dt)
             pieces.append(y_att.flatten(-2))
         if s_lo < L:  # SSM on local positions [s_lo, L), from the exact state at pos0 + s_lo
@@ -264,12 +279,13 @@ class SwitchMixer(nn.Module):
                                 initial_state=state, return_final_state=cache is not None)
             if cache is not None:
                 y_ssm, cache.ssm_state = y_ssm
-                cache.k = cache.v = cache.dt = None  # past the TransPoint the KV cache is freed
+                if s_hi < L:  # past every row's TransPoint the KV cache is freed
+                    cache.k = cache.v = cache.dt = None
             pieces.append(self._gate_out(y_ssm, z[:, s_lo:]))
 
         if isinstance(P, torch.Tensor) and s_lo < s_hi:  # per-row choice on the overlap
             y_att, y_ssm = pieces
-            t = torch.arange(L, device=u.device)
+            t = torch.arange(pos0, pos0 + L, device=u.device)
             use_att = t[None, :] < P[:, None]  # "b l"
             y_att = F.pad(y_att, (0, 0, 0, L - s_hi))
             y_ssm = F.pad(y_ssm, (0, 0, s_lo, 0))
@@ -290,13 +306,25 @@ class SwitchMixer(nn.Module):
         if transpoint is None:
             return cache.transpoint if cache is not None else self.cfg.transpoint
         P = check_transpoint(transpoint, b)
-        if isinstance(P, torch.Tensor):
-            if cache is not None:
-                raise ValueError("a per-row transpoint tensor cannot be used with a decoding cache")
-            return P
-        if cache is not None and P != cache.transpoint:
-            raise ValueError(f"transpoint={P} differs from the cache's transpoint={cache.transpoint}")
+        if cache is not None:
+            same = (torch.equal(P, cache.transpoint) if isinstance(P, torch.Tensor) and isinstance(cache.transpoint, torch.Tensor)
+                    else (not isinstance(P, torch.Tensor) and not isinstance(cache.transpoint, torch.Tensor)
+                          and P == cache.transpoint))
+            if not same:
+                raise ValueError(f"transpoint={P} differs from the cache's transpoint={cache.transpoint}")
         return P
+
+    @staticmethod
+    def _resolve_pad(pad, cache, b):
+        """The left padding of this call: given with the cache's first forward, kept in the cache."""
+        pad = check_pad(pad, b)
+        if cache is None:
+            return pad
+        if pad is not None:
+            if cache.pos > 0 and not (cache.pad is not None and torch.equal(pad, cache.pad)):
+                raise ValueError("pad (left padding) can only be given with a cache's first forward")
+            cache.pad = pad
+        return cache.pad
 
     def _state_at_switch(self, cache, k, v, dt, A, s, pos0):
         """The SSM state just before local position s (absolute pos0 + s): the Memory converter."""
@@ -314,16 +342,20 @@ class SwitchMixer(nn.Module):
 
     # ------------------------------------------------------------------------------ decoding
     def allocate_cache(self, batch: int, max_len: int | None = None, *, device=None, dtype=None,
-                       transpoint: int | None = None) -> SwitchCache:
+                       transpoint: int | torch.Tensor | None = None, pad=None) -> SwitchCache:
         """Empty cache: conv state "b c (d_conv-1)" and, with max_len, KV buffers preallocated to
-        min(max_len, TransPoint) tokens (None: they grow by doubling). transpoint: an int >= 0, or
-        None for the layer's `cfg.transpoint`; device and dtype default to in_proj's."""
+        min(max_len, TransPoint) tokens (None: they grow by doubling). transpoint: an int >= 0, an
+        integer tensor "b" (one per row: both paths run while rows differ), or None for the layer's
+        `cfg.transpoint`; pad: "b" left padding of the prompt (or give it to the first forward);
+        device and dtype default to in_proj's."""
         w = self.in_proj.weight
         device, dtype = device or w.device, dtype or w.dtype
-        P = self.cfg.transpoint if transpoint is None else check_transpoint_int(transpoint)
-        cap = min(max_len, P) if max_len else 0
+        P = self.cfg.transpoint if transpoint is None else check_transpoint(transpoint, batch)
+        P_max = int(P.max()) if isinstance(P, torch.Tensor) and P.numel() else (0 if isinstance(P, torch.Tensor) else P)
+        cap = min(max_len, P_max) if max_len else 0
         cache = SwitchCache(conv_state=torch.zeros(batch, self.d_qkv, self.cfg.d_conv - 1, device=device, dtype=dtype),
-                                transpoint=P)
+                            transpoint=P.to(device) if isinstance(P, torch.Tensor) else P,
+                            pad=None if pad is None else check_pad(pad, batch).to(device))
         if cap:
             cache.k = torch.empty(batch, cap, self.g, self.n, device=device, dtype=dtype)
             cache.v = torch.empty(batch, cap, self.g, self.p, device=device, dtype=dtype)
@@ -337,7 +369,7 @@ class SwitchMixer(nn.Module):
         need = pos + s
         if cache.k is None or cache.k.shape[1] < need:
             cap = max(need, 2 * (cache.k.shape[1] if cache.k is not None else 0), 16)
-            cap = min(cap, max(cache.transpoint, need))
+            cap = min(cap, max(cache.max_transpoint, need))
             grow = lambda old, new: (torch.cat([old[:, :pos], new.new_empty(new.shape[0], cap - pos, *new.shape[2:])], 1)  # noqa: E731
                                      if old is not None else new.new_empty(new.shape[0], cap, *new.shape[2:]))
             cache.k, cache.v, cache.dt = grow(cache.k, k), grow(cache.v, v), grow(cache.dt, dt)
@@ -359,21 +391,30 @@ class SwitchMixer(nn.Module):
         dt, A = self._dt_A(dt_raw[:, None])
         self._check_finite(q, k, v, dt)
         pos = cache.pos
-        if pos < cache.transpoint:  # attention over the KV cache
-            pos_t = torch.tensor([pos], device=u_t.device)
-            k = self._rope(k, pos_t)
-            self._cache_append(cache, k, v, dt)
-            y = self._attend(self._rope(q, pos_t), cache.k[:, :pos + 1], cache.v[:, :pos + 1], pos)
-            y = y[:, 0].flatten(-2)
-        else:
-            if cache.ssm_state is None:  # crossing the TransPoint: convert the KV cache, free it
+        P = cache.transpoint
+        y_ssm = y_att = None
+        if pos >= cache.min_transpoint:  # the SSM (for every row past its P)
+            if cache.ssm_state is None:  # crossing the (first) TransPoint: convert the KV cache
                 cache.ssm_state = self._state_at_switch(cache, k[:, :0], v[:, :0], dt[:, :0], A, 0, pos)
                 if cache.ssm_state is None:
                     cache.ssm_state = torch.zeros(u_t.shape[0], self.h, self.p, self.n, device=u_t.device,
                                                   dtype=torch.promote_types(u_t.dtype, torch.float32))
-                cache.k = cache.v = cache.dt = None
-            y, cache.ssm_state = ssd_step(cache.ssm_state, self.expand_heads(v)[:, 0], dt[:, 0], A,
-                                          self.expand_heads(k)[:, 0], q[:, 0], D=self.D)
-            y = self._gate_out(y[:, None], z[:, None])[:, 0]
+            y_ssm, cache.ssm_state = ssd_step(cache.ssm_state, self.expand_heads(v)[:, 0], dt[:, 0], A,
+                                              self.expand_heads(k)[:, 0], q[:, 0], D=self.D)
+            y_ssm = self._gate_out(y_ssm[:, None], z[:, None])[:, 0]
+        if pos < cache.max_transpoint:  # attention over the KV cache (for every row before its P)
+            pos_t = torch.tensor([pos], device=u_t.device)
+            k_att = self._rope(k, pos_t)
+            self._cache_append(cache, k_att, v, dt)
+            y_att = self._attend(self._rope(q, pos_t), cache.k[:, :pos + 1], cache.v[:, :pos + 1], pos, cache.pad)
+            y_att = y_att[:, 0].flatten(-2)
+        if y_att is None:
+            y = y_ssm
+        elif y_ssm is None:
+            y = y_att
+        else:  # rows on both sides of their TransPoints
+            y = torch.where((pos < P)[:, None], y_att, y_ssm)
+        if cache.ssm_state is not None and cache.max_transpoint <= pos + 1:
+            cache.k = cache.v = cache.dt = None  # every row is past its TransPoint: free the KV cache
         cache.pos = pos + 1
         return self.out_proj(y)

@@ -36,9 +36,9 @@ from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
 from transmamba.adapt.teacher_cache import TeacherCache, build_teacher_cache, topk_kl
 from transmamba.config import NONNEG, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, dump_yaml, load_config
 from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
-from transmamba.io.checkpoint import save_checkpoint
 from transmamba.models.lm import LM
 from transmamba.modules.schedule import make_schedule
+from transmamba.student import save_hf
 from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process
 
 DEFAULTS = {
@@ -220,8 +220,11 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     sweep = {int(P): ppl(transpoints=[int(P)] * student.cfg.n_layers)["val_ppl"] for P in ev["transpoints"]}
     run_cfg = {"model": student.cfg.to_dict(), "data": {"tokenizer": d["tokenizer"], "cache_dir": d["cache_dir"]},
                "convert": cfg}
-    save_checkpoint(out / "student", student, None, run["steps"], run_cfg,
-                    extra={"val_ppl": final["val_ppl"], "teacher_val_ppl": teacher_eval["val_ppl"]})
+    from transmamba.data.text import load_tokenizer
+
+    save_hf(student, out / "student", load_tokenizer(d["tokenizer"], d["cache_dir"]),
+            run_info={**run_cfg, "steps": run["steps"], "val_ppl": final["val_ppl"],
+                      "teacher_val_ppl": teacher_eval["val_ppl"]})
     if (out / "loss.png").exists():
         (out / "loss.png").replace(out / "loss_curve.png")
     summary = {"name": cfg["name"], "teacher_val_ppl": teacher_eval["val_ppl"], "init_val_ppl": init_eval["val_ppl"],

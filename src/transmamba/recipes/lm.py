@@ -8,7 +8,8 @@ Every architecture (transformer, mamba2, hybrid, transmamba) trains through the 
     eval   held-out perplexity with the schedule's evaluation TransPoints
            (`transmamba.evaluation.perplexity.lm_perplexity`).
 Checkpoints in `<out_dir>/checkpoints/`, metrics in `<out_dir>/metrics.csv`, the loss curve in
-`<out_dir>/loss.png`, the summary in `<out_dir>/summary.json`.
+`<out_dir>/loss.png`, the summary in `<out_dir>/summary.json`, the final model in Hugging Face
+format in `<out_dir>/student` (`AutoModelForCausalLM.from_pretrained` after `import transmamba`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from transmamba.config import (NONNEG_INT, POSITIVE_INT, TRAIN_RULES, Rule, chec
                                merge, parse_overrides, set_dotted)
 from transmamba.evaluation.perplexity import lm_perplexity
 from transmamba.io import checkpoint as ckpt
+from transmamba.models.lm import LM
+from transmamba.student import save_hf
 from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process
 from transmamba.training.optim import total_steps_for
 
@@ -191,6 +194,13 @@ def train(cfg: dict, *, resume: bool = False, data: TextData | None = None,
         "loss_png": res["loss_png"],
     }
     if is_main_process():
+        if isinstance(model, LM):  # the final student, Hugging Face format (AutoModelForCausalLM)
+            from transmamba.data.text import load_tokenizer
+
+            tok = load_tokenizer(cfg["data"]["tokenizer"], cfg["data"]["cache_dir"])
+            tok = tok if len(tok) <= model.cfg.vocab_size else None  # a test-sized vocabulary: no tokenizer
+            summary["student"] = str(save_hf(model, out_dir / "student", tok,
+                                             run_info={"config": cfg, "summary": dict(summary)}))
         (out_dir / "config.yaml").write_text(dump_yaml(cfg))
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

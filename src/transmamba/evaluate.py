@@ -1,0 +1,194 @@
+"""`transmamba eval --model DIR [--teacher smollm2|DIR] [--suite default] [--quick] [--out DIR]`.
+
+One report of a Hugging Face-format student (`transmamba convert` / `train` write one; any local
+causal-LM directory works), with the teacher side by side and "% of teacher" per metric:
+
+- perplexity on held-out Shakespeare at 256 / 1k / 4k tokens, per position bucket
+  (`evaluation.context_perplexity`); % of teacher = teacher ppl / student ppl;
+- passkey retrieval at 1k / 2k / 4k / 8k tokens and 5 depths, needle-in-a-haystack in the
+  held-out works (`evaluation.retrieval`), heat maps passkey.png / needle.png;
+- lm-eval-harness tasks made from the shipped data (`evaluation.lm_eval_tasks`: tm_cloze,
+  tm_nextline), through lm-eval's Python API on the transformers model;
+- speed (`evaluation.hf_speed`): prefill tok/s, decode ms/token at 1k / 4k / 16k, cache MB.
+
+Teacher and student go through the same functions (both as transformers models). `--quick` runs
+tiny lengths and few documents (for tests). Written to --out (default DIR/eval): report.md,
+results.json, the PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+SUITES = {
+    "default": dict(ppl_lengths=[256, 1024, 4096], ppl_windows=2, ret_lengths=[1024, 2048, 4096, 8192],
+                    depths=[0.0, 0.25, 0.5, 0.75, 1.0], lm_eval_limit=100, speed_contexts=[1024, 4096, 16384],
+                    prefill_len=1024, decode_tokens=8),
+    "quick": dict(ppl_lengths=[32, 64], ppl_windows=1, ret_lengths=[48, 96], depths=[0.0, 0.5, 1.0],
+                  lm_eval_limit=4, speed_contexts=[16, 32], prefill_len=32, decode_tokens=2),
+}
+
+
+def load_hf_model(path: str, cache_dir: str = "cache/teachers/smollm2"):
+    """(model, tokenizer) of a local transformers model directory, or the SmolLM2 teacher by name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import transmamba  # noqa: F401  (registers model_type "transmamba")
+
+    if path == "smollm2":
+        from transmamba.data.text import load_tokenizer
+        from transmamba.models.hf_llama import load_teacher
+
+        return load_teacher("smollm2").eval(), load_tokenizer("smollm2")
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ValueError(f"{path} is not a model directory (no config.json); for an old-format checkpoint run "
+                         f"transmamba.student.convert_to_hf first")
+    model = AutoModelForCausalLM.from_pretrained(str(p)).eval()
+    if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
+        raise ValueError(f"{path} holds no tokenizer (save it with the model)")
+    return model, AutoTokenizer.from_pretrained(str(p))
+
+
+def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str]) -> dict:
+    """Every metric of the suite for one transformers model."""
+    from transmamba.evaluation.context_perplexity import bucketed_perplexity
+    from transmamba.evaluation.hf_speed import hf_speed
+    from transmamba.evaluation.lm_eval_tasks import run_lm_eval, write_tasks
+    from transmamba.evaluation.retrieval import retrieval_grid
+
+    import numpy as np
+
+    text = "\n".join(texts)
+    ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"])
+    res = {"perplexity": bucketed_perplexity(lambda x: model(x).logits, ids, suite["ppl_lengths"],
+                                             n_windows=suite["ppl_windows"])}
+
+    def answer(prompt, n):
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out = model.generate(prompt, max_new_tokens=n, do_sample=False, pad_token_id=pad,
+                             attention_mask=torch.ones_like(prompt))
+        return out[0, prompt.shape[1]:]
+
+    for kind in ("passkey", "needle"):
+        res[kind] = retrieval_grid(answer, tok, kind, suite["ret_lengths"], suite["depths"], haystack=text[:200000])
+    task_dir = write_tasks(work / "lm_eval_tasks", texts, n=max(suite["lm_eval_limit"], 20))
+    res["lm_eval"] = run_lm_eval(model, tok, task_dir, limit=suite["lm_eval_limit"])
+    res["speed"] = hf_speed(model, suite["speed_contexts"], prefill_len=suite["prefill_len"],
+                            n_tokens=suite["decode_tokens"])
+    return res
+
+
+def flat_metrics(r: dict) -> dict:
+    """name -> (value, higher_is_better)."""
+    out = {}
+    for L, p in r["perplexity"].items():
+        out[f"ppl@{L}"] = (p["ppl"], False)
+        for b, v in p["buckets"].items():
+            out[f"ppl@{L}[{b}]"] = (v, False)
+    for kind in ("passkey", "needle"):
+        acc = r[kind]["acc"]
+        for L, row in zip(r[kind]["lengths"], acc):
+            out[f"{kind}@{L}"] = (sum(row) / len(row), True)
+    for task, ms in r["lm_eval"].items():
+        for k, v in ms.items():
+            out[f"{task}.{k}"] = (v, k != "perplexity")
+    sp = r["speed"]
+    out["prefill_tok_s"] = (sp["prefill_tok_s"], True)
+    for C, d in sp["decode"].items():
+        out[f"decode_ms@{C}"] = (d["ms_per_token"], False)
+        out[f"cache_mb@{C}"] = (d["cache_mb"], False)
+    return out
+
+
+def percent_of_teacher(student: float, teacher: float, higher_is_better: bool) -> float | None:
+    """100 = as good as the teacher; > 100 better (ratio of values, inverted where lower is better)."""
+    if higher_is_better:
+        return None if teacher == 0 else 100.0 * student / teacher
+    return None if student == 0 else 100.0 * teacher / student
+
+
+def heat_map(grid: dict, png: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    im = ax.imshow(grid["acc"], vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(grid["depths"])), [f"{d:.2f}" for d in grid["depths"]])
+    ax.set_yticks(range(len(grid["lengths"])), [str(L) for L in grid["lengths"]])
+    ax.set_xlabel("depth")
+    ax.set_ylabel("context tokens")
+    ax.set_title(title)
+    fig.colorbar(im)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def write_report(out: Path, results: dict) -> Path:
+    s, t = results["student"], results.get("teacher")
+    fs, ft = flat_metrics(s), (flat_metrics(t) if t else {})
+    lines = [f"# Evaluation of {results['model']}", "", f"suite: {results['suite']}; teacher: {results.get('teacher_name')}", "",
+             "| metric | student | teacher | % of teacher |", "|---|---|---|---|"]
+    rows = {}
+    for name, (v, hib) in fs.items():
+        tv = ft.get(name, (None, hib))[0]
+        pct = percent_of_teacher(v, tv, hib) if tv is not None else None
+        rows[name] = {"student": v, "teacher": tv, "pct_of_teacher": pct, "higher_is_better": hib}
+        lines.append(f"| {name} | {v:.4g} | {'' if tv is None else f'{tv:.4g}'} | {'' if pct is None else f'{pct:.1f}'} |")
+    results["table"] = rows
+    for who, r in (("student", s), ("teacher", t)):
+        if r is None:
+            continue
+        for kind in ("passkey", "needle"):
+            png = heat_map(r[kind], out / f"{kind}_{who}.png", f"{kind} ({who})")
+            lines += ["", f"![{kind} {who}]({png.name})"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return out / "report.md"
+
+
+def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default", quick: bool = False,
+             out: str | None = None) -> dict:
+    """Evaluate the student (and the teacher) and write the report; returns results.json's content."""
+    from transmamba.data.text import split_texts
+
+    if suite not in SUITES or suite == "quick":
+        raise ValueError(f"--suite must be one of {[k for k in SUITES if k != 'quick']}, got {suite!r}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    spec = SUITES["quick" if quick else suite]
+    out_dir = Path(out) if out else Path(model_dir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = split_texts("val")
+    model, tok = load_hf_model(model_dir)
+    results = {"model": str(model_dir), "suite": "quick" if quick else suite, "teacher_name": teacher,
+               "student": evaluate_model(model, tok, spec, out_dir, texts)}
+    if teacher:
+        tmodel, ttok = load_hf_model(teacher)
+        results["teacher"] = evaluate_model(tmodel, ttok, spec, out_dir, texts)
+    write_report(out_dir, results)
+    return results
+
+
+def eval_main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="transmamba eval", allow_abbrev=False,
+                                description="Teacher-relative evaluation of a Hugging Face-format student.")
+    p.add_argument("--model", required=True, help="the student's directory (Hugging Face format)")
+    p.add_argument("--teacher", default=None, help="smollm2 or a local transformers model directory")
+    p.add_argument("--suite", default="default", help="default")
+    p.add_argument("--quick", action="store_true", help="tiny lengths and few documents (tests)")
+    p.add_argument("--out", default=None, help="output directory (default MODEL/eval)")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    res = run_eval(args.model, args.teacher, args.suite, args.quick, args.out)
+    print(Path(args.out or Path(args.model) / "eval") / "report.md")
+    return res
