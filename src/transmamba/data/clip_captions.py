@@ -39,3 +39,15 @@ def make_captioned_clips(images: np.ndarray, labels: np.ndarray, n: int, *, fram
     clips, cap = make_moving_clips(images[order], np.asarray(labels)[order], n, frames=frames, canvas=canvas,
                                    speed=speed, label_mode="class_direction", seed=seed, bounce_free=True)
     return clips, cap
+
+
+def make_caption_galleries(images: np.ndarray, labels: np.ndarray, n_galleries: int, *, frames: int = 4,
+                           canvas: int = 35, speed: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n_galleries x 80 clips, each block of 80 holding every caption once (clip i: caption i % 80,
+    a random real image of class (i // 8) % 10); for retrieval test galleries."""
+    pools = [np.flatnonzero(np.asarray(labels) == c) for c in range(10)]
+    rng = np.random.default_rng(seed)
+    n = 80 * n_galleries
+    pick = np.array([pools[(i // 8) % 10][rng.integers(0, len(pools[(i // 8) % 10]))] for i in range(n)])
+    return make_moving_clips(images[pick], np.asarray(labels)[pick], n, frames=frames, canvas=canvas, speed=speed,
+                             label_mode="class_direction", seed=seed, bounce_free=True)
