@@ -10,6 +10,7 @@
     transmamba train-teacher --config configs/vision/vit-fmnist.yaml [--key value ...]
     transmamba distill --config configs/vision/<student>-fmnist.yaml [--key value ...]
     transmamba train-vqa --config configs/multimodal/vqa-fmnist.yaml [--fusion late|modulate|prefix]
+    transmamba train-retrieval --config configs/multimodal/retrieval-grids.yaml [--role teacher|student] [--fusion none|cross_mamba|cross_attention]
                          [--mode scratch|transmamba] [--key value ...]
 
 Heavy modules are imported only by the subcommand that needs them.
@@ -51,6 +52,7 @@ COMMANDS = {
     "train-teacher": ("transmamba.recipes.vision", "train_teacher_main"),
     "distill": ("transmamba.recipes.vision", "distill_main"),
     "train-vqa": ("transmamba.recipes.vqa", "train_vqa_main"),
+    "train-retrieval": ("transmamba.recipes.retrieval", "train_retrieval_main"),
 }
 
 

@@ -6,7 +6,7 @@ causal-LM directory works), with the teacher side by side and "% of teacher" per
 - perplexity on held-out Shakespeare at 256 / 1k / 4k tokens, per position bucket
   (`evaluation.context_perplexity`); % of teacher = teacher ppl / student ppl;
 - passkey retrieval at 1k / 2k / 4k / 8k tokens and 5 depths, needle-in-a-haystack in the
-  held-out works (`evaluation.retrieval`), heat maps passkey.png / needle.png;
+  held-out works (`evaluation.long_context`), heat maps passkey.png / needle.png;
 - lm-eval-harness tasks made from the shipped data (`evaluation.lm_eval_tasks`: tm_cloze,
   tm_nextline), through lm-eval's Python API on the transformers model;
 - speed (`evaluation.hf_speed`): prefill tok/s, decode ms/token at 1k / 4k / 16k, cache MB.
@@ -60,7 +60,7 @@ def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str]) -> dic
     from transmamba.evaluation.context_perplexity import bucketed_perplexity
     from transmamba.evaluation.hf_speed import hf_speed
     from transmamba.evaluation.lm_eval_tasks import run_lm_eval, write_tasks
-    from transmamba.evaluation.retrieval import retrieval_grid
+    from transmamba.evaluation.long_context import retrieval_grid
 
     import numpy as np
 

@@ -6,6 +6,9 @@ all ending in the same MLP head -> 2 logits (no / yes):
     modulate  g = v + CrossMamba_mod(n(v), text);   z = mean_t n'(g_t)      (text shifts B, C, dt)
     prefix    g = v + CrossMamba_pre(n(v), text);   z = mean_t n'(g_t)      (text scanned first,
               its SSM state starts the visual scan; run per group of equal question length)
+    cross_attention  g = v + CrossAttention(n(v), text);  z = mean_t n'(g_t)  (a plain attention
+              baseline with about the parameters of the modulate cross-Mamba, adapt/cross_attention.py)
+`n_answers` logits (2 for yes/no; the grid task's shared answer vocabulary has 11).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from transmamba.adapt.cross_attention import CrossAttention, matched_width
 from transmamba.adapt.cross_mamba import CrossMamba
 
-FUSIONS = ("late", "modulate", "prefix")
+FUSIONS = ("late", "modulate", "prefix", "cross_attention")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -28,7 +32,8 @@ class VQAModel(nn.Module):
     """Visual backbone (a VisionMamba student, head unused) + text tokens -> fusion -> 2 logits."""
 
     def __init__(self, backbone: nn.Module, d_text: int, fusion: str = "modulate",
-                 hidden: int = 128, d_state: int = 8, expand: float = 2.0):
+                 hidden: int = 128, d_state: int = 8, expand: float = 2.0, n_answers: int = 2,
+                 num_heads: int = 4):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -40,10 +45,15 @@ class VQAModel(nn.Module):
             d_in = 2 * d
         else:
             self.norm_in = nn.LayerNorm(d)
-            self.cross = CrossMamba(d, d_text, d_state=d_state, expand=expand, mode=fusion)
+            cm = CrossMamba(d, d_text, d_state=d_state, expand=expand,
+                            mode="modulate" if fusion == "cross_attention" else fusion)
+            if fusion == "cross_attention":
+                width = matched_width(sum(p.numel() for p in cm.parameters()), d, d_text, num_heads)
+                cm = CrossAttention(d, d_text, width, num_heads)
+            self.cross = cm
             self.norm_out = nn.LayerNorm(d)
             d_in = d
-        self.head = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, 2))
+        self.head = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, n_answers))
 
     def visual_tokens(self, x: torch.Tensor, return_directions: bool = False):
         """v = norm_f(blocks(embed(x))) "b l d" (and per-layer direction features, or Nones)."""
@@ -56,7 +66,7 @@ class VQAModel(nn.Module):
 
     def _cross(self, u: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """CrossMamba on n(v); "prefix" runs once per question length (it scans every text token)."""
-        if self.fusion == "modulate":
+        if self.fusion in ("modulate", "cross_attention"):
             return self.cross(u, text, mask)
         lengths = mask.sum(1)
         out = torch.empty_like(u)
@@ -66,7 +76,7 @@ class VQAModel(nn.Module):
         return out
 
     def fuse(self, v: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Visual tokens "b l d" + text "b m d_text" (mask "b m") -> logits "b 2"."""
+        """Visual tokens "b l d" + text "b m d_text" (mask "b m") -> logits "b n_answers"."""
         if self.fusion == "late":
             z = torch.cat([v.mean(1), self.text_proj(masked_mean(text, mask))], dim=-1)
         else:

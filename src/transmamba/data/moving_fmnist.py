@@ -52,12 +52,14 @@ def item_path(frames: int, canvas: int, item: int, direction: int, start: tuple[
 
 def make_moving_clips(images: np.ndarray, labels: np.ndarray, n_clips: int | None = None, *,
                       frames: int = 4, canvas: int = 32, speed: int = 2,
-                      label_mode: str = "class", seed: int = 0
+                      label_mode: str = "class", seed: int = 0, bounce_free: bool = False
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic-motion clips of real images: (clips uint8 "n t canvas canvas", labels int64 "n").
 
     Clip i uses image i % len(images); its direction is i % 8 and its start point is drawn from a
-    generator seeded by `seed` (so the whole set is deterministic).
+    generator seeded by `seed` (so the whole set is deterministic). bounce_free=True draws each
+    start inside the range from which the whole path stays on the canvas without reflection
+    (needs canvas - item >= speed * (frames - 1)), so the motion is one straight line.
     """
     if images.ndim != 3:
         raise ValueError(f"images must have shape (n, h, w), got {images.shape}")
@@ -73,7 +75,18 @@ def make_moving_clips(images: np.ndarray, labels: np.ndarray, n_clips: int | Non
     hi = canvas - h
     if hi < 0:
         raise ValueError(f"canvas={canvas} must be at least the image size {h}")
-    starts = rng.integers(0, hi + 1, size=(n, 2))
+    if bounce_free:
+        travel = speed * (frames - 1)
+        if travel > hi:
+            raise ValueError(f"bounce_free needs canvas - item >= speed * (frames - 1): {hi} < {travel}")
+        starts = np.zeros((n, 2), dtype=np.int64)
+        for i in range(n):
+            for a, step in enumerate(DIRECTIONS[i % len(DIRECTIONS)]):
+                lo_s = travel if step < 0 else 0
+                hi_s = hi - travel if step > 0 else hi
+                starts[i, a] = rng.integers(lo_s, hi_s + 1)
+    else:
+        starts = rng.integers(0, hi + 1, size=(n, 2))
     clips = np.zeros((n, frames, canvas, canvas), dtype=np.uint8)
     out_labels = np.zeros(n, dtype=np.int64)
     for i in range(n):

@@ -1,67 +1,51 @@
-"""Long-context retrieval: passkey (synthetic filler) and needle-in-a-haystack (Shakespeare).
+"""Retrieval metrics: recall at k and median rank, text -> visual and visual -> text.
 
-A fact is put at a relative depth d of a context of about L tokens; the model is asked for it
-and answers greedily; success = the answer's first generated characters contain the fact.
-`retrieval_grid` returns accuracy per (L, depth), the data of a heat map. Any model given as
-`answer_fn(prompt_ids "1 l", n_new) -> new ids` (ours and transformers teachers alike).
+A gallery pairs query i with item i (one right answer each). With s[i, j] = score(text i, visual j):
+
+    rank_t2v(i) = 1 + #{j != i : s[i, j] >= s[i, i]}        (ties count against the query)
+    rank_v2t(j) = 1 + #{i != j : s[i, j] >= s[j, j]}        (the same on the columns)
+    R@k = #{rank <= k} / n,   MedR = median rank
+
+The visual -> text scores may be a different matrix (a text-conditioned re-ranker scores only the
+text -> visual direction).
 """
 
 from __future__ import annotations
 
-import random
-from typing import Callable
-
 import torch
 
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-PASSKEY_INTRO = "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it.\n"
-PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
-NEEDLE_QUESTION = "\nWhat is the secret word of the day? The secret word of the day is"
-WORDS = ("lantern", "harbor", "velvet", "meadow", "copper", "thistle", "falcon", "ember")
+KS = (1, 5, 10)
 
 
-def _fit(tok, text: str, n_tokens: int) -> list[int]:
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    if len(ids) < n_tokens:
-        ids = (ids * (n_tokens // max(len(ids), 1) + 1))
-    return ids[:n_tokens]
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """rank of the right item (the diagonal) in each row of a square score matrix "n n" -> "n"."""
+    if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"scores must be square (n, n), got {tuple(scores.shape)}")
+    s = scores.float()
+    diag = s.diagonal()[:, None]
+    ge = (s >= diag)
+    return ge.sum(1)  # the diagonal itself counts 1
 
 
-def build_prompt(tok, kind: str, length: int, depth: float, haystack: str, rng: random.Random) -> tuple[list[int], str]:
-    """(prompt ids of about `length` tokens, the expected answer) for kind "passkey" | "needle"."""
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth must be in [0, 1], got {depth}")
-    if kind == "passkey":
-        answer = str(rng.randint(10000, 99999))
-        fact, intro, question, filler = f" The pass key is {answer}. Remember it. {answer} is the pass key. ", \
-            PASSKEY_INTRO, PASSKEY_QUESTION, FILLER
-    elif kind == "needle":
-        answer = rng.choice(WORDS)
-        fact, intro, question, filler = f" The secret word of the day is {answer}. ", "", NEEDLE_QUESTION, haystack
-    else:
-        raise ValueError(f"kind must be 'passkey' or 'needle', got {kind!r}")
-    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    head, f_ids, q_ids = enc(intro), enc(fact), enc(question)
-    room = max(length - len(head) - len(f_ids) - len(q_ids), 0)
-    body = _fit(tok, filler, room)
-    cut = int(round(depth * len(body)))
-    return head + body[:cut] + f_ids + body[cut:] + q_ids, answer
+def recall_curve(r: torch.Tensor, max_k: int) -> list[float]:
+    """[R@1 .. R@max_k] of ranks r."""
+    return [float((r <= k).float().mean()) for k in range(1, max_k + 1)]
 
 
-@torch.no_grad()
-def retrieval_grid(answer_fn: Callable[[torch.Tensor, int], torch.Tensor], tok, kind: str, lengths, depths, *,
-                   haystack: str = "", trials: int = 1, n_new: int = 8, seed: int = 0) -> dict:
-    """{"lengths", "depths", "acc": [[acc per depth] per length]} (rows: lengths)."""
-    rng = random.Random(seed)
-    acc = []
-    for L in lengths:
-        row = []
-        for d in depths:
-            hits = 0
-            for _ in range(trials):
-                ids, answer = build_prompt(tok, kind, int(L), float(d), haystack, rng)
-                new = answer_fn(torch.tensor([ids]), n_new)
-                hits += answer in tok.decode(new.tolist())
-            row.append(hits / trials)
-        acc.append(row)
-    return {"lengths": [int(L) for L in lengths], "depths": [float(d) for d in depths], "acc": acc}
+def retrieval_metrics(t2v: torch.Tensor, v2t: torch.Tensor | None = None, ks=KS) -> dict:
+    """{"t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "v2t_..."}; t2v[i, j] = score(text i, visual j),
+    v2t[i, j] the same pair's score for the visual -> text direction (default t2v)."""
+    v2t = t2v if v2t is None else v2t
+    out = {}
+    for name, r in (("t2v", ranks(t2v)), ("v2t", ranks(v2t.transpose(0, 1)))):
+        for k in ks:
+            out[f"{name}_r{k}"] = float((r <= k).float().mean())
+        out[f"{name}_medr"] = float(r.float().median())
+    return out
+
+
+def mean_metrics(rows: list[dict]) -> dict:
+    """Key-wise mean of metric dicts (several galleries)."""
+    if not rows:
+        raise ValueError("no metrics to average")
+    return {k: sum(float(r[k]) for r in rows) / len(rows) for k in rows[0]}

@@ -45,11 +45,12 @@ VQA_DEFAULTS = {
     **copy.deepcopy(DISTILL_DEFAULTS),
     "out_dir": "runs/multimodal/vqa",
     "fusion": "modulate",  # late | modulate | prefix
-    "vqa": {"attr_frac": 0.25, "seed": 0},
+    "vqa": {"attr_frac": 0.25, "seed": 0, "task": "single", "train_n": 6000, "test_n": 2000},
     "text": {"encoder": "smollm2", "layer": 15},
     "head": {"hidden": 128, "d_state": 8, "expand": 2.0},
 }
-METRIC_FIELDS = ["epoch", "task_loss", "distill_loss", "mean_cos", "test_loss", "test_acc"]
+METRIC_FIELDS = ["epoch", "task_loss", "distill_loss", "mean_cos", "test_loss", "test_acc",
+                 "test_acc_where", "test_acc_count", "test_acc_relation"]
 
 
 @torch.no_grad()
@@ -85,21 +86,70 @@ def smollm2_encoder():
 
 def check_config(cfg: dict) -> None:
     """ValueError on settings this task cannot use."""
-    check_rules(cfg, {**VISION_RULES, "fusion": one_of(*FUSIONS), "vqa.attr_frac": UNIT})
+    check_rules(cfg, {**VISION_RULES, "fusion": one_of(*FUSIONS), "vqa.attr_frac": UNIT,
+                      "vqa.task": one_of("single", "grid")})
     if cfg["data"]["dataset"] not in ("fashion_mnist", "digits"):
         raise ValueError(f"data.dataset must be an image set (fashion_mnist or digits), "
                          f"got {cfg['data']['dataset']!r}")
     if cfg["distill"]["kd_weight"]:
         raise ValueError("distill.kd_weight must be 0: the teacher's logits answer image "
                          "classification, not the yes/no question")
-    if cfg["text"]["encoder"] != "smollm2":
-        raise ValueError(f"text.encoder must be 'smollm2', got {cfg['text']['encoder']!r}")
+    if cfg["text"]["encoder"] not in ("smollm2", "minilm"):
+        raise ValueError(f"text.encoder must be 'smollm2' or 'minilm', got {cfg['text']['encoder']!r}")
+
+
+def minilm_questions(questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, mask) of the questions from the frozen all-MiniLM-L6-v2 (last hidden states)."""
+    from transmamba.models.text_encoder import encode_texts, load_minilm
+
+    model, tok = load_minilm()
+    tokens, mask, _ = encode_texts(questions, model, tok)
+    return tokens, mask
+
+
+def build_grid_vqa_data(cfg: dict, text_encoder=None) -> dict:
+    """Grid VQA (data.grid_vqa): 2x2 grids of REAL Fashion-MNIST images built for their questions.
+
+    text_encoder: questions -> (tokens, mask) override (tests); default MiniLM (text.encoder minilm)
+    or SmolLM2 through encode_questions."""
+    from transmamba.data.fashion_mnist import load_image_dataset, to_tensors
+    from transmamba.data.fmnist_grids import compose_grids, pick_images
+    from transmamba.data.grid_vqa import ANSWERS, QTYPES, question_bank as grid_bank, sample_grid_questions
+
+    v, dcfg = cfg["vqa"], cfg["data"]
+    tr_img, tr_lab = load_image_dataset(dcfg["dataset"], "train", root=dcfg.get("root"))
+    te_img, te_lab = load_image_dataset(dcfg["dataset"], "test", root=dcfg.get("root"))
+    if tr_img.shape[-1] != 28:  # sklearn digits (8x8) in tests: pad to 28x28
+        pad = lambda a: np.pad(a, ((0, 0), (10, 10), (10, 10)))
+        tr_img, te_img = pad(tr_img), pad(te_img)
+    mean, std = float(tr_img.mean()) / 255.0, float(tr_img.std()) / 255.0
+    questions, types, _ = grid_bank()
+    data = {"questions": questions, "qtype": torch.from_numpy(types), "qtype_names": QTYPES,
+            "n_answers": len(ANSWERS), "img_size": 56, "num_classes": 10, "video": False, "frames": 1,
+            "fill": -mean / max(std, 1e-6)}
+    seed = int(v["seed"])
+    for k, imgs, labs, n, s in (("train", tr_img, tr_lab, v["train_n"], seed), ("test", te_img, te_lab, v["test_n"], seed + 1)):
+        cells, q, a, _ = sample_grid_questions(int(n), seed=s)
+        grids = compose_grids(imgs, pick_images(cells, labs, np.random.default_rng(s + 100)))
+        x, _ = to_tensors(grids, cells[:, 0], mean, std)
+        data[k] = (x, torch.from_numpy(cells), torch.from_numpy(q), torch.from_numpy(a))
+    if text_encoder is not None:
+        tokens, mask = text_encoder(questions)
+    elif cfg["text"]["encoder"] == "minilm":
+        tokens, mask = minilm_questions(questions)
+    else:
+        tokens, mask = encode_questions(questions, *smollm2_encoder(), int(cfg["text"]["layer"]))
+    data.update(text=tokens, text_mask=mask)
+    return data
 
 
 def build_vqa_data(cfg: dict, text_encoder=None) -> dict:
     """Images (recipes.vision.load_data), question ids and answers per split, and the text bank.
 
-    text_encoder: (lm, tokenize) override (tests pass a tiny random stand-in); default SmolLM2."""
+    text_encoder: (lm, tokenize) override (tests pass a tiny random stand-in); default SmolLM2.
+    vqa.task "grid": `build_grid_vqa_data` instead."""
+    if cfg["vqa"].get("task", "single") == "grid":
+        return build_grid_vqa_data(cfg, text_encoder)
     data = load_data(cfg["data"])
     questions, answers, is_attr = question_bank()
     lm, tokenize = text_encoder if text_encoder is not None else smollm2_encoder()
@@ -119,12 +169,18 @@ def evaluate_vqa(model: VQAModel, data: dict, split: str = "test", batch_size: i
     was = model.training
     model.eval()
     x, _, q, a = data[split]
-    attr = data["is_attr"][q]
+    if "qtype" in data:  # grid task: accuracy per question type
+        subsets = {name: data["qtype"][q] == i for i, name in enumerate(data["qtype_names"])}
+    else:
+        attr = data["is_attr"][q]
+        subsets = {"class_q": ~attr, "attr_q": attr, "yes": a == 1, "no": a == 0}
     try:
         r = classify(lambda idx: model(x[idx], data["text"][q[idx]], data["text_mask"][q[idx]]), len(x), a,
-                     batch_size=batch_size, subsets={"class_q": ~attr, "attr_q": attr, "yes": a == 1, "no": a == 0})
+                     batch_size=batch_size, subsets=subsets)
     finally:
         model.train(was)
+    if "qtype" in data:
+        return {"loss": r["loss"], "acc": r["top1"], **{f"acc_{k}": r[f"top1_{k}"] for k in subsets}}
     return {"loss": r["loss"], "acc": r["top1"], **{f"acc_{k}": r[f"top1_{k}"] for k in ("class_q", "attr_q", "yes", "no")}}
 
 
@@ -133,7 +189,7 @@ def build_vqa_run(cfg: dict, data: dict):
     student, teacher, dloss, report = build_distill_run(cfg, data)
     h = cfg["head"]
     model = VQAModel(student, data["text"].shape[-1], cfg["fusion"], hidden=int(h["hidden"]),
-                     d_state=int(h["d_state"]), expand=float(h["expand"]))
+                     d_state=int(h["d_state"]), expand=float(h["expand"]), n_answers=int(data.get("n_answers", 2)))
     return model, teacher, dloss, report
 
 
@@ -200,8 +256,9 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
               "distill": dloss is not None, "n_questions": len(data["questions"]),
               "params": sum(p.numel() for p in model.parameters()),
               "params_fusion": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone.")),
-              "train_yes_frac": float(data["train"][3].float().mean()),
-              "test_yes_frac": float(data["test"][3].float().mean())}
+              "task": cfg["vqa"].get("task", "single"),
+              "train_yes_frac": float((data["train"][3] == 1).float().mean()),
+              "test_yes_frac": float((data["test"][3] == 1).float().mean())}
     write_result(out, result, cfg)
     return result
 

@@ -1,0 +1,361 @@
+"""Text-image and text-video retrieval on real Fashion-MNIST (grids and moving clips), on the one engine.
+
+    transmamba train-retrieval --config configs/multimodal/retrieval-grids.yaml \
+        [--role teacher|student] [--mode transmamba|scratch] [--fusion none|cross_mamba|cross_attention]
+
+Data (`retrieval.task`): "grids" = 2x2 grids (56x56) of real Fashion-MNIST images captioned with the
+item in each cell (`data.fmnist_grids`); "clips" = bounce-free moving clips of one real image
+(synthetic motion of real images) captioned with the item and its motion (`data.clip_captions`).
+Test galleries: grids, one gallery of `test_n` grids with distinct captions; clips, galleries of 80
+clips holding each of the 80 captions once (metrics averaged over the galleries).
+
+Text side: the frozen all-MiniLM-L6-v2 (`models.text_encoder`); each distinct caption is encoded
+once and its token features cached on disk (`text.cache_dir`, keyed by a hash of the captions).
+
+Visual side (`role`):
+    teacher   a ViT made from the trained Fashion-MNIST classifier `teacher_init`
+              (`models.vit_resize`: positions tiled 2x2 for grids, interpolated for clips;
+              frame-wise on clips), trained here for retrieval; saved to out_dir/vit
+    student   ViM (grids) / VideoMamba (clips): mode scratch = own init, task loss only;
+              mode transmamba = subcloning + layered init from the retrieval teacher's ViT and
+              adaptive multi-directional distillation from its visual tokens (recipes.vision)
+
+Loss: L = alpha (InfoNCE(dual) + InfoNCE over K candidates of the re-ranker) + (1 - alpha) L_dir,
+alpha = 1 without distillation; the InfoNCE is symmetric with a learned temperature
+(`adapt.contrastive`); the re-ranker (fusion != none, `adapt.retrieval_model`) scores text ->
+visual only. Evaluation (`evaluation.retrieval`): R@1/5/10 and median rank both ways on the test
+galleries. out_dir gets metrics.csv, loss.png, recall.png (R@k vs k) and result.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from transmamba.adapt.contrastive import candidate_nce, info_nce
+from transmamba.adapt.retrieval_model import RETRIEVAL_FUSIONS, RetrievalModel
+from transmamba.config import POSITIVE_INT, UNIT, check_config as check_rules, one_of
+from transmamba.data.clip_captions import all_clip_captions, make_caption_galleries, make_captioned_clips
+from transmamba.data.fashion_mnist import load_image_dataset, to_tensors
+from transmamba.data.fmnist_grids import make_caption_grids
+from transmamba.evaluation.retrieval import mean_metrics, ranks, recall_curve, retrieval_metrics
+from transmamba.io.files import atomic_write
+from transmamba.recipes.vision import (DISTILL_DEFAULTS, VISION_RULES, build_distill_run, config_main,
+                                       example_batches, steps_of, write_result)
+from transmamba.training.engine import Run, fit, is_main_process
+
+RETRIEVAL_DEFAULTS = {
+    **copy.deepcopy(DISTILL_DEFAULTS),
+    "out_dir": "runs/multimodal/retrieval",
+    "role": "student",  # teacher | student
+    "fusion": "none",  # none | cross_mamba | cross_attention
+    "teacher_init": "runs/vision/teacher-fmnist",  # the classifier ViT the retrieval teacher starts from
+    "retrieval": {"task": "grids", "train_n": 4000, "test_n": 1000, "n_galleries": 10, "seed": 0,
+                  "n_named": 4, "d_embed": 128, "train_k": 8, "rerank_k": 16, "max_k": 20,
+                  "clip": {"frames": 4, "canvas": 35, "speed": 2}},
+    "text": {"encoder": "minilm", "cache_dir": "runs/multimodal/text-cache"},
+    "head": {"d_state": 8, "expand": 2.0, "num_heads": 4},
+}
+METRIC_FIELDS = ["epoch", "task_loss", "nce", "rerank_nce", "distill_loss", "mean_cos", "scale",
+                 "test_t2v_r1", "test_t2v_r5", "test_v2t_r1", "test_v2t_r5"]
+
+
+def check_config(cfg: dict) -> None:
+    check_rules(cfg, {**VISION_RULES, "role": one_of("teacher", "student"), "fusion": one_of(*RETRIEVAL_FUSIONS),
+                      "retrieval.task": one_of("grids", "clips"), "retrieval.train_n": POSITIVE_INT,
+                      "retrieval.test_n": POSITIVE_INT, "retrieval.train_k": POSITIVE_INT,
+                      "retrieval.rerank_k": POSITIVE_INT, "distill.alpha": UNIT})
+    if cfg["distill"]["kd_weight"]:
+        raise ValueError("distill.kd_weight must be 0: the teacher has no logits for retrieval")
+    if cfg["role"] == "teacher" and cfg["fusion"] != "none":
+        raise ValueError("the retrieval teacher is a dual encoder: fusion must be 'none'")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def cached_text_features(texts: list[str], cfg: dict, text_encoder=None) -> dict:
+    """{"tokens" "n m d" float16, "mask" "n m", "pooled" "n d"} of texts, cached in text.cache_dir.
+
+    text_encoder: texts -> (tokens, mask, pooled) (tests pass a tiny stand-in; not cached)."""
+    if text_encoder is not None:
+        tokens, mask, pooled = text_encoder(texts)
+        return {"tokens": tokens.half(), "mask": mask, "pooled": pooled.float()}
+    from transmamba.models.text_encoder import MODEL_ID, encode_texts, load_minilm
+
+    key = hashlib.sha1(json.dumps([MODEL_ID, texts]).encode()).hexdigest()[:16]
+    path = Path(cfg["text"]["cache_dir"]) / f"minilm-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    model, tok = load_minilm()
+    tokens, mask, pooled = encode_texts(texts, model, tok)
+    out = {"tokens": tokens.half(), "mask": mask, "pooled": pooled}
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: torch.save(out, tmp))
+    return out
+
+
+def build_retrieval_data(cfg: dict, text_encoder=None) -> dict:
+    """Visual tensors and caption ids per split, the caption bank's features, the galleries."""
+    r, dcfg = cfg["retrieval"], cfg["data"]
+    base = dcfg["dataset"] if dcfg["dataset"] in ("fashion_mnist", "digits") else "fashion_mnist"
+    tr_img, tr_lab = load_image_dataset(base, "train", root=dcfg.get("root"))
+    te_img, te_lab = load_image_dataset(base, "test", root=dcfg.get("root"))
+    if tr_img.shape[-1] != 28:  # sklearn digits (8x8) for tests: pad to 28x28
+        pad = lambda a: np.pad(a, ((0, 0), (10, 10), (10, 10)))
+        tr_img, te_img = pad(tr_img), pad(te_img)
+    seed = int(r["seed"])
+    mean, std = float(tr_img.mean()) / 255.0, float(tr_img.std()) / 255.0
+    if r["task"] == "grids":
+        x_tr, _, cap_tr = make_caption_grids(tr_img, tr_lab, int(r["train_n"]), seed=seed, n_named=int(r["n_named"]))
+        x_te, _, cap_te = make_caption_grids(te_img, te_lab, int(r["test_n"]), seed=seed + 1,
+                                             n_named=int(r["n_named"]), unique=True)
+        bank = sorted(set(cap_tr) | set(cap_te))
+        pos = {c: i for i, c in enumerate(bank)}
+        y_tr = np.array([pos[c] for c in cap_tr])
+        y_te = np.array([pos[c] for c in cap_te])
+        galleries = [np.arange(len(x_te))]
+        video, frames = False, 1
+    else:
+        c = r["clip"]
+        kw = dict(frames=int(c["frames"]), canvas=int(c["canvas"]), speed=int(c["speed"]))
+        x_tr, y_tr = make_captioned_clips(tr_img, tr_lab, int(r["train_n"]), seed=seed, **kw)
+        x_te, y_te = make_caption_galleries(te_img, te_lab, int(r["n_galleries"]), seed=seed + 1, **kw)
+        bank = all_clip_captions()
+        galleries = [np.arange(g * 80, (g + 1) * 80) for g in range(int(r["n_galleries"]))]
+        video, frames = True, int(c["frames"])
+    train = to_tensors(x_tr, y_tr, mean, std)
+    test = to_tensors(x_te, y_te, mean, std)
+    text = cached_text_features(bank, cfg, text_encoder)
+    return {"train": train, "test": test, "captions": bank, "text": text, "galleries": galleries,
+            "img_size": int(x_tr.shape[-1]), "num_classes": 10, "video": video, "frames": frames,
+            "fill": -mean / max(std, 1e-6)}
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+def build_teacher_backbone(cfg: dict, data: dict):
+    """The retrieval teacher's ViT, made from the classifier ViT at cfg["teacher_init"]."""
+    from transmamba.models.vit_resize import resize_vit
+    from transmamba.models.vit_weights import load_pretrained_vit
+
+    vit = load_pretrained_vit(cfg["teacher_init"])
+    if vit.cfg.img_size != data["img_size"]:
+        vit = resize_vit(vit, data["img_size"], "interpolate" if data["video"] else "tile",
+                         seed=int(cfg["train"]["seed"]))
+    return vit
+
+
+def build_retrieval_model(cfg: dict, data: dict):
+    """(RetrievalModel, teacher ViT or None, DirectionalDistillLoss or None, init report)."""
+    h, d_text = cfg["head"], data["text"]["tokens"].shape[-1]
+    if cfg["role"] == "teacher":
+        backbone, teacher, dloss, report = build_teacher_backbone(cfg, data), None, None, {"copied": [], "init_layers": 0}
+    else:
+        backbone, teacher, dloss, report = build_distill_run(cfg, data)
+        backbone.head = nn.Identity()
+    model = RetrievalModel(backbone, d_text, int(cfg["retrieval"]["d_embed"]), cfg["fusion"],
+                           d_state=int(h["d_state"]), expand=float(h["expand"]), num_heads=int(h["num_heads"]))
+    return model, teacher, dloss, report
+
+
+def hard_candidates(dual: torch.Tensor, same: torch.Tensor, k: int) -> torch.Tensor:
+    """"b k" visual indices per text: the positive (i itself) first, then the k-1 highest-scoring
+    in-batch visuals that do not carry the text's caption."""
+    b = dual.shape[0]
+    k = min(k, b)
+    neg = dual.detach().masked_fill(same, float("-inf"))
+    top = neg.topk(k - 1, dim=1).indices if k > 1 else dual.new_zeros(b, 0, dtype=torch.long)
+    return torch.cat([torch.arange(b, device=dual.device)[:, None], top], dim=1)
+
+
+class RetrievalStep(nn.Module):
+    """loss = alpha (InfoNCE(dual) + InfoNCE over K re-ranked candidates) + (1 - alpha) L_dir."""
+
+    def __init__(self, model: RetrievalModel, text: dict, *, teacher=None, dloss=None, alpha: float = 1.0,
+                 train_k: int = 8):
+        super().__init__()
+        self.model, self.dloss, self.alpha, self.train_k = model, dloss, alpha, train_k
+        self.__dict__["teacher"] = teacher
+        for k in ("tokens", "mask", "pooled"):
+            self.register_buffer(f"text_{k}", text[k], persistent=False)
+
+    def forward(self, batch, step: int):
+        x, cap = batch
+        m = self.model
+        v, tokens, feats = m.encode_visual(x, return_directions=self.dloss is not None)
+        t = m.encode_text(self.text_pooled[cap])
+        dual = m.dual_scores(t, v)
+        same = cap[:, None] == cap[None, :]
+        nce, _, _ = info_nce(dual, same)
+        parts = {"nce": nce, "scale": m.scale().detach()}
+        task = nce
+        if m.fusion != "none":
+            eye = torch.eye(len(cap), dtype=torch.bool, device=cap.device)
+            cand = hard_candidates(dual, same | eye, self.train_k)  # "b k"
+            b, k = cand.shape
+            rows = torch.arange(b, device=cap.device)[:, None].expand(b, k)
+            cs = m.cross_scores(tokens[cand.flatten()], self.text_tokens[cap[rows.flatten()]],
+                                self.text_mask[cap[rows.flatten()]]).view(b, k)
+            rr = candidate_nce(dual.gather(1, cand) + cs)
+            parts["rerank_nce"] = rr
+            task = task + rr
+        parts["task_loss"] = task
+        if self.dloss is None:
+            return task, parts
+        with torch.no_grad():
+            _, t_hidden, _ = self.teacher(x, return_hidden=True)
+        bb = m.backbone
+        toks = [bb.align_teacher_tokens(hh, self.teacher.n_prefix) for hh in t_hidden]
+        dl, cos = self.dloss(feats, toks, bb.blocks[0].mixer.perms)
+        parts.update(distill_loss=dl, mean_cos=cos.mean())
+        return self.alpha * task + (1 - self.alpha) * dl, parts
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def gallery_scores(model: RetrievalModel, x: torch.Tensor, cap: torch.Tensor, text: dict, rerank_k: int,
+                   batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t2v, v2t) score matrices "n n" of one gallery (text i <-> visual i). With a re-ranker, each
+    text's top rerank_k visuals by s_dual get s_dual + s_cross and stay above the rest (moved up by
+    a constant), the others keep s_dual; v2t is s_dual."""
+    embs, toks = [], []
+    for s in range(0, len(x), batch_size):
+        e, tk, _ = model.encode_visual(x[s:s + batch_size])
+        embs.append(e)
+        toks.append(tk)
+    v, tokens = torch.cat(embs), torch.cat(toks)
+    t = model.encode_text(text["pooled"][cap])
+    dual = model.dual_scores(t, v)
+    if model.fusion == "none":
+        return dual, dual
+    k = min(rerank_k, len(x))
+    top = dual.topk(k, dim=1).indices  # "n k"
+    rows = torch.arange(len(x))[:, None].expand_as(top).flatten()
+    cols = top.flatten()
+    cs = torch.cat([model.cross_scores(tokens[cols[s:s + batch_size]], text["tokens"][cap[rows[s:s + batch_size]]],
+                                       text["mask"][cap[rows[s:s + batch_size]]])
+                    for s in range(0, len(rows), batch_size)])
+    t2v = dual.clone()
+    lift = float(dual.max() - dual.min()) + float(cs.abs().max()) + 1.0
+    t2v[rows, cols] = dual[rows, cols] + cs + lift
+    return t2v, dual
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: RetrievalModel, data: dict, rerank_k: int, max_k: int = 20) -> dict:
+    """Metrics averaged over the test galleries, plus the recall curves (R@1..R@max_k) both ways."""
+    was = model.training
+    model.eval()
+    try:
+        x, cap = data["test"]
+        rows, curves = [], {"t2v": [], "v2t": []}
+        for g in data["galleries"]:
+            gi = torch.as_tensor(g)
+            t2v, v2t = gallery_scores(model, x[gi], cap[gi], data["text"], rerank_k)
+            rows.append(retrieval_metrics(t2v, v2t))
+            curves["t2v"].append(recall_curve(ranks(t2v), max_k))
+            curves["v2t"].append(recall_curve(ranks(v2t.transpose(0, 1)), max_k))
+    finally:
+        model.train(was)
+    out = mean_metrics(rows)
+    out["curves"] = {k: np.mean(np.array(c), 0).tolist() for k, c in curves.items()}
+    return out
+
+
+def plot_recall(curves: dict, path: Path, title: str) -> None:
+    """recall.png: R@k vs k, one line per direction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for k, c in curves.items():
+        ax.plot(range(1, len(c) + 1), c, marker=".", label=k.replace("2", " -> "))
+    ax.set_xlabel("k")
+    ax.set_ylabel("R@k")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+def train_retrieval(cfg: dict, text_encoder=None) -> dict:
+    """Run one retrieval config (module docstring); returns the result dict, also in result.json."""
+    from transmamba.models.vit import save_vit
+
+    check_config(cfg)
+    tcfg, out, r = cfg["train"], Path(cfg["out_dir"]), cfg["retrieval"]
+    torch.manual_seed(int(tcfg["seed"]))
+    np.random.seed(int(tcfg["seed"]))
+    data = build_retrieval_data(cfg, text_encoder)
+    model, teacher, dloss, report = build_retrieval_model(cfg, data)
+    alpha = float(cfg["distill"]["alpha"]) if dloss is not None else 1.0
+    step_module = RetrievalStep(model, data["text"], teacher=teacher, dloss=dloss, alpha=alpha,
+                                train_k=int(r["train_k"]))
+    x_tr, c_tr = data["train"]
+    total, per_epoch = steps_of(len(x_tr), tcfg)
+    tcfg = {**tcfg, "eval_every": per_epoch if tcfg.get("eval_every") is None else tcfg["eval_every"]}
+    rk, mk = int(r["rerank_k"]), int(r["max_k"])
+    init = evaluate_retrieval(model, data, rk, mk)
+
+    def evaluate(_):
+        ev = evaluate_retrieval(model, data, rk, mk)
+        return {f"test_{k}": v for k, v in ev.items() if k != "curves"}
+
+    def after_eval(at_step, ev):
+        ev["epoch"] = (at_step - 1) // per_epoch
+
+    name = f"retrieval {r['task']} {cfg['role']}" + ("" if cfg["role"] == "teacher" else f" {cfg['mode']}/{cfg['fusion']}")
+    run = Run(name=name, step_module=step_module, batches=example_batches((x_tr, c_tr), tcfg), total_steps=total,
+              tcfg=tcfg, out_dir=out, config=cfg, saved=step_module, evaluate=evaluate, after_eval=after_eval,
+              unit="images", metric_fields=METRIC_FIELDS,
+              fingerprint={k: cfg[k] for k in ("student", "role", "mode", "fusion", "head", "retrieval")},
+              device=cfg.get("device", "cpu"))
+    res = fit(run)
+    final = evaluate_retrieval(model, data, rk, mk)
+    losses = res["losses"]
+    n_fusion = sum(p.numel() for n, p in model.named_parameters() if n.startswith("cross."))
+    result = {"steps": res["step"], **{k: v for k, v in final.items() if k != "curves"}, "curves": final["curves"],
+              "init": {k: v for k, v in init.items() if k != "curves"},
+              "train_loss_first": losses[0] if losses else None,
+              "train_loss_last": float(np.mean(losses[-10:])) if losses else None,
+              "elapsed_s": round(res["elapsed_s"], 2), "losses": losses, "role": cfg["role"], "mode": cfg["mode"],
+              "fusion": cfg["fusion"], "task": r["task"], "init_layers": report["init_layers"],
+              "distill": dloss is not None, "n_captions": len(data["captions"]), "train_n": len(x_tr),
+              "test_galleries": len(data["galleries"]), "gallery_size": len(data["galleries"][0]),
+              "params_visual": sum(p.numel() for p in model.backbone.parameters()), "params_fusion": n_fusion,
+              "temperature": float(1.0 / model.scale().detach())}
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        plot_recall(final["curves"], out / "recall.png", f"{name}: R@k on the test galleries")
+        if cfg["role"] == "teacher":
+            save_vit(model.backbone, out / "vit", {"retrieval_config": cfg, "t2v_r1": final["t2v_r1"]})
+    write_result(out, result, cfg)
+    return result
+
+
+def train_retrieval_main(argv=None) -> int:
+    """CLI: --config FILE [--role R] [--mode M] [--fusion F] [--section.key value ...]; prints the result."""
+    return config_main(argv, RETRIEVAL_DEFAULTS, train_retrieval, __doc__, hide=("losses", "curves"))

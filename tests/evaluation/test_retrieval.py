@@ -1,0 +1,41 @@
+"""Recall@k and median rank (transmamba.evaluation.retrieval) against a brute-force reference."""
+
+import numpy as np
+import pytest
+import torch
+
+from transmamba.evaluation.retrieval import mean_metrics, ranks, recall_curve, retrieval_metrics
+
+
+def brute_rank(s: np.ndarray, i: int) -> int:
+    """Sort the row (ties: the right item last) and find it."""
+    order = sorted(range(len(s)), key=lambda j: (-s[j], j == i))
+    return order.index(i) + 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 37
+    t2v = torch.randint(0, 6, (n, n), generator=g).float()  # many ties
+    v2t = torch.randn(n, n, generator=g)
+    m = retrieval_metrics(t2v, v2t)
+    r_t = [brute_rank(t2v[i].numpy(), i) for i in range(n)]
+    r_v = [brute_rank(v2t[:, j].numpy(), j) for j in range(n)]
+    assert ranks(t2v).tolist() == r_t
+    for k in (1, 5, 10):
+        assert m[f"t2v_r{k}"] == pytest.approx(np.mean(np.array(r_t) <= k))
+        assert m[f"v2t_r{k}"] == pytest.approx(np.mean(np.array(r_v) <= k))
+    assert m["t2v_medr"] == float(torch.tensor(r_t).float().median())
+    assert recall_curve(torch.tensor(r_t), 3) == [pytest.approx(np.mean(np.array(r_t) <= k)) for k in (1, 2, 3)]
+
+
+def test_perfect_and_worst_scores():
+    eye = torch.eye(5) * 3
+    m = retrieval_metrics(eye)
+    assert m["t2v_r1"] == m["v2t_r1"] == 1.0 and m["t2v_medr"] == 1.0
+    m = retrieval_metrics(-eye)
+    assert m["t2v_r1"] == 0.0 and m["t2v_medr"] == 5.0
+    assert mean_metrics([{"a": 1.0}, {"a": 0.0}]) == {"a": 0.5}
+    with pytest.raises(ValueError, match="square"):
+        ranks(torch.zeros(2, 3))

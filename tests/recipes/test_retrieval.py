@@ -1,0 +1,87 @@
+"""The retrieval recipe end to end through the engine (transmamba.recipes.retrieval), tiny.
+
+Images are sklearn's 8x8 digits padded to 28x28 (standing in for Fashion-MNIST, labels 0..9); the
+text side is `hashed_text_STAND_IN`, a TEST-ONLY random word-hash embedding (not MiniLM)."""
+
+import json
+
+import pytest
+import torch
+
+from transmamba.config import load_config
+from transmamba.models.vit import ViT, ViTConfig, save_vit
+from transmamba.recipes.retrieval import RETRIEVAL_DEFAULTS, hard_candidates, train_retrieval
+
+
+def hashed_text_STAND_IN(texts):
+    """(tokens "n m 12", mask, pooled) from a fixed random table indexed by a hash of each word."""
+    table = torch.randn(97, 12, generator=torch.Generator().manual_seed(0))
+    words = [t.replace(",", "").split() for t in texts]
+    m = max(len(w) for w in words)
+    tokens, mask = torch.zeros(len(texts), m, 12), torch.zeros(len(texts), m, dtype=torch.bool)
+    for i, ws in enumerate(words):
+        for j, w in enumerate(ws):
+            tokens[i, j] = table[sum(map(ord, w)) % 97] + 0.1 * j
+            mask[i, j] = True
+    pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return tokens, mask, pooled
+
+
+@pytest.fixture(scope="module")
+def init_vit(tmp_path_factory):
+    """A tiny RANDOM classifier ViT on 28x28 (patch 14, a 2x2 grid) for the teacher to start from."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("ret") / "vit28"
+    save_vit(ViT(ViTConfig(img_size=28, patch_size=14, d_model=16, depth=2, num_heads=2, d_ff=32)), out)
+    return out
+
+
+def _cfg(out, task, role, init_vit, teacher=None, extra=()):
+    args = ["--data.dataset", "digits", "--role", role, "--out_dir", str(out), "--teacher_init", str(init_vit),
+            "--retrieval.task", task, "--retrieval.train_n", "48", "--retrieval.test_n", "20",
+            "--retrieval.n_galleries", "1", "--retrieval.d_embed", "8", "--retrieval.train_k", "4",
+            "--retrieval.rerank_k", "5", "--retrieval.max_k", "6", "--retrieval.clip.canvas", "42",
+            "--student.arch", "videomamba" if task == "clips" else "vim", "--student.patch_size", "14",
+            "--student.d_model", "12", "--student.depth", "2", "--student.d_state", "4", "--student.bias", "true",
+            "--init.layers", "2", "--init.calibrate", "false", "--init.calibrate_mlp", "false", "--data.calib_size", "16",
+            "--head.d_state", "4", "--head.num_heads", "2", "--train.max_steps", "3", "--train.batch_size", "16",
+            "--train.warmup_steps", "1", "--train.log_every", "1", "--train.threads", "1", "--train.progress", "false",
+            "--train.eval_batch_size", "50", *extra]
+    if teacher is not None:
+        args += ["--teacher", str(teacher)]
+    return load_config(None, args, defaults=RETRIEVAL_DEFAULTS)
+
+
+def test_hard_candidates_put_the_positive_first_and_skip_same_captions():
+    dual = torch.tensor([[0.0, 5.0, 4.0, 1.0], [1.0, 0.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0], [9.0, 1.0, 2.0, 0.0]])
+    cap = torch.tensor([0, 0, 1, 2])
+    same = (cap[:, None] == cap[None, :])
+    c = hard_candidates(dual, same, 3)
+    assert c[:, 0].tolist() == [0, 1, 2, 3]
+    assert c[0].tolist() == [0, 2, 3]  # visual 1 shares text 0's caption: not a negative
+    assert c[3].tolist() == [3, 0, 2]
+
+
+@pytest.mark.parametrize("task", ["grids", "clips"])
+def test_teacher_then_students_through_the_engine(tmp_path, init_vit, task):
+    t_out = tmp_path / "teacher"
+    res = train_retrieval(_cfg(t_out, task, "teacher", init_vit, extra=["--fusion", "none"]), hashed_text_STAND_IN)
+    assert res["steps"] == 3 and (t_out / "vit" / "model.safetensors").is_file()
+    assert (t_out / "recall.png").is_file() and (t_out / "metrics.csv").is_file()
+    saved = json.loads((t_out / "result.json").read_text())
+    assert 0.0 <= saved["t2v_r1"] <= saved["t2v_r5"] <= saved["t2v_r10"] <= 1.0
+    assert len(saved["curves"]["t2v"]) == 6 and saved["gallery_size"] == (20 if task == "grids" else 80)
+    for mode, fusion in (("scratch", "none"), ("transmamba", "cross_mamba"), ("transmamba", "cross_attention")):
+        out = tmp_path / f"{mode}-{fusion}"
+        r = train_retrieval(_cfg(out, task, "student", init_vit, teacher=t_out / "vit",
+                                 extra=["--mode", mode, "--fusion", fusion]), hashed_text_STAND_IN)
+        assert r["steps"] == 3 and r["distill"] == (mode == "transmamba")
+        assert (r["params_fusion"] > 0) == (fusion != "none")
+        assert all(torch.isfinite(torch.tensor(r["losses"])))
+        assert (out / "recall.png").is_file()
+
+
+def test_teacher_refuses_a_fusion(tmp_path, init_vit):
+    with pytest.raises(ValueError, match="dual encoder"):
+        train_retrieval(_cfg(tmp_path / "t", "grids", "teacher", init_vit, extra=["--fusion", "cross_mamba"]),
+                        hashed_text_STAND_IN)
