@@ -22,37 +22,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import sys
 
 from transmamba.adapt.teacher_check import check_model, convert_full_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from switch_refs import ssm_ref  # noqa: E402  (the tests' slow Switch references)
 from tiny_teachers import TINY_FAMILIES, tiny_teacher  # noqa: E402  (random-init test teachers)
-from transmamba.ops.conv1d import causal_conv1d_ref
-from transmamba.ops.norm import gated_rms_norm_ref, rms_norm_ref
-from transmamba.ops.ssd import ssd_ref
-
-
-def ssm_reference(m, u):
-    """A pure Mamba-2 layer with the Switch mixer's weights, written out from the ops' references."""
-    c, h, g, n = m.cfg, m.h, m.g, m.n
-    zqkvdt = u @ m.in_proj.weight.T + (m.in_proj.bias if m.in_proj.bias is not None else 0)
-    z, qkv, dt_raw = zqkvdt.split([h * n, m.d_qkv, h], -1)
-    z = z if m.z_bias is None else z + m.z_bias
-    qkv = causal_conv1d_ref(qkv, m.conv_weight, m.conv_bias, activation=c.conv_activation)
-    q, k, v = qkv.split([h * n, g * n, g * n], -1)
-    if c.qk_norm == "full":
-        q, k = rms_norm_ref(q, m.q_norm_weight, c.norm_eps), rms_norm_ref(k, m.k_norm_weight, c.norm_eps)
-    q, k, v = q.unflatten(-1, (h, n)), k.unflatten(-1, (g, n)), v.unflatten(-1, (g, n))
-    if c.qk_norm == "head":
-        q, k = rms_norm_ref(q, m.q_norm_weight, c.norm_eps), rms_norm_ref(k, m.k_norm_weight, c.norm_eps)
-    r = h // g
-    y = ssd_ref(v.repeat_interleave(r, 2), F.softplus(dt_raw + m.dt_bias), -torch.exp(m.A_log),
-                k.repeat_interleave(r, 2), q, D=m.D)
-    y = gated_rms_norm_ref(y.flatten(-2), z, m.norm_weight, group_size=h * m.p // g, eps=c.norm_eps)
-    return m.out_proj(y)
 
 
 @torch.no_grad()
@@ -65,7 +42,7 @@ def p0_error(student, ids) -> float:
     student(ids, transpoints=0)
     for hk in hooks:
         hk.remove()
-    return max(float((blk.mixer(inputs[i], transpoint=0) - ssm_reference(blk.mixer, inputs[i])).abs().max())
+    return max(float((blk.mixer(inputs[i], transpoint=0) - ssm_ref(blk.mixer, inputs[i])).abs().max())
                for i, blk in enumerate(student.blocks))
 
 
