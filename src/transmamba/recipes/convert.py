@@ -326,5 +326,9 @@ def convert_main(argv: list[str] | None = None) -> dict:
     if args.teacher:
         cfg["teacher"] = args.teacher
     summary = convert(cfg, progress=not args.quiet, resume=args.resume)
-    print(json.dumps({k: v for k, v in summary.items()}, indent=2))
+    if is_main_process():
+        print(json.dumps({k: v for k, v in summary.items()}, indent=2))
+        student = Path(cfg["out_dir"]) / cfg["name"] / "student"
+        print(f"\nLoad the student with transformers: import transmamba; from transformers import "
+              f"AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained({str(student)!r})")
     return summary
