@@ -238,7 +238,9 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
     if resume and latest is not None:
         saved_cfg = ckpt.read_config(latest)
         if run.fingerprint is not None:
-            changed = _diff_keys(saved_cfg.get("fingerprint", run.fingerprint), run.fingerprint)
+            # checkpoints from before the engine carry no fingerprint: compare the sections they have
+            saved_fp = saved_cfg.get("fingerprint") or {k: saved_cfg[k] for k in run.fingerprint if k in saved_cfg}
+            changed = _diff_keys(saved_fp, {k: run.fingerprint.get(k) for k in saved_fp}) if saved_fp else []
             if changed:
                 raise ValueError(f"cannot resume {latest}: the run's config differs in {', '.join(changed)}")
         restored = ckpt.load_checkpoint(latest, saved, optimizer)
