@@ -335,3 +335,29 @@ def test_print_config(capsys):
                        "--train.lr", "2e-3"]) == {}
     out = capsys.readouterr().out
     assert "lr: 0.002" in out and "span: 512" in out and "name: transmamba" in out
+
+
+def test_resume_of_a_pre_engine_checkpoint_still_checks_the_model(tmp_path):
+    """A checkpoint written before the engine (no fingerprint, no checksums) resumes, and a changed
+    model section is still refused."""
+    import warnings
+
+    cfg = _cfg(tmp_path, tokens=6 * 64, halt_at_step=3)
+    _run(cfg)
+    ck_dir = ck.latest_checkpoint(Path(cfg["out_dir"]) / "checkpoints")
+    saved = json.loads((ck_dir / "config.json").read_text())
+    saved.pop("fingerprint")
+    (ck_dir / "config.json").write_text(json.dumps(saved))
+    for f in ck_dir.glob("checksums*"):
+        f.unlink()
+    state = json.loads((ck_dir / "state.json").read_text())
+    state.pop("checksums", None)
+    (ck_dir / "state.json").write_text(json.dumps(state))
+    cfg["train"]["halt_at_step"] = None
+    changed = json.loads(json.dumps(cfg))
+    changed["model"]["d_model"] = 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"model\.d_model"):
+            _run(changed, resume=True)
+        assert _run(cfg, resume=True)[0]["step"] == 6
