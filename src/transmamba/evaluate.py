@@ -41,10 +41,10 @@ def load_hf_model(path: str, cache_dir: str = "cache/teachers/smollm2"):
     import transmamba  # noqa: F401  (registers model_type "transmamba")
 
     if path == "smollm2":
-        from transmamba.data.text import load_tokenizer
         from transmamba.models.hf_llama import load_teacher
 
-        return load_teacher("smollm2").eval(), load_tokenizer("smollm2")
+        model, tok = load_teacher("smollm2")  # (model in eval mode, its tokenizer)
+        return model.eval(), tok
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ValueError(f"{path} is not a model directory (no config.json); for an old-format checkpoint run "
