@@ -40,3 +40,11 @@ def test_quick_eval_writes_a_teacher_relative_report(tmp_path):
 def test_eval_bad_model_dir_is_an_error(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "nope"), "--quick"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_smollm2_teacher_loads_as_model_and_tokenizer():
+    """`--teacher smollm2` (the default teacher) gives a transformers model in eval mode and its tokenizer."""
+    from transmamba.evaluate import load_hf_model
+
+    model, tok = load_hf_model("smollm2")
+    assert not model.training and model.config.vocab_size == len(tok) == 49152
