@@ -47,8 +47,9 @@ def _same_logits(lm: LM, out) -> None:
 
 @pytest.mark.parametrize("kw", [dict(arch="mamba2"),
                                 dict(arch="hybrid", hybrid_attn_every=2, n_kv_heads=2, balance_params=False,
-                                     tie_embeddings=False)],
-                         ids=["mamba2", "hybrid-gqa"])
+                                     tie_embeddings=False),
+                                dict(arch="transformer", n_kv_heads=2, mlp_act="gelu_tanh")],
+                         ids=["mamba2", "hybrid-gqa", "transformer-gelu"])
 def test_exact_logits_mamba2_and_hybrid(tmp_path, kw):
     lm = _lm(**kw)
     _same_logits(lm, export_bamba(lm, tmp_path / "bamba"))
