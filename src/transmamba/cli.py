@@ -7,6 +7,7 @@
     transmamba teacher prepare [--cache-dir DIR]
     transmamba teacher check PATH [--json]          (exit 0 only when the conversion is lossless)
     transmamba convert --teacher smollm2 --student configs/convert/<name>.yaml [--key value ...]
+    transmamba export --to bamba DIR --model STUDENT_DIR   (a native transformers Bamba; layer-wise hybrids only)
     transmamba train-teacher --config configs/vision/vit-fmnist.yaml [--key value ...]
     transmamba distill --config configs/vision/<student>-fmnist.yaml [--key value ...]
     transmamba train-vqa --config configs/multimodal/vqa-fmnist.yaml [--fusion late|modulate|prefix]
@@ -103,6 +104,37 @@ def _teacher(argv):
     return 0
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "added_tokens.json")
+
+
+def _export(argv):
+    p = argparse.ArgumentParser(prog="transmamba export",
+                                description="write a student as a native transformers checkpoint")
+    p.add_argument("--to", required=True, choices=["bamba"], help="the transformers architecture")
+    p.add_argument("dir", help="output directory (absent or empty)")
+    p.add_argument("--model", required=True, help="the student: a transformers-format or checkpoint directory")
+    args = p.parse_args(argv)
+    import json
+    import shutil
+    from pathlib import Path
+
+    from transmamba.hf.export_bamba import export_bamba
+    from transmamba.student import is_hf_dir, load_model
+
+    lm = load_model(args.model)
+    kw = {}
+    if is_hf_dir(args.model):  # keep the student's token ids
+        src = json.loads((Path(args.model) / "config.json").read_text())
+        kw = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in src}
+    out = export_bamba(lm, args.dir, **kw)
+    for name in TOKENIZER_FILES:
+        if (Path(args.model) / name).is_file():
+            shutil.copy2(Path(args.model) / name, out / name)
+    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether `exc` reports something the user can fix, printed as one line rather than a traceback.
 
@@ -135,7 +167,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def _dispatch(argv: list[str]) -> int:
-    commands = ["bench", "teacher", *COMMANDS]
+    commands = ["bench", "teacher", "export", *COMMANDS]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):
@@ -147,6 +179,8 @@ def _dispatch(argv: list[str]) -> int:
         _bench(rest)
     elif cmd == "teacher":
         return _teacher(rest)
+    elif cmd == "export":
+        return _export(rest)
     else:  # the subcommands return their summaries; success is exit status 0
         module, fn = COMMANDS[cmd]
         getattr(importlib.import_module(module), fn)(rest)
