@@ -1,19 +1,14 @@
 """TransMamba-Switch invariants, float64, against naive references built from the same weights."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from switch_refs import attention_ref, ssm_ref
 from transmamba.modules.switch import SwitchConfig, SwitchMixer
-from transmamba.ops.conv1d import causal_conv1d_ref
-from transmamba.ops.norm import gated_rms_norm_ref
 from transmamba.ops.rope import apply_rope, rope_cos_sin
-from transmamba.ops.ssd import ssd_ref
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,38 +30,6 @@ def make(h=4, g=2, n=8, d=16, rope=False, act="silu", use_D=False, chunk=8, seed
     return m
 
 
-def qkv_ref(m, u):
-    """Projections and conv, by hand: q "b l h n", k "b l g n", v "b l g p", dt, A, z."""
-    z, qkv, dt_raw = m.project(u)
-    qkv = causal_conv1d_ref(qkv, m.conv_weight, m.conv_bias, activation=m.cfg.conv_activation)
-    q, k, v = m.split_qkv(qkv)
-    return q, k, v, F.softplus(dt_raw + m.dt_bias), -torch.exp(m.A_log), z
-
-
-def attention_layer(m, u):
-    """A pure causal softmax attention layer with the mixer's weights (explicit mask and softmax)."""
-    q, k, v, *_ = qkv_ref(m, u)
-    L = u.shape[1]
-    if m.cfg.rope:
-        cos, sin = rope_cos_sin(torch.arange(L), m.n, m.cfg.rope_theta, dtype=u.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    r = m.h // m.g
-    k, v = k.repeat_interleave(r, 2), v.repeat_interleave(r, 2)
-    s = torch.einsum("blhn,bshn->bhls", q, k) / math.sqrt(m.n)
-    s = s.masked_fill(~torch.ones(L, L, dtype=torch.bool).tril(), float("-inf"))
-    y = torch.einsum("bhls,bshp->blhp", s.softmax(-1), v)
-    return m.out_proj(y.flatten(-2))
-
-
-def ssm_layer(m, u):
-    """A pure Mamba-2 layer with the mixer's weights: C=q, B=k, x=v through the sequential scan."""
-    q, k, v, dt, A, z = qkv_ref(m, u)
-    r = m.h // m.g
-    y = ssd_ref(v.repeat_interleave(r, 2), dt, A, k.repeat_interleave(r, 2), q, D=m.D)
-    y = gated_rms_norm_ref(y.flatten(-2), z, m.norm_weight, group_size=m.h * m.p // m.g, eps=m.cfg.norm_eps)
-    return m.out_proj(y)
-
-
 shapes = st.tuples(st.integers(1, 2), st.integers(1, 40), st.sampled_from([(4, 2), (4, 4), (2, 1)]),
                    st.booleans(), st.booleans())
 
@@ -79,7 +42,7 @@ def test_switch_equals_attention_prefix_and_ssm_suffix(shape, data):
     u = torch.randn(b, L, 16)
     P = data.draw(st.integers(0, L + 3))
     y = m(u, transpoint=P)
-    att, ssm = attention_layer(m, u), ssm_layer(m, u)
+    att, ssm = attention_ref(m, u), ssm_ref(m, u)
     torch.testing.assert_close(y[:, :P], att[:, :P], atol=1e-10, rtol=1e-8)  # invariant 1 when P >= L
     torch.testing.assert_close(y[:, P:], ssm[:, P:], atol=1e-10, rtol=1e-8)  # invariant 2 when P = 0
 
@@ -93,7 +56,7 @@ def test_gradients_match_piecewise_reference():
     fast = [u.grad.clone()] + [p.grad.clone() for p in m.parameters()]
     u.grad = None
     m.zero_grad()
-    ref = torch.cat([attention_layer(m, u)[:, :P], ssm_layer(m, u)[:, P:]], 1)
+    ref = torch.cat([attention_ref(m, u)[:, :P], ssm_ref(m, u)[:, P:]], 1)
     (ref * w).sum().backward()
     slow = [u.grad] + [p.grad for p in m.parameters()]
     for a, b in zip(fast, slow):

@@ -284,7 +284,7 @@ def verify_checkpoint(dir: str | os.PathLike, files: list[str] | tuple[str, ...]
 # saving
 
 
-def _first_nonfinite(named: list[tuple[str, torch.Tensor]]) -> str | None:
+def first_nonfinite(named: list[tuple[str, torch.Tensor]]) -> str | None:
     """Name of the first floating tensor holding NaN/Inf (one device sync per device, not per tensor)."""
     named = [(n, t) for n, t in named
              if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
@@ -307,7 +307,7 @@ def _nonfinite_error(where: str, name: str, t: torch.Tensor, final: Path) -> Non
 
 
 def _check_finite(tensors: dict, optimizer, model: torch.nn.Module, final: Path) -> None:
-    name = _first_nonfinite(list(tensors.items()))
+    name = first_nonfinite(list(tensors.items()))
     if name is not None:
         raise _nonfinite_error("model tensor", name, tensors[name], final)
     if optimizer is None:
@@ -318,7 +318,7 @@ def _check_finite(tensors: dict, optimizer, model: torch.nn.Module, final: Path)
         for p in group["params"]:
             for key, t in optimizer.state.get(p, {}).items():
                 entries.append((f"{key} of parameter {names.get(id(p), '?')}", t))
-    name = _first_nonfinite(entries)
+    name = first_nonfinite(entries)
     if name is not None:
         raise _nonfinite_error("optimizer state", name, dict(entries)[name], final)
 

@@ -170,13 +170,6 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
-def _first_nonfinite(module: nn.Module) -> str | None:
-    for name, p in module.named_parameters():
-        if not bool(torch.isfinite(p).all()):
-            return name
-    return None
-
-
 def _accelerator(device: str):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -290,15 +283,14 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
     def save(at_step: int) -> None:
         nonlocal last_saved
         if main:
-            bad = _first_nonfinite(saved)
-            if bad is not None:
-                raise NonFiniteLossError(f"parameter {bad!r} is not finite at step {at_step}; not saving. "
-                                         f"{good_checkpoint()}")
             state = {"units": units, "tokens": units, "elapsed_s": elapsed0 + time.perf_counter() - t_start,
                      "best": best if math.isfinite(best) else None, "last_eval": last_eval,
                      "metrics": {"train_loss": train_loss, **last_eval}, "total_steps": run.total_steps}
             cfg = {**run.config, "fingerprint": run.fingerprint} if run.fingerprint is not None else run.config
-            ckpt.save_checkpoint(root / ckpt.step_dir_name(at_step), saved, optimizer, at_step, cfg, state)
+            try:  # save_checkpoint refuses NaN/Inf weights or optimizer state before writing anything
+                ckpt.save_checkpoint(root / ckpt.step_dir_name(at_step), saved, optimizer, at_step, cfg, state)
+            except ckpt.NonFiniteTensorError as e:
+                raise NonFiniteLossError(f"{e} at step {at_step}; not saving. {good_checkpoint()}") from e
             ckpt.prune_checkpoints(root, int(t.get("keep_checkpoints") or 0))
         acc.wait_for_everyone()
         last_saved = at_step
@@ -345,7 +337,7 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
                     for k, v in parts.items():
                         parts_sum[k] = parts_sum.get(k, 0.0) + torch.as_tensor(v, device=device).detach().float() * w
             except (ValueError, RuntimeError) as e:  # a kernel refusing Inf/NaN values made from the weights
-                bad = _first_nonfinite(saved)
+                bad = ckpt.first_nonfinite(list(saved.named_parameters()))
                 if bad is None and not (isinstance(e, NumericalError) and step > start_step):
                     raise
                 what = f"parameter {bad!r} is not finite" if bad else f"the weights give {e}"
