@@ -1,4 +1,4 @@
-"""Random SSD-shaped inputs shared by the ops tests (ssd, memory converter, validate)."""
+"""Random SSD-shaped inputs shared by the ops tests (ssd, memory converter, validate), and `grads`."""
 
 import torch
 import torch.nn.functional as F
@@ -24,3 +24,9 @@ def ssd_inputs(b, l, h, p, g, n, *, dtype=F64, seed=0, D=False, init=False, grad
         "initial_state": r(b, h, p, n) if init else None,
     }
     return {k: (None if v is None else v.to(dtype).requires_grad_(grad)) for k, v in args.items()}
+
+
+def grads(out, inputs, seed=0):
+    """d(<out, g>)/d inputs for a fixed random cotangent g (None for unused inputs)."""
+    g = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(seed))
+    return torch.autograd.grad(out, inputs, g, allow_unused=True)

@@ -5,15 +5,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _shapes import grads
 from transmamba.ops.norm import gated_rms_norm, gated_rms_norm_ref, rms_norm, rms_norm_ref
 
 F64 = torch.float64
 SETTINGS = settings(max_examples=15, deadline=None)
-
-
-def _grads(out, inputs, seed=0):
-    g = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(seed))
-    return torch.autograd.grad(out, inputs, g, allow_unused=True)
 
 
 # -------------------------------------------------------------------------------------- norms
@@ -39,7 +35,7 @@ def test_gated_norm_fast_matches_ref_and_formula(shape, groups, gs, nbg, seed):
     want = want * w * (gate if nbg else 1)
     torch.testing.assert_close(y, want)
     torch.testing.assert_close(y_r, want)
-    for g, g_r in zip(_grads(y, (x, z, w)), _grads(y_r, (x, z, w))):
+    for g, g_r in zip(grads(y, (x, z, w)), grads(y_r, (x, z, w))):
         torch.testing.assert_close(g, g_r)
 
 
@@ -55,7 +51,7 @@ def test_norm_gradcheck_and_rms_norm():
     assert torch.autograd.gradcheck(lambda a, c: rms_norm(a, c, 1e-6), (x, w))
     torch.testing.assert_close(rms_norm(x, w, 1e-6), rms_norm_ref(x, w, 1e-6))
     torch.testing.assert_close(rms_norm(x, w, 1e-6), x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * w)
-    for g, g_r in zip(_grads(rms_norm(x, w), (x, w)), _grads(rms_norm_ref(x, w), (x, w))):
+    for g, g_r in zip(grads(rms_norm(x, w), (x, w)), grads(rms_norm_ref(x, w), (x, w))):
         torch.testing.assert_close(g, g_r)
 
 
