@@ -1,6 +1,6 @@
 """The `transmamba` console script: one entry point, subcommands dispatched to their modules.
 
-    transmamba bench {kernels,lm,convert} [--json] [--quick]
+    transmamba bench {kernels,lm,convert,distill} [--json] [--quick]
     transmamba train --config configs/lm/<name>.yaml [--key value ...]
     transmamba generate --checkpoint DIR --prompt "..." [--transpoint P]
     transmamba eval --model DIR [--teacher smollm2|DIR] [--suite default] [--quick] [--out DIR]
@@ -42,6 +42,7 @@ BENCHES = {
     "kernels": "transmamba.bench.kernels",
     "lm": "transmamba.bench.lm",
     "convert": "transmamba.bench.convert",
+    "distill": "transmamba.bench.distill",
 }
 
 # subcommand -> (module, function taking the remaining argv)
@@ -63,11 +64,11 @@ def _bench(argv):
     p.add_argument("--json", action="store_true", help="print one JSON object {'results': [...]}")
     p.add_argument("--quick", action="store_true", help="a short run (under ~40 s)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both sides (default: torch's)")
-    p.add_argument("--student", default=None, help="convert only: the student's convert config "
-                   "(default configs/convert/smollm2-switch-wide.yaml)")
+    p.add_argument("--student", default=None, help="convert and distill only: the student's convert config "
+                   "(defaults: configs/convert/smollm2-switch-wide.yaml, configs/convert/smollm2-switch.yaml)")
     args = p.parse_args(argv)
-    if args.student and args.what != "convert":
-        p.error(f"--student applies to 'bench convert' only, not {args.what!r}")
+    if args.student and args.what not in ("convert", "distill"):
+        p.error(f"--student applies to 'bench convert' and 'bench distill' only, not {args.what!r}")
     import torch
 
     from transmamba.bench.harness import emit

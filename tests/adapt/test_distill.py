@@ -87,3 +87,18 @@ def test_layer_alignment_and_released_form():
     assert paper.item() > 0.1  # the paper form compares layer 0 with teacher layer 0 (a(0) = 0)
     with pytest.raises(ValueError, match="form"):
         D.DirectionalDistillLoss(2, 3, 3, 3, form="other")
+
+
+def test_token_cosine_matches_cosine_similarity_values_and_grads():
+    from transmamba.adapt.distill import token_cosine, token_cosine_ref
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(3, 7, 5), (2, 1), (4, 9, 2, 6)]:
+        s = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        t = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        with torch.no_grad():
+            s[0].zero_()  # a zero vector: both clamp its norm at eps
+        a, b = token_cosine(s, t), token_cosine_ref(s, t)
+        torch.testing.assert_close(a, b)
+        for ga, gb in zip(torch.autograd.grad(a, (s, t)), torch.autograd.grad(b, (s, t))):
+            torch.testing.assert_close(ga, gb)

@@ -59,7 +59,7 @@ def test_bench_student_option_errors(capsys):
         run(student="no/such.yaml")
     with pytest.raises(SystemExit):
         main(["bench", "lm", "--student", "configs/convert/smollm2-switch.yaml"])
-    assert "--student applies to 'bench convert' only" in capsys.readouterr().err
+    assert "--student applies to 'bench convert' and 'bench distill' only" in capsys.readouterr().err
 
 
 def test_bf16_distillation_and_exact_resume(tmp_path, teacher_dir):
@@ -78,3 +78,38 @@ def test_bf16_distillation_and_exact_resume(tmp_path, teacher_dir):
     rows = [[tuple(r[k] for k in key) for r in read_metrics(tmp_path / "runs" / n / "metrics.csv")]
             for n in ("full-ck", "part")]
     assert rows[0] == rows[1] and len(rows[0]) == 4 and full["steps"] == 4
+
+
+@pytest.mark.parametrize("distill", [True, False])
+def test_distill_step_chunked_head_equals_reference_values_and_grads(distill):
+    """DistillStep's chunked head + CE + KL + fast cosine == the full-logits reference (float64)."""
+    import copy
+
+    from transmamba.models.lm import LM, LMConfig
+    from transmamba.recipes.convert import DEFAULTS, DistillStep
+
+    torch.manual_seed(0)
+    lm = LM(LMConfig(vocab_size=40, d_model=16, n_layers=3, n_heads=2, n_kv_heads=1, head_dim=8, d_ff=32, d_state=8,
+                     chunk_size=4, arch="transmamba", schedule={"name": "staggered", "period": 2, "span": 8})).double()
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["data"]["seq_len"] = 9
+    cfg["recipe"]["distill"] = distill
+    cfg["train"] |= {"w_ce": 0.3, "w_kl": 1.5, "w_hidden": 0.7, "temperature": 2.0}
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 40, (2, 9), generator=g), torch.randint(0, 40, (2, 9), generator=g)
+    y[0, :2] = -100
+    idx = torch.stack([torch.randperm(40, generator=g)[:5] for _ in range(18)]).view(2, 9, 5)
+    logp = torch.log_softmax(torch.randn(2, 9, 5, generator=g, dtype=torch.float64), -1)
+    hidden = [torch.randn(2, 9, 16, generator=g, dtype=torch.float64) for _ in range(3)]
+    out = {}
+    for ref in (False, True):
+        step = DistillStep(lm, cfg, [0, 1, 2], torch.arange(16), reference=ref)
+        loss, parts = step((x, y, idx, logp, *hidden), 3)
+        grads = torch.autograd.grad(loss, list(lm.parameters()))
+        out[ref] = (loss.detach(), {k: v.detach() for k, v in parts.items()}, grads)
+    torch.testing.assert_close(out[False][0], out[True][0])
+    assert out[False][1].keys() == out[True][1].keys()
+    for k in out[True][1]:
+        torch.testing.assert_close(out[False][1][k], out[True][1][k])
+    for a, b in zip(out[False][2], out[True][2]):
+        torch.testing.assert_close(a, b)

@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from transmamba.training import heap
+
 
 def _status_mb(key: str) -> float:
     with open("/proc/self/status") as f:
@@ -29,12 +31,16 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc mallo
 
 @contextlib.contextmanager
 def _strict_heap():
-    """Freed blocks >= 256 KiB go back to the OS inside the block; glibc's usual thresholds after."""
+    """Freed blocks >= 256 KiB go back to the OS inside the block; the previous policy after
+    (glibc's usual thresholds, or `transmamba.training.heap`'s retention when it was on)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         yield
         return
+    retained = heap.is_retaining()
+    if retained:
+        heap.retain_freed_memory(False)
     libc.mallopt(_M_MMAP_THRESHOLD, 256 << 10)
     libc.mallopt(_M_TRIM_THRESHOLD, 256 << 10)
     libc.malloc_trim(0)
@@ -43,6 +49,8 @@ def _strict_heap():
     finally:
         libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
         libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+        if retained:
+            heap.retain_freed_memory(True)
 
 
 def peak_memory_mb(fn: Callable[[], object]) -> float:

@@ -152,6 +152,7 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
             logits = logits[:, -logits_to_keep:]
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
-                                   ignore_index=-100)
+            z = logits[:, :-1].flatten(0, 1)
+            z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z  # as LM.forward
+            loss = F.cross_entropy(z, labels[:, 1:].flatten().to(logits.device), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache, hidden_states=hidden)

@@ -246,6 +246,19 @@ class LM(nn.Module):
         pad: None or "b" left-padding counts: each row then equals the row alone (its TransPoints
         shifted by its padding, see `row_transpoints`; with caches, give pad to `allocate_caches`).
         """
+        x, hidden = self.trunk(idx, transpoints, caches, return_hidden, pad)
+        logits = self._logits(self.norm_f(x))
+        loss = None
+        if targets is not None:
+            z = logits.flatten(0, 1)
+            z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z  # fp64 stays fp64
+            loss = F.cross_entropy(z, targets.flatten(), ignore_index=-100)
+        return (logits, loss, hidden) if return_hidden else (logits, loss)
+
+    def trunk(self, idx, transpoints=None, caches=None, return_hidden: bool = False, pad=None):
+        """Everything before the final norm and the vocabulary head: idx "b l" -> (x_L "b l d",
+        [x_0 = embeddings, x_1, ..., x_L] or None). Arguments as `forward`; `norm_f` then `lm_head`
+        (or `transmamba.ops.head_loss.head_ce_kl` on `norm_f(x_L)`) give the logits or losses."""
         self._check_idx(idx)
         L = idx.shape[1]
         pad = check_pad(pad, idx.shape[0])
@@ -262,11 +275,7 @@ class LM(nn.Module):
             x = block(x, transpoints[i], None if caches is None else caches[i], pad)
             if return_hidden:
                 hidden.append(x)
-        logits = self._head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return (logits, loss, hidden) if return_hidden else (logits, loss)
+        return x, hidden
 
     # ------------------------------------------------------------------------------ decoding
     def allocate_caches(self, batch: int, max_len: int | None = None, transpoints=None, device=None, dtype=None,
@@ -297,7 +306,10 @@ class LM(nn.Module):
         return x
 
     def _head(self, x):
-        logits = self.lm_head(self.norm_f(x))
+        return self._logits(self.norm_f(x))
+
+    def _logits(self, f):
+        logits = self.lm_head(f)
         cap = self.cfg.final_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transmamba.adapt.distill import adaptive_layer_loss, token_cosine
+from transmamba.adapt.distill import adaptive_layer_loss, token_cosine, token_cosine_ref
 from transmamba.adapt.llama_to_switch import (calibrate, init_from_teacher, layer_map_for, plan_subclone,
                                               switch_config_from_teacher)
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
@@ -37,6 +37,7 @@ from transmamba.adapt.teacher_cache import TeacherCache, build_teacher_cache, to
 from transmamba.config import NONNEG, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, dump_yaml, load_config
 from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
 from transmamba.models.lm import LM
+from transmamba.ops.head_loss import head_ce_kl
 from transmamba.modules.schedule import make_schedule
 from transmamba.student import save_hf
 from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process
@@ -53,7 +54,7 @@ DEFAULTS = {
                "adaptive": True, "anneal_frac": 0.0, "anneal_mode": "together", "ssm_calib": True},
     "data": {"tokenizer": "smollm2", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
              "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs"},
-    "train": {**copy.deepcopy(ENGINE_DEFAULTS), "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
+    "train": {**copy.deepcopy(ENGINE_DEFAULTS), "amp": "bf16", "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
               "warmup_steps": 20, "weight_decay": 0.1, "grad_clip": 1.0, "w_kl": 1.0, "w_hidden": 1.0,
               "hidden_mean": True, "w_ce": 0.5, "temperature": 1.0, "log_every": 10, "eval_every": 0,
               "ckpt_every": 0},
@@ -112,11 +113,16 @@ def build_student(teacher, spec, cfg, train_ids):
 
 class DistillStep(nn.Module):
     """loss = w_kl KL_topk(teacher || student) + w_hidden sum_i w_i (1 - cos_i) + w_ce CE (recipe.distill),
-    or plain CE; batches are (x, y, topk_idx, topk_logp, *hidden) from the teacher cache."""
+    or plain CE; batches are (x, y, topk_idx, topk_logp, *hidden) from the teacher cache.
 
-    def __init__(self, student: LM, cfg: dict, layer_map: list[int], dims: torch.Tensor):
+    The head and its two losses run chunked (`ops.head_loss.head_ce_kl`, no full logits tensor);
+    `reference=True` computes the same loss the plain way (the slow twin, and the step as it was
+    before: `transmamba bench distill`'s peer)."""
+
+    def __init__(self, student: LM, cfg: dict, layer_map: list[int], dims: torch.Tensor, reference: bool = False):
         super().__init__()
         self.model = student
+        self.reference = reference  # full logits, F.cross_entropy, topk_kl, F.cosine_similarity
         self.t, self.rec, self.L = cfg["train"], cfg["recipe"], cfg["data"]["seq_len"]
         self.layer_map = list(layer_map)
         self.register_buffer("dims", torch.as_tensor(dims), persistent=False)
@@ -124,16 +130,30 @@ class DistillStep(nn.Module):
     def forward(self, batch, step: int):
         x, y, topk_idx, topk_logp, *hidden = batch
         t, student = self.t, self.model
-        logits, ce, h = student(x, targets=y, transpoints=student.transpoints_for(self.L, step), return_hidden=True)
-        parts = {"loss_ce": ce}
-        if not self.rec["distill"]:
-            return ce, parts
-        parts["loss_kl"] = topk_kl(logits.float(), topk_idx, topk_logp, T=t["temperature"])
-        cos = torch.stack([token_cosine(h[i + 1].float(), hidden[i][..., self.dims].float())
+        tp = student.transpoints_for(self.L, step)
+        distill = self.rec["distill"]
+        if student.cfg.final_softcap is None and not self.reference:  # head + losses chunked
+            xL, h = student.trunk(x, transpoints=tp, return_hidden=distill)
+            w_ce, w_kl = (t["w_ce"], t["w_kl"]) if distill else (1.0, 0.0)
+            loss, ce, kl = head_ce_kl(student.norm_f(xL).flatten(0, 1), student.lm_head.weight, y.flatten(),
+                                      topk_idx.flatten(0, 1) if distill else None,
+                                      topk_logp.flatten(0, 1) if distill else None, w_ce=w_ce, w_kl=w_kl,
+                                      T=t["temperature"])
+        else:  # the full logits (also for a soft-capped head)
+            logits, ce, h = student(x, targets=y, transpoints=tp, return_hidden=True)
+            kl = topk_kl(logits if logits.dtype == torch.float64 else logits.float(), topk_idx, topk_logp,
+                        T=t["temperature"]) if distill else None
+            loss = ce if not distill else t["w_ce"] * ce + t["w_kl"] * kl
+        parts = {"loss_ce": ce.detach()}
+        if not distill:
+            return loss, parts
+        parts["loss_kl"] = kl.detach()
+        cosine = token_cosine_ref if self.reference else token_cosine
+        up = lambda a: a if a.dtype == torch.float64 else a.float()  # noqa: E731  (fp32 or fp64 tests)
+        cos = torch.stack([cosine(up(h[i + 1]), up(hidden[i][..., self.dims]))
                            for i in range(len(self.layer_map))])
         parts["loss_hidden"] = adaptive_layer_loss(cos, adaptive=self.rec["adaptive"], normalize=t["hidden_mean"])
-        loss = t["w_ce"] * ce + t["w_kl"] * parts["loss_kl"] + t["w_hidden"] * parts["loss_hidden"]
-        return loss, parts
+        return loss + t["w_hidden"] * parts["loss_hidden"], parts
 
 
 def cache_batches(cache: TeacherCache, batch_size: int, seed: int, hidden_keys: list[int]):

@@ -44,6 +44,7 @@ from torch import nn
 
 from transmamba.io import checkpoint as ckpt
 from transmamba.ops.validate import NumericalError
+from transmamba.training import heap
 from transmamba.training.metrics import MetricsLog, plot_loss_curve
 from transmamba.training.optim import lr_at, make_optimizer
 from transmamba.training.run_lock import RunLock
@@ -67,6 +68,7 @@ ENGINE_DEFAULTS: dict = {
     "threads": None,  # CPU intra-op threads (None: torch's default)
     "progress": True,  # tqdm bar on rank 0
     "compile": False,  # torch.compile the step module
+    "retain_heap": True,  # keep freed memory for reuse (training.heap): no per-step page faults
 }
 
 
@@ -196,6 +198,8 @@ def fit(run: Run, *, resume: bool = False) -> dict:
     device, world, rank, main = acc.device, acc.num_processes, acc.process_index, acc.is_main_process
     if t.get("threads"):
         torch.set_num_threads(int(t["threads"]))
+    if t.get("retain_heap", True):
+        heap.retain_freed_memory()
     if device.type == "cuda" and t.get("tf32", True):
         torch.backends.cuda.matmul.allow_tf32 = True
     out_dir = Path(run.out_dir)
