@@ -22,14 +22,20 @@ def run(tmp_path, teacher_dir, name, *extra):
 
 
 def test_full_recipe_writes_a_loadable_student_and_report(tmp_path, teacher_dir):
-    s = run(tmp_path, teacher_dir, "full")
+    s = run(tmp_path, teacher_dir, "full", "--eval.ppl_contexts", "[64]", "--eval.prefill_contexts", "[16]",
+            "--eval.speed_contexts", "[8, 24]", "--eval.speed_synthetic", "true", "--eval.speed_batches", "[1, 3]")
     out = tmp_path / "runs" / "full"
+    assert set(s["ppl_by_context"]) == {"32", "64"} and s["ppl_by_context"]["32"]["student"] == s["val_ppl"]
+    assert [(r["context"], r["batch"]) for r in s["speed"]] == [(8, 1), (8, 3), (24, 1), (24, 3)]
+    assert s["speed"][3]["teacher_cache_mb"] == pytest.approx(3 * s["speed"][2]["teacher_cache_mb"])
+    assert s["prefill"][0]["context"] == 16 and s["prefill"][0]["teacher_tok_s"] > 0
+    assert "held-out ppl, 64-token windows" in (out / "report.md").read_text()
     assert (out / "report.md").read_text().startswith("# transmamba convert")
     assert (out / "loss_curve.png").stat().st_size > 0
     assert (out / "transpoint_tradeoff.png").stat().st_size > 0
     assert json.loads((out / "summary.json").read_text())["val_ppl"] == s["val_ppl"]
     assert s["transpoints"] == [0, 16] and set(s["transpoint_sweep_ppl"]) == {0, 16}
-    assert s["steps"] == 4 and s["speed"]["student_tok_s"] > 0 and s["samples"][0]["student"] is not None
+    assert s["steps"] == 4 and s["speed"][0]["student_tok_s"] > 0 and s["samples"][0]["student"] is not None
     model = load_model(out / "student")
     ids = torch.randint(0, 49152, (1, 5))
     assert model.generate(ids, 3, temperature=0).shape == (1, 8)
@@ -113,3 +119,12 @@ def test_distill_step_chunked_head_equals_reference_values_and_grads(distill):
         torch.testing.assert_close(out[False][1][k], out[True][1][k])
     for a, b in zip(out[False][2], out[True][2]):
         torch.testing.assert_close(a, b)
+
+
+def test_layer_local_stage_runs_before_end_to_end(tmp_path, teacher_dir):
+    s = run(tmp_path, teacher_dir, "local", "--recipe.local_tokens", "128", "--recipe.local_train", "mixer")
+    out = tmp_path / "runs" / "local"
+    assert s["local_steps"] == 2 and s["local_tokens"] == 128 and s["steps"] == 4
+    assert math.isfinite(s["local_val_ppl"])
+    rows = (out / "local" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and "loss_local" in rows[0] and len(rows) >= 2

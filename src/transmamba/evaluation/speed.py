@@ -53,9 +53,9 @@ def cache_nbytes(caches) -> int:
     return total
 
 
-def fill_caches(model, caches, context: int) -> None:
+def fill_caches(model, caches, context: int, batch: int = 1) -> None:
     """Make the caches of a TransMamba-Switch LM look as if `context` tokens had been consumed
-    (batch 1): layers with TransPoint <= context get an SSM state, the others `context` KV entries.
+    (by `batch` rows): layers with TransPoint <= context get an SSM state, the others `context` KV entries.
     Contents are random; sizes and positions are exact."""
     for block, c in zip(model.blocks, caches):
         if not isinstance(c, SwitchCache):
@@ -63,24 +63,24 @@ def fill_caches(model, caches, context: int) -> None:
                             f"(layer kind {getattr(block, 'kind', '?')!r}); use synthetic=False")
         mix = block.mixer
         if context >= c.transpoint:
-            c.ssm_state = torch.randn(1, mix.h, mix.p, mix.n)
+            c.ssm_state = torch.randn(batch, mix.h, mix.p, mix.n)
             c.k = c.v = c.dt = None
         else:
-            c.k, c.v = torch.randn(1, context, mix.g, mix.n), torch.randn(1, context, mix.g, mix.p)
-            c.dt = torch.rand(1, context, mix.h)
+            c.k, c.v = torch.randn(batch, context, mix.g, mix.n), torch.randn(batch, context, mix.g, mix.p)
+            c.dt = torch.rand(batch, context, mix.h)
         c.pos = context
 
 
 @torch.no_grad()
 def decode_speed(model, context: int, n_tokens: int, *, synthetic: bool = False, warmup: int = 2,
-                 max_s: float = 30.0) -> tuple[float, float]:
-    """(ms per decoded token, MiB held by the caches) of an LM at a context of `context` tokens,
-    batch 1. The context is prefilled, or with `synthetic` (TransMamba-Switch LMs only) the caches
+                 max_s: float = 30.0, batch: int = 1) -> tuple[float, float]:
+    """(ms per decoding step, MiB held by the caches) of an LM at a context of `context` tokens,
+    `batch` rows (one step decodes one token per row). The context is prefilled, or with `synthetic` (TransMamba-Switch LMs only) the caches
     are filled to its size (`fill_caches`)."""
-    idx = torch.randint(0, model.cfg.vocab_size, (1, context))
-    caches = model.allocate_caches(1, max_len=context + n_tokens + 2)
+    idx = torch.randint(0, model.cfg.vocab_size, (batch, context))
+    caches = model.allocate_caches(batch, max_len=context + n_tokens + 2)
     if synthetic:
-        fill_caches(model, caches, context)
+        fill_caches(model, caches, context, batch)
     else:
         model(idx, caches=caches)
     tok = idx[:, -1]
@@ -101,17 +101,17 @@ def teacher_kv_nbytes(past) -> int:
 
 @torch.no_grad()
 def teacher_decode_speed(teacher, context: int, n_tokens: int, *, synthetic: bool = False,
-                         warmup: int = 1, max_s: float = 60.0) -> tuple[float, float]:
-    """(ms per decoded token, MiB of its KV cache) of a Hugging Face causal LM at a context of
-    `context` tokens, batch 1. The context is prefilled, or with `synthetic` the KV cache is filled
+                         warmup: int = 1, max_s: float = 60.0, batch: int = 1) -> tuple[float, float]:
+    """(ms per decoding step, MiB of its KV cache) of a Hugging Face causal LM at a context of
+    `context` tokens, `batch` rows. The context is prefilled, or with `synthetic` the KV cache is filled
     with random keys/values of the context's size (`teacher_spec`: layers, kv heads, head dim)."""
-    idx = torch.randint(0, teacher.config.vocab_size, (1, context))
+    idx = torch.randint(0, teacher.config.vocab_size, (batch, context))
     if synthetic:
         from transformers import DynamicCache
 
         spec, past = teacher_spec(teacher), DynamicCache()
         for i in range(spec["n_layers"]):
-            kv = torch.randn(2, 1, spec["n_kv_heads"], context, spec["head_dim"])
+            kv = torch.randn(2, batch, spec["n_kv_heads"], context, spec["head_dim"])
             past.update(kv[0], kv[1], i)
     else:
         out = teacher(idx, use_cache=True)
@@ -120,7 +120,7 @@ def teacher_decode_speed(teacher, context: int, n_tokens: int, *, synthetic: boo
     state = {"past": past, "pos": context}
 
     def one():
-        o = teacher(tok, cache=state["past"], use_cache=True, position_ids=torch.tensor([[state["pos"]]]))
+        o = teacher(tok, cache=state["past"], use_cache=True, position_ids=torch.full((batch, 1), state["pos"]))
         state["past"], state["pos"] = getattr(o, "cache", None) or o.past_key_values, state["pos"] + 1
 
     ms = time_ms(one, reps=n_tokens, warmup=warmup, max_s=max_s)

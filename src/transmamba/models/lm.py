@@ -269,7 +269,7 @@ class LM(nn.Module):
             transpoints = self.row_transpoints(L, pad, transpoints)
         if isinstance(transpoints, int):
             transpoints = [transpoints] * self.cfg.n_layers
-        x = self._embed(idx)
+        x = self.embed_tokens(idx)
         hidden = [x] if return_hidden else None
         for i, block in enumerate(self.blocks):
             x = block(x, transpoints[i], None if caches is None else caches[i], pad)
@@ -294,12 +294,13 @@ class LM(nn.Module):
 
     def step(self, idx_t, caches):
         """One token per row, idx_t "b" -> logits "b V"."""
-        x = self._embed(idx_t)
+        x = self.embed_tokens(idx_t)
         for block, cache in zip(self.blocks, caches):
             x = block.step(x, cache)
         return self._head(x)
 
-    def _embed(self, idx):
+    def embed_tokens(self, idx):
+        """idx "b l" -> the token embeddings "b l d" (scaled by embed_scale where the family does)."""
         x = self.embed(idx)
         if self.cfg.embed_scale != 1.0:  # in the activations' dtype, as HF Gemma does
             x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)

@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from transmamba.adapt.layer_local import LayerLocalStep, check_cached
 from transmamba.adapt.distill import adaptive_layer_loss, token_cosine, token_cosine_ref
 from transmamba.adapt.llama_to_switch import (calibrate, init_from_teacher, layer_map_for, plan_subclone,
                                               switch_config_from_teacher)
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
 from transmamba.adapt.teacher_cache import TeacherCache, build_teacher_cache, topk_kl
-from transmamba.config import NONNEG, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, dump_yaml, load_config
+from transmamba.config import NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, dump_yaml, load_config
 from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
 from transmamba.models.lm import LM
 from transmamba.ops.head_loss import head_ce_kl
@@ -51,7 +52,8 @@ DEFAULTS = {
                 "conv_activation": None, "switch_gate_bias": True,
                 "schedule": {"name": "staggered", "period": 8, "span": 256}},
     "recipe": {"subclone": True, "n_init": None, "layer_map": "uniform", "distill": True,
-               "adaptive": True, "anneal_frac": 0.0, "anneal_mode": "together", "ssm_calib": True},
+               "adaptive": True, "anneal_frac": 0.0, "anneal_mode": "together", "ssm_calib": True,
+               "local_tokens": 0, "local_train": "block", "local_lr": None},
     "data": {"tokenizer": "smollm2", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
              "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs"},
     "train": {**copy.deepcopy(ENGINE_DEFAULTS), "amp": "bf16", "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
@@ -59,7 +61,8 @@ DEFAULTS = {
               "hidden_mean": True, "w_ce": 0.5, "temperature": 1.0, "log_every": 10, "eval_every": 0,
               "ckpt_every": 0},
     "device": "cpu",
-    "eval": {"batches": 8, "batch_size": 8, "transpoints": [], "speed_context": 1024, "speed_tokens": 8,
+    "eval": {"batches": 8, "batch_size": 8, "transpoints": [], "speed_context": 1024, "speed_contexts": None,
+             "speed_batches": [1], "speed_synthetic": False, "prefill_contexts": [], "ppl_contexts": [], "speed_tokens": 8,
              "prompts": ["ROMEO:", "To be, or not to be,"], "prompt_tokens": 24},
 }
 
@@ -86,7 +89,7 @@ CONVERT_RULES = {**TRAIN_RULES, "train.w_kl": NONNEG, "train.w_hidden": NONNEG, 
                  "data.seq_len": POSITIVE_INT, "data.cache_windows": POSITIVE_INT, "data.calib_windows": POSITIVE_INT,
                  "data.top_k": POSITIVE_INT, "eval.batches": POSITIVE_INT, "eval.batch_size": POSITIVE_INT,
                  "student.n_layers": POSITIVE_INT, "student.d_model": POSITIVE_INT, "student.n_heads": POSITIVE_INT,
-                 "student.d_ff": POSITIVE_INT, "recipe.anneal_frac": UNIT}
+                 "student.d_ff": POSITIVE_INT, "recipe.anneal_frac": UNIT, "recipe.local_tokens": NONNEG_INT}
 
 
 def build_student(teacher, spec, cfg, train_ids):
@@ -173,6 +176,33 @@ def cache_batches(cache: TeacherCache, batch_size: int, seed: int, hidden_keys: 
     return stream
 
 
+def distill_local(student, cache: TeacherCache, cfg, layer_map, dims, progress=True, resume=False) -> dict:
+    """The layer-local stage (`transmamba.adapt.layer_local`): recipe.local_tokens tokens, every block
+    against its own teacher block, through the engine (its run directory: <out>/local)."""
+    t, rec = cfg["train"], cfg["recipe"]
+    L, bs = cfg["data"]["seq_len"], int(t["batch_size"])
+    check_cached(layer_map, cache.hidden_layers)
+    step = LayerLocalStep(student, layer_map, dims, L, train=rec["local_train"])
+    frozen = [p for p in step.frozen() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    tcfg = {**t, "tokens": int(rec["local_tokens"]), "lr": float(rec["local_lr"] or t["lr"]), "eval_every": 0,
+            "progress": bool(progress and t.get("progress", True))}
+    steps = max(1, math.ceil(int(rec["local_tokens"]) / (bs * L)))
+    run = Run(name=f"convert[{cfg['name']}] layer-local", step_module=step,
+              batches=cache_batches(cache, bs, cfg["seed"] + 1, [m + 1 for m in layer_map]), total_steps=steps,
+              tcfg=tcfg, out_dir=Path(cfg["out_dir"]) / cfg["name"] / "local",
+              config={"model": student.cfg.to_dict(), "convert": cfg}, unit="tokens", unit_per_example=L,
+              metric_fields=["loss_local"], fingerprint={"model": student.cfg.to_dict(), "stage": "local"},
+              device=cfg["device"])
+    try:
+        res = fit(run, resume=resume)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return {"local_steps": res["step"], "local_tokens": res["tokens"], "local_train_s": res["elapsed_s"]}
+
+
 def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, progress=True, resume=False) -> dict:
     """Train the student on the cached teacher outputs through the engine (plain CE when
     recipe.distill is false); TransPoints optionally annealed towards the target schedule."""
@@ -233,10 +263,22 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
                              n_batches=ev["batches"], **kw)
 
     init_eval = ppl()
-    run = distill(student, cache, cfg, layer_map, dims, val_ids, progress, resume)
+    local = {}
+    if cfg["recipe"]["local_tokens"]:
+        local = distill_local(student, cache, cfg, layer_map, dims, progress, resume)
+        if is_main_process():
+            local["local_val_ppl"] = ppl()["val_ppl"]
+    run = {**local, **distill(student, cache, cfg, layer_map, dims, val_ids, progress, resume)}
     if not is_main_process():
         return run
     final = ppl()
+    ppl_by_context = {str(d["seq_len"]): {"student": final["val_ppl"], "teacher": teacher_eval["val_ppl"]}}
+    for Lc in ev.get("ppl_contexts") or []:  # longer windows, the student under its own schedule
+        n_b = max(1, ev["batches"] * d["seq_len"] // int(Lc))
+        st_c = lm_perplexity(student, val_ids, batch_size=ev["batch_size"], seq_len=int(Lc), n_batches=n_b)
+        te_c = _teacher_ppl(teacher, val_ids, int(Lc), ev["batch_size"], n_b,
+                            Path(d["teacher_cache_dir"]) / f"teacher_ppl_{cfg['teacher'].replace('/', '_')}.json")
+        ppl_by_context[str(int(Lc))] = {"student": st_c["val_ppl"], "teacher": te_c["val_ppl"]}
     sweep = {int(P): ppl(transpoints=[int(P)] * student.cfg.n_layers)["val_ppl"] for P in ev["transpoints"]}
     run_cfg = {"model": student.cfg.to_dict(), "data": {"tokenizer": d["tokenizer"], "cache_dir": d["cache_dir"]},
                "convert": cfg}
@@ -250,6 +292,8 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     summary = {"name": cfg["name"], "teacher_val_ppl": teacher_eval["val_ppl"], "init_val_ppl": init_eval["val_ppl"],
                "val_ppl": final["val_ppl"], "val_tokens": final["val_tokens"], "student_params": student.num_params(False),
                "student_non_embedding_params": student.num_params(), "transpoint_sweep_ppl": sweep,
+               "teacher_params": sum(p.numel() for p in teacher.parameters()), "seq_len": d["seq_len"],
+               "ppl_by_context": ppl_by_context,
                "transpoints": student.transpoints_for(d["seq_len"]), **run}
     summary |= speed_and_samples(teacher, student, cfg)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -259,17 +303,32 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
 
 
 def speed_and_samples(teacher, student, cfg) -> dict:
-    """Decode speed and cache memory at `eval.speed_context` for both models; greedy continuations."""
-    from transmamba.evaluation.speed import decode_speed, teacher_decode_speed
+    """Both models, batch 1, fp32: decoding ms/token and cache MB at each `eval.speed_contexts`
+    context (caches filled to its size with `eval.speed_synthetic`, else by a real prefill),
+    prefill tokens/s at each `eval.prefill_contexts` length, and greedy continuations."""
+    from transmamba.evaluation.speed import decode_speed, teacher_decode_speed, time_ms
     from transmamba.data.text import load_tokenizer
 
     ev, res = cfg["eval"], {}
     student.eval()
-    if ev["speed_context"]:
-        ms_s, mb_s = decode_speed(student, ev["speed_context"], ev["speed_tokens"], warmup=1, max_s=60)
-        ms_t, mb_t = teacher_decode_speed(teacher, ev["speed_context"], ev["speed_tokens"])
-        res["speed"] = {"context": ev["speed_context"], "student_tok_s": 1e3 / ms_s, "teacher_tok_s": 1e3 / ms_t,
-                        "student_cache_mb": mb_s, "teacher_cache_mb": mb_t}
+    contexts = ev.get("speed_contexts") or ([ev["speed_context"]] if ev.get("speed_context") else [])
+    synthetic = bool(ev.get("speed_synthetic"))
+    res["speed"] = []
+    for C in contexts:
+        for B in ev.get("speed_batches") or [1]:
+            kw = dict(synthetic=synthetic, batch=int(B))
+            ms_s, mb_s = decode_speed(student, int(C), ev["speed_tokens"], warmup=1, max_s=60, **kw)
+            ms_t, mb_t = teacher_decode_speed(teacher, int(C), ev["speed_tokens"], **kw)
+            res["speed"].append({"context": int(C), "batch": int(B), "student_tok_s": B * 1e3 / ms_s,
+                                 "teacher_tok_s": B * 1e3 / ms_t, "student_cache_mb": mb_s, "teacher_cache_mb": mb_t,
+                                 "synthetic_cache": synthetic})
+    res["prefill"] = []
+    for L in ev.get("prefill_contexts") or []:
+        idx = torch.randint(0, student.cfg.vocab_size, (1, int(L)))
+        with torch.no_grad():
+            t_s = time_ms(lambda: student(idx), reps=1, warmup=0)
+            t_t = time_ms(lambda: teacher(idx, use_cache=False), reps=1, warmup=0)
+        res["prefill"].append({"context": int(L), "student_tok_s": L / t_s * 1e3, "teacher_tok_s": L / t_t * 1e3})
     tok = load_tokenizer(cfg["data"]["tokenizer"], cfg["data"]["cache_dir"])
     samples = []
     for prompt in ev["prompts"]:
@@ -303,20 +362,43 @@ def plot_transpoint_sweep(sweep: dict, png: Path, name: str) -> Path:
     return png
 
 
+def _schedule_words(tp: list[int]) -> str:
+    if len(set(tp)) == 1:
+        return f"TransPoint P = {tp[0]} in every layer (tokens before P: attention; from P on: the SSM)"
+    return f"TransPoints {tp} (per layer; tokens before P: attention; from P on: the SSM)"
+
+
 def write_report(out: Path, s: dict) -> Path:
-    """report.md: teacher vs student table, the TransPoint sweep, samples, the loss curve."""
-    sp = s.get("speed", {})
+    """report.md: teacher vs student table (perplexity per context length, decoding and prefill
+    speed), the TransPoint sweep, samples, the loss curve; the table is also printed."""
+    nan = float("nan")
+    local = (f"{s['local_tokens']} layer-local + " if s.get("local_tokens") else "")
+    train_s = s["train_s"] + s.get("local_train_s", 0.0)
+    ppl = s.get("ppl_by_context") or {str(s.get("seq_len", "")): {"student": s["val_ppl"], "teacher": s["teacher_val_ppl"]}}
     lines = [f"# transmamba convert: {s['name']}", "",
-             f"Student: TransMamba-Switch, {s['student_params'] / 1e6:.1f}M parameters, TransPoints "
-             f"{s['transpoints']}; {s['tokens']} training tokens in {s['train_s']:.0f} s.", "",
-             "| model | held-out ppl | decode tok/s | cache MB |", "|---|---|---|---|",
-             f"| teacher (SmolLM2-135M) | {s['teacher_val_ppl']:.2f} | {sp.get('teacher_tok_s', float('nan')):.1f} | "
-             f"{sp.get('teacher_cache_mb', float('nan')):.1f} |",
-             f"| student at init | {s['init_val_ppl']:.2f} | | |",
-             f"| student | {s['val_ppl']:.2f} | {sp.get('student_tok_s', float('nan')):.1f} | "
-             f"{sp.get('student_cache_mb', float('nan')):.1f} |", ""]
-    if sp:
-        lines += [f"Decoding measured at a context of {sp['context']} tokens, batch 1.", ""]
+             f"Student: TransMamba-Switch, {s['student_params'] / 1e6:.1f}M parameters (teacher "
+             f"{s.get('teacher_params', nan) / 1e6:.1f}M), {_schedule_words(s['transpoints'])}; {local}{s['tokens']} "
+             f"end-to-end distillation tokens in {train_s:.0f} s ({s.get('amp', 'none')}).", "",
+             "| metric | teacher (SmolLM2-135M) | student | student / teacher |", "|---|---|---|---|"]
+    for L, v in ppl.items():
+        lines.append(f"| held-out ppl, {L}-token windows | {v['teacher']:.2f} | {v['student']:.2f} | "
+                     f"{v['student'] / v['teacher']:.2f}x |")
+    lines.append(f"| held-out ppl at init ({s.get('seq_len', '')}) | | {s['init_val_ppl']:.2f} | |")
+    if s.get("local_val_ppl"):
+        lines.append(f"| held-out ppl after the layer-local stage | | {s['local_val_ppl']:.2f} | |")
+    for r in s.get("speed") or []:
+        how = ", caches filled to size" if r.get("synthetic_cache") else ""
+        b = r.get("batch", 1)
+        lines += [f"| decode tok/s at {r['context']} context (batch {b}{how}) | {r['teacher_tok_s']:.1f} | "
+                  f"{r['student_tok_s']:.1f} | {r['student_tok_s'] / r['teacher_tok_s']:.2f}x |",
+                  f"| cache MB at {r['context']} context, batch {b} | {r['teacher_cache_mb']:.1f} | "
+                  f"{r['student_cache_mb']:.1f} | "
+                  f"{r['student_cache_mb'] / max(r['teacher_cache_mb'], 1e-9):.2f}x |"]
+    for r in s.get("prefill") or []:
+        lines.append(f"| prefill tok/s at {r['context']} (batch 1) | {r['teacher_tok_s']:.1f} | {r['student_tok_s']:.1f} | "
+                     f"{r['student_tok_s'] / r['teacher_tok_s']:.2f}x |")
+    n_table = len(lines)
+    lines.append("")
     if s.get("transpoint_sweep_ppl"):
         lines += ["| TransPoint P (all layers) | held-out ppl |", "|---|---|"]
         lines += [f"| {p} | {v:.2f} |" for p, v in s["transpoint_sweep_ppl"].items()] + [""]
@@ -328,7 +410,9 @@ def write_report(out: Path, s: dict) -> Path:
     lines += ["![loss curve](loss_curve.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
-    print("\n".join(lines[:10]))
+    print("\n".join(lines[:n_table]))
+    for smp in s.get("samples", []):
+        print(f"\n{smp['prompt']!r}\n  teacher: {smp['teacher']!r}\n  student: {smp['student']!r}")
     return path
 
 
