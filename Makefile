@@ -27,7 +27,7 @@ test: install
 test-slow: install
 	$(VPY) -m pytest -m slow
 
-# The main job: SmolLM2-135M -> a TransMamba-Switch student (short distillation), report in runs/demo/.
+# The main job: SmolLM2-135M -> a TransMamba-Switch student (layer-local stage + distillation, ~5 min), report in runs/demo/.
 demo: install
 	$(VENV)/bin/transmamba teacher prepare
 	$(VENV)/bin/transmamba convert --teacher smollm2 --student configs/convert/demo.yaml --quiet
@@ -36,6 +36,7 @@ bench: install
 	$(VENV)/bin/transmamba bench kernels
 	$(VENV)/bin/transmamba bench lm
 	$(VENV)/bin/transmamba bench convert
+	$(VENV)/bin/transmamba bench distill
 
 # Fashion-MNIST for the vision experiments (Debian package; needs root).
 fmnist:

@@ -128,3 +128,22 @@ def test_layer_local_stage_runs_before_end_to_end(tmp_path, teacher_dir):
     assert math.isfinite(s["local_val_ppl"])
     rows = (out / "local" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and "loss_local" in rows[0] and len(rows) >= 2
+
+
+@pytest.mark.parametrize("name", ["demo", "smollm2-switch", "smollm2-switch-wide"])
+def test_shipped_convert_configs_pass_the_rules(name):
+    from transmamba.config import check_config, load_config
+    from transmamba.recipes.convert import CONVERT_RULES, DEFAULTS
+
+    cfg = load_config(f"configs/convert/{name}.yaml", defaults=DEFAULTS)
+    check_config(cfg, CONVERT_RULES)
+    assert cfg["train"]["amp"] == "bf16"
+
+
+def test_bench_distill_quick_row_schema():
+    """One tiny round of `bench distill` (batch 2): both sides run and the row has the schema."""
+    from transmamba.bench.distill import rows
+
+    r, = rows(steps=1, rounds=1, batch_size=1)
+    assert r["name"] == "distill step" and r["L"] == 256 and r["ratio"] == pytest.approx(r["peer_ms"] / r["ours_ms"], rel=1e-2)
+    assert r["tok_per_s_ours"] > 0 and r["peak_mb_peer"] >= 0 and r["amp_ours"] == "bf16"
