@@ -3,14 +3,12 @@
 
 Peak memory on CPU is the growth of the process's resident high-water mark (VmHWM) over the
 resident size just before the call; the mark is reset through /proc/self/clear_refs (Linux).
-While measuring, glibc is told to hand blocks >= 256 KiB back to the OS (and trims first): by
-default it keeps freed memory resident, and a later call peaking inside those pages reads ~0 MiB.
+While measuring, glibc hands blocks >= 256 KiB back to the OS (`training.heap.release_freed_memory`):
+by default it keeps freed memory resident, and a later call peaking inside those pages reads ~0 MiB.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import json
 import re
@@ -26,37 +24,10 @@ def _status_mb(key: str) -> float:
         return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) / 1024
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
-
-
-@contextlib.contextmanager
-def _strict_heap():
-    """Freed blocks >= 256 KiB go back to the OS inside the block; the previous policy after
-    (glibc's usual thresholds, or `transmamba.training.heap`'s retention when it was on)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        yield
-        return
-    retained = heap.is_retaining()
-    if retained:
-        heap.retain_freed_memory(False)
-    libc.mallopt(_M_MMAP_THRESHOLD, 256 << 10)
-    libc.mallopt(_M_TRIM_THRESHOLD, 256 << 10)
-    libc.malloc_trim(0)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-        if retained:
-            heap.retain_freed_memory(True)
-
-
 def peak_memory_mb(fn: Callable[[], object]) -> float:
     """Extra resident memory (MiB) at the peak of one call of `fn`, over the memory before it."""
     gc.collect()
-    with _strict_heap():
+    with heap.release_freed_memory():
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
