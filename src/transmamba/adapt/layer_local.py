@@ -29,15 +29,11 @@ from torch import nn
 TRAINABLE = ("block", "mixer")
 
 
-def local_inputs(layer_map: list[int]) -> list[int]:
-    """Teacher hidden-state indices a(i) whose streams enter the mapped teacher blocks."""
-    return [int(a) for a in layer_map]
-
-
 def check_cached(layer_map: list[int], cached: list[int]) -> None:
-    """Refuse a layer map whose block inputs the teacher cache does not hold (naming the layers)."""
+    """Refuse a layer map whose block inputs h^T_{a(i)} the teacher cache does not hold (naming them;
+    h^T_0, the embeddings, is the student's own)."""
     have = set(int(c) for c in cached) | {0}
-    missing = [a for a in local_inputs(layer_map) if a not in have]
+    missing = [int(a) for a in layer_map if int(a) not in have]
     if missing:
         raise ValueError(f"the layer-local stage (recipe.local_tokens > 0) needs the teacher's input to each mapped "
                          f"block, hidden_states {missing} are not cached for layer_map {list(layer_map)}: it works "

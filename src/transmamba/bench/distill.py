@@ -29,13 +29,13 @@ def build(student_config: str = STUDENT_CONFIG, batch_size: int = 8, seq_len: in
     """(student LM, its recipe config, a teacher-cache-shaped batch) for the given convert config."""
     from transmamba.adapt.llama_to_switch import layer_map_for, switch_config_from_teacher
     from transmamba.config import load_config
-    from transmamba.models.hf_llama import load_teacher, teacher_spec
+    from transformers import AutoConfig
+
+    from transmamba.models.hf_llama import prepare_smollm2, teacher_spec
     from transmamba.models.lm import LM
     from transmamba.recipes.convert import DEFAULTS
 
-    teacher, _ = load_teacher("smollm2")
-    spec = teacher_spec(teacher)
-    del teacher
+    spec = teacher_spec(AutoConfig.from_pretrained(prepare_smollm2()))  # the architecture only: no weights
     cfg = load_config(student_config, defaults=DEFAULTS)
     torch.manual_seed(0)
     student = LM(switch_config_from_teacher(spec, **cfg["student"]))

@@ -103,7 +103,7 @@ class _HeadCEKL(torch.autograd.Function):
                     g.scatter_add_(1, ic, (log_q.exp() - p) * (w_kl / (T * n)))
                 g = g.to(cd)
                 dh[s:s + chunk] = (g @ W).to(h.dtype)
-                dW.add_((g.T @ hc).to(acc))
+                dW.add_(g.T @ hc)  # exact upcast inside the add: no V x d temporary per chunk
             ce = ce_sum / n_valid if n_valid else torch.full((), float("nan"), dtype=acc, device=h.device)
             kl = kl_sum / n if topk_idx is not None and n else torch.zeros((), dtype=acc, device=h.device)
             loss = (w_ce * ce if w_ce else 0.0) + (w_kl * kl if w_kl else 0.0)

@@ -255,12 +255,11 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
                         top_k=d["top_k"], hidden_layers=[m + 1 for m in layer_map], progress=progress)
     cache = TeacherCache(tc_dir)
     ev = cfg["eval"]
-    teacher_eval = _teacher_ppl(teacher, val_ids, d["seq_len"], ev["batch_size"], ev["batches"],
-                                Path(d["teacher_cache_dir"]) / f"teacher_ppl_{cfg['teacher'].replace('/', '_')}.json")
+    teacher_ppl_file = Path(d["teacher_cache_dir"]) / f"teacher_ppl_{cfg['teacher'].replace('/', '_')}.json"
+    teacher_eval = _teacher_ppl(teacher, val_ids, d["seq_len"], ev["batch_size"], ev["batches"], teacher_ppl_file)
 
-    def ppl(**kw):
-        return lm_perplexity(student, val_ids, batch_size=ev["batch_size"], seq_len=d["seq_len"],
-                             n_batches=ev["batches"], **kw)
+    def ppl(seq_len=d["seq_len"], n_batches=ev["batches"], **kw):
+        return lm_perplexity(student, val_ids, batch_size=ev["batch_size"], seq_len=seq_len, n_batches=n_batches, **kw)
 
     init_eval = ppl()
     local = {}
@@ -275,9 +274,8 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     ppl_by_context = {str(d["seq_len"]): {"student": final["val_ppl"], "teacher": teacher_eval["val_ppl"]}}
     for Lc in ev.get("ppl_contexts") or []:  # longer windows, the student under its own schedule
         n_b = max(1, ev["batches"] * d["seq_len"] // int(Lc))
-        st_c = lm_perplexity(student, val_ids, batch_size=ev["batch_size"], seq_len=int(Lc), n_batches=n_b)
-        te_c = _teacher_ppl(teacher, val_ids, int(Lc), ev["batch_size"], n_b,
-                            Path(d["teacher_cache_dir"]) / f"teacher_ppl_{cfg['teacher'].replace('/', '_')}.json")
+        st_c = ppl(int(Lc), n_b)
+        te_c = _teacher_ppl(teacher, val_ids, int(Lc), ev["batch_size"], n_b, teacher_ppl_file)
         ppl_by_context[str(int(Lc))] = {"student": st_c["val_ppl"], "teacher": te_c["val_ppl"]}
     sweep = {int(P): ppl(transpoints=[int(P)] * student.cfg.n_layers)["val_ppl"] for P in ev["transpoints"]}
     run_cfg = {"model": student.cfg.to_dict(), "data": {"tokenizer": d["tokenizer"], "cache_dir": d["cache_dir"]},
@@ -371,19 +369,17 @@ def _schedule_words(tp: list[int]) -> str:
 def write_report(out: Path, s: dict) -> Path:
     """report.md: teacher vs student table (perplexity per context length, decoding and prefill
     speed), the TransPoint sweep, samples, the loss curve; the table is also printed."""
-    nan = float("nan")
     local = (f"{s['local_tokens']} layer-local + " if s.get("local_tokens") else "")
     train_s = s["train_s"] + s.get("local_train_s", 0.0)
-    ppl = s.get("ppl_by_context") or {str(s.get("seq_len", "")): {"student": s["val_ppl"], "teacher": s["teacher_val_ppl"]}}
     lines = [f"# transmamba convert: {s['name']}", "",
              f"Student: TransMamba-Switch, {s['student_params'] / 1e6:.1f}M parameters (teacher "
-             f"{s.get('teacher_params', nan) / 1e6:.1f}M), {_schedule_words(s['transpoints'])}; {local}{s['tokens']} "
+             f"{s['teacher_params'] / 1e6:.1f}M), {_schedule_words(s['transpoints'])}; {local}{s['tokens']} "
              f"end-to-end distillation tokens in {train_s:.0f} s ({s.get('amp', 'none')}).", "",
              "| metric | teacher (SmolLM2-135M) | student | student / teacher |", "|---|---|---|---|"]
-    for L, v in ppl.items():
+    for L, v in s["ppl_by_context"].items():
         lines.append(f"| held-out ppl, {L}-token windows | {v['teacher']:.2f} | {v['student']:.2f} | "
                      f"{v['student'] / v['teacher']:.2f}x |")
-    lines.append(f"| held-out ppl at init ({s.get('seq_len', '')}) | | {s['init_val_ppl']:.2f} | |")
+    lines.append(f"| held-out ppl at init ({s['seq_len']}) | | {s['init_val_ppl']:.2f} | |")
     if s.get("local_val_ppl"):
         lines.append(f"| held-out ppl after the layer-local stage | | {s['local_val_ppl']:.2f} | |")
     for r in s.get("speed") or []:
