@@ -68,3 +68,13 @@ def run_tiny_convert(tmp_path, teacher_dir, name, *extra, transpoints="[0, 16]")
             "--eval.speed_context", "8", "--eval.speed_tokens", "2", "--eval.prompt_tokens", "2",
             "--eval.prompts", "['ROMEO:']", *extra]
     return convert_main(argv)
+
+
+def save_tiny_vit(out, img_size: int, patch_size: int) -> Path:
+    """A tiny RANDOM ViT (d 16, depth 2, 2 heads, MLP 32; seed 0) saved to `out`: a teacher whose
+    weights' shapes, not values, are what the multimodal recipe tests need."""
+    from transmamba.models.vit import ViT, ViTConfig, save_vit
+
+    torch.manual_seed(0)
+    save_vit(ViT(ViTConfig(img_size=img_size, patch_size=patch_size, d_model=16, depth=2, num_heads=2, d_ff=32)), out)
+    return Path(out)

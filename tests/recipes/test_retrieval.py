@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from transmamba.config import load_config
-from transmamba.models.vit import ViT, ViTConfig, save_vit
+from tiny_fixtures import save_tiny_vit
 from transmamba.recipes.retrieval import RETRIEVAL_DEFAULTS, hard_candidates, train_retrieval
 
 
@@ -30,10 +30,7 @@ def hashed_text_STAND_IN(texts):
 @pytest.fixture(scope="module")
 def init_vit(tmp_path_factory):
     """A tiny RANDOM classifier ViT on 28x28 (patch 14, a 2x2 grid) for the teacher to start from."""
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("ret") / "vit28"
-    save_vit(ViT(ViTConfig(img_size=28, patch_size=14, d_model=16, depth=2, num_heads=2, d_ff=32)), out)
-    return out
+    return save_tiny_vit(tmp_path_factory.mktemp("ret") / "vit28", img_size=28, patch_size=14)
 
 
 def _cfg(out, task, role, init_vit, teacher=None, extra=()):

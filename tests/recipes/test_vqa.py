@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from transmamba.config import load_config
-from tiny_fixtures import tiny_llama
-from transmamba.models.vit import ViT, ViTConfig, save_vit
+from tiny_fixtures import save_tiny_vit, tiny_llama
 from transmamba.models.vision import build_student
 from transmamba.adapt.vqa_model import FUSIONS, VQAModel
 from transmamba.data.vqa_questions import ATTRIBUTES, CLASS_NAMES, question_bank, sample_questions
@@ -33,10 +32,7 @@ def tiny_random_text_encoder_STAND_IN():
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     """A tiny RANDOM ViT teacher for 8x8 digits (only its weights' shapes matter here)."""
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("mm") / "teacher"
-    save_vit(ViT(ViTConfig(img_size=8, patch_size=2, d_model=16, depth=2, num_heads=2, d_ff=32)), out)
-    return out
+    return save_tiny_vit(tmp_path_factory.mktemp("mm") / "teacher", img_size=8, patch_size=2)
 
 
 def _args(out, teacher, fusion="modulate", extra=()):

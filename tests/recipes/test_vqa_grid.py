@@ -7,7 +7,7 @@ import torch
 from transmamba.adapt.vqa_model import VQAModel
 from transmamba.config import load_config
 from transmamba.models.vision import build_student
-from transmamba.models.vit import ViT, ViTConfig, save_vit
+from tiny_fixtures import save_tiny_vit
 from transmamba.recipes.vqa import VQA_DEFAULTS, train_vqa
 
 
@@ -24,9 +24,7 @@ def hashed_questions_STAND_IN(questions):
 
 @pytest.mark.parametrize("fusion", ["late", "modulate", "cross_attention"])
 def test_grid_vqa_runs_and_reports_each_question_type(tmp_path, fusion):
-    torch.manual_seed(0)
-    teacher = tmp_path / "vit56"
-    save_vit(ViT(ViTConfig(img_size=56, patch_size=14, d_model=16, depth=2, num_heads=2, d_ff=32)), teacher)
+    teacher = save_tiny_vit(tmp_path / "vit56", img_size=56, patch_size=14)
     args = ["--data.dataset", "digits", "--vqa.task", "grid", "--vqa.train_n", "64", "--vqa.test_n", "30",
             "--student.arch", "vim", "--student.patch_size", "14", "--student.d_model", "12", "--student.depth", "2",
             "--student.d_state", "4", "--teacher", str(teacher), "--out_dir", str(tmp_path / "run"), "--fusion", fusion,
