@@ -9,7 +9,12 @@ causal-LM directory works), with the teacher side by side and "% of teacher" per
   held-out works (`evaluation.long_context`), heat maps passkey.png / needle.png;
 - lm-eval-harness tasks made from the shipped data (`evaluation.lm_eval_tasks`: tm_cloze,
   tm_nextline), through lm-eval's Python API on the transformers model;
-- speed (`evaluation.hf_speed`): prefill tok/s, decode ms/token at 1k / 4k / 16k, cache MB.
+- speed (`evaluation.hf_speed`): prefill tok/s at 1k / 4k, decode ms/token and cache MB at
+  1k / 4k / 16k (caches filled to size with random contents: a step's cost depends on the cache's
+  size, not its contents, and the teacher's 16k prefill would take minutes).
+
+The default suite takes about 15 minutes on a 2-core CPU for a 135M student and its teacher;
+results.json keeps the seconds each part took (`seconds`).
 
 Teacher and student go through the same functions (both as transformers models). `--quick` runs
 tiny lengths and few documents (for tests). Written to --out (default DIR/eval): report.md,
@@ -21,16 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
 
 SUITES = {
     "default": dict(ppl_lengths=[256, 1024, 4096], ppl_windows=2, ret_lengths=[1024, 2048, 4096, 8192],
-                    depths=[0.0, 0.25, 0.5, 0.75, 1.0], lm_eval_limit=100, speed_contexts=[1024, 4096, 16384],
-                    prefill_len=1024, decode_tokens=8),
+                    depths=[0.0, 0.5, 1.0], lm_eval_limit=100, lm_eval_batch=16, speed_contexts=[1024, 4096, 16384],
+                    prefill_lengths=[1024, 4096], decode_tokens=8, synthetic_decode=True),
     "quick": dict(ppl_lengths=[32, 64], ppl_windows=1, ret_lengths=[48, 96], depths=[0.0, 0.5, 1.0],
-                  lm_eval_limit=4, speed_contexts=[16, 32], prefill_len=32, decode_tokens=2),
+                  lm_eval_limit=4, lm_eval_batch=2, speed_contexts=[16, 32], prefill_lengths=[32], decode_tokens=2,
+                  synthetic_decode=True),
 }
 
 
@@ -64,10 +71,18 @@ def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str]) -> dic
 
     import numpy as np
 
+    seconds = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        return out
+
     text = "\n".join(texts)
     ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"])
-    res = {"perplexity": bucketed_perplexity(lambda x: model(x).logits, ids, suite["ppl_lengths"],
-                                             n_windows=suite["ppl_windows"])}
+    res = {"perplexity": timed("perplexity", lambda: bucketed_perplexity(
+        lambda x: model(x).logits, ids, suite["ppl_lengths"], n_windows=suite["ppl_windows"]))}
 
     def answer(prompt, n):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -76,11 +91,16 @@ def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str]) -> dic
         return out[0, prompt.shape[1]:]
 
     for kind in ("passkey", "needle"):
-        res[kind] = retrieval_grid(answer, tok, kind, suite["ret_lengths"], suite["depths"], haystack=text[:200000])
+        res[kind] = timed(kind, lambda: retrieval_grid(answer, tok, kind, suite["ret_lengths"], suite["depths"],
+                                                       haystack=text[:200000]))
     task_dir = write_tasks(work / "lm_eval_tasks", texts, n=max(suite["lm_eval_limit"], 20))
-    res["lm_eval"] = run_lm_eval(model, tok, task_dir, limit=suite["lm_eval_limit"])
-    res["speed"] = hf_speed(model, suite["speed_contexts"], prefill_len=suite["prefill_len"],
-                            n_tokens=suite["decode_tokens"])
+    res["lm_eval"] = timed("lm_eval", lambda: run_lm_eval(model, tok, task_dir, limit=suite["lm_eval_limit"],
+                                                          batch_size=suite["lm_eval_batch"]))
+    res["speed"] = timed("speed", lambda: hf_speed(model, suite["speed_contexts"],
+                                                   prefill_lengths=suite["prefill_lengths"],
+                                                   n_tokens=suite["decode_tokens"],
+                                                   synthetic=suite["synthetic_decode"]))
+    res["seconds"] = seconds
     return res
 
 
@@ -99,7 +119,8 @@ def flat_metrics(r: dict) -> dict:
         for k, v in ms.items():
             out[f"{task}.{k}"] = (v, k != "perplexity")
     sp = r["speed"]
-    out["prefill_tok_s"] = (sp["prefill_tok_s"], True)
+    for L, v in sp["prefill"].items():
+        out[f"prefill_tok_s@{L}"] = (v, True)
     for C, d in sp["decode"].items():
         out[f"decode_ms@{C}"] = (d["ms_per_token"], False)
         out[f"cache_mb@{C}"] = (d["cache_mb"], False)
@@ -145,6 +166,10 @@ def write_report(out: Path, results: dict) -> Path:
         rows[name] = {"student": v, "teacher": tv, "pct_of_teacher": pct, "higher_is_better": hib}
         lines.append(f"| {name} | {v:.4g} | {'' if tv is None else f'{tv:.4g}'} | {'' if pct is None else f'{pct:.1f}'} |")
     results["table"] = rows
+    for who, r in (("student", s), ("teacher", t)):
+        if r is not None and "seconds" in r:
+            parts = ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items())
+            lines.append(f"\n{who}: {sum(r['seconds'].values()):.0f} s ({parts})")
     for who, r in (("student", s), ("teacher", t)):
         if r is None:
             continue

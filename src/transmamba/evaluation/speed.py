@@ -4,7 +4,8 @@ decoding caches hold there, for our LMs and for Hugging Face teachers.
 - `decode_speed(model, context, n_tokens)`: a `transmamba.models.lm.LM` (any architecture).
 - `teacher_decode_speed(teacher, context, n_tokens)`: a Hugging Face causal LM and its KV cache.
 - `time_ms`: median wall time of a call; `cache_nbytes`, `teacher_kv_nbytes`: cache sizes.
-- `fill_caches`: TransMamba-Switch caches sized as after `context` tokens, without a prefill.
+- `fill_caches`: an LM's caches sized as after `context` tokens, without a prefill;
+  `random_kv_cache`: the same for a Hugging Face teacher's `DynamicCache`.
 
 The context is prefilled for real by default. With `synthetic=True` the caches are filled to the
 context's size directly (random contents): the cost of one decoding step depends on the caches'
@@ -22,7 +23,7 @@ from typing import Callable
 import torch
 
 from transmamba.models.hf_llama import teacher_spec
-from transmamba.modules.cache import SwitchCache
+from transmamba.modules.cache import KVCache, SSMCache, SwitchCache
 
 
 def time_ms(fn: Callable[[], object], reps: int = 5, warmup: int = 1, max_s: float = 20.0) -> float:
@@ -54,29 +55,54 @@ def cache_nbytes(caches) -> int:
 
 
 def fill_caches(model, caches, context: int, batch: int = 1) -> None:
-    """Make the caches of a TransMamba-Switch LM look as if `context` tokens had been consumed
-    (by `batch` rows): layers with TransPoint <= context get an SSM state, the others `context` KV entries.
+    """Make an LM's caches look as if `context` tokens had been consumed (by `batch` rows).
+    Switch layers with TransPoint <= context get an SSM state, the others `context` KV entries;
+    Mamba layers a conv and SSM state; attention layers `context` keys and values.
     Contents are random; sizes and positions are exact."""
     for block, c in zip(model.blocks, caches):
-        if not isinstance(c, SwitchCache):
-            raise TypeError(f"fill_caches needs TransMamba-Switch caches, got {type(c).__name__} "
-                            f"(layer kind {getattr(block, 'kind', '?')!r}); use synthetic=False")
         mix = block.mixer
-        if context >= c.transpoint:
-            c.ssm_state = torch.randn(batch, mix.h, mix.p, mix.n)
-            c.k = c.v = c.dt = None
+        if isinstance(c, SwitchCache):
+            if context >= c.transpoint:
+                c.ssm_state = torch.randn(batch, mix.h, mix.p, mix.n)
+                c.k = c.v = c.dt = None
+            else:
+                c.k, c.v = torch.randn(batch, context, mix.g, mix.n), torch.randn(batch, context, mix.g, mix.p)
+                c.dt = torch.rand(batch, context, mix.h)
+            c.pos = context
+        elif isinstance(c, SSMCache):
+            c.conv_state = torch.randn(batch, *c.conv_state.shape[1:])
+            c.ssm_state = torch.randn(batch, *c.ssm_state.shape[1:])
+            c.seqlen = context
+        elif isinstance(c, KVCache):
+            if c.max_len is not None and context > c.max_len:
+                raise ValueError(f"fill_caches: context {context} > the KV cache's max_len {c.max_len}")
+            T = context if c.max_len is None else c.max_len
+            c.k = torch.randn(batch, c.k.shape[1], T, c.k.shape[3])
+            c.v = torch.randn(batch, c.v.shape[1], T, c.v.shape[3])
+            c.length = context
         else:
-            c.k, c.v = torch.randn(batch, context, mix.g, mix.n), torch.randn(batch, context, mix.g, mix.p)
-            c.dt = torch.rand(batch, context, mix.h)
-        c.pos = context
+            raise TypeError(f"fill_caches: unknown cache {type(c).__name__} (layer kind "
+                            f"{getattr(block, 'kind', '?')!r}); use synthetic=False")
+
+
+def random_kv_cache(config, context: int, batch: int = 1):
+    """A transformers `DynamicCache` holding `context` random keys/values per layer, shaped as a
+    prefill of a Llama-family model (`teacher_spec`: layers, kv heads, head dim) would leave it."""
+    from transformers import DynamicCache
+
+    spec, past = teacher_spec(config), DynamicCache()
+    for i in range(spec["n_layers"]):
+        kv = torch.randn(2, batch, spec["n_kv_heads"], context, spec["head_dim"])
+        past.update(kv[0], kv[1], i)
+    return past
 
 
 @torch.no_grad()
 def decode_speed(model, context: int, n_tokens: int, *, synthetic: bool = False, warmup: int = 2,
                  max_s: float = 30.0, batch: int = 1) -> tuple[float, float]:
     """(ms per decoding step, MiB held by the caches) of an LM at a context of `context` tokens,
-    `batch` rows (one step decodes one token per row). The context is prefilled, or with `synthetic` (TransMamba-Switch LMs only) the caches
-    are filled to its size (`fill_caches`)."""
+    `batch` rows (one step decodes one token per row). The context is prefilled, or with `synthetic`
+    the caches are filled to its size (`fill_caches`)."""
     idx = torch.randint(0, model.cfg.vocab_size, (batch, context))
     caches = model.allocate_caches(batch, max_len=context + n_tokens + 2)
     if synthetic:
@@ -107,12 +133,7 @@ def teacher_decode_speed(teacher, context: int, n_tokens: int, *, synthetic: boo
     with random keys/values of the context's size (`teacher_spec`: layers, kv heads, head dim)."""
     idx = torch.randint(0, teacher.config.vocab_size, (batch, context))
     if synthetic:
-        from transformers import DynamicCache
-
-        spec, past = teacher_spec(teacher), DynamicCache()
-        for i in range(spec["n_layers"]):
-            kv = torch.randn(2, batch, spec["n_kv_heads"], context, spec["head_dim"])
-            past.update(kv[0], kv[1], i)
+        past = random_kv_cache(teacher.config, context, batch)
     else:
         out = teacher(idx, use_cache=True)
         past = getattr(out, "cache", None) or out.past_key_values
