@@ -47,3 +47,17 @@ def test_hf_speed_rows_say_how_the_cache_was_filled():
         row = r["decode"][12]
         assert row["synthetic_cache"] is filled and row["ms_per_token"] > 0 and row["cache_mb"] > 0
     assert hf_speed(_student(), [12], prefill_lengths=[], n_tokens=2)["decode"][12]["synthetic_cache"] is False
+
+
+def test_a_sliding_window_cache_is_not_sized_by_random_keys():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from transmamba.evaluation.speed import random_kv_cache
+
+    mistral = MistralForCausalLM(MistralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, num_key_value_heads=1, sliding_window=8)).eval()
+    assert synthetic_cache(mistral, 6, 2) is not None  # inside the window every key is kept
+    assert synthetic_cache(mistral, 12, 2) is None  # past it, prefilled for real
+    with pytest.raises(ValueError, match="sliding_window 8"):
+        random_kv_cache(mistral.config, 12)
+    assert hf_speed(mistral, [12], prefill_lengths=[], n_tokens=2, synthetic=True)["decode"][12]["synthetic_cache"] is False

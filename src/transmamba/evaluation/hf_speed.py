@@ -7,7 +7,7 @@ tokens: the mean time of one cached one-token forward after C tokens; cache MB a
 With `synthetic=True` the decode caches are filled to C tokens' size with random contents
 (`synthetic_cache`) instead of by a prefill: one decoding step costs what the caches' sizes make
 it cost, not what they hold, and a 16k-token prefill of the teacher takes minutes on a CPU. A model
-whose cache cannot be filled so (not ours, not Llama-family) is prefilled for real; each decode row
+whose cache cannot be filled exactly so (not ours, not `kv_fillable`) is prefilled for real; each decode row
 says which (`synthetic_cache`).
 """
 
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from transmamba.evaluation.speed import fill_caches, random_kv_cache, teacher_kv_nbytes
+from transmamba.evaluation.speed import fill_caches, kv_fillable, random_kv_cache, teacher_kv_nbytes
 
 
 def cache_mb(cache) -> float:
@@ -32,12 +32,12 @@ def synthetic_cache(model, context: int, max_new: int):
     from transmamba.hf.modeling_transmamba import TransMambaForCausalLM
 
     if isinstance(model, TransMambaForCausalLM):
-        cache = TransMambaCache(model.model, max_len=context + max_new + 2)
         lm = model.model
+        cache = TransMambaCache(lm, max_len=context + max_new + 2)
         fill_caches(lm, cache.ensure(1, lm.embed.weight.device, lm.embed.weight.dtype), context)
         cache.seen = context
         return cache
-    if getattr(model.config, "model_type", None) in ("llama", "mistral", "qwen2", "qwen3"):
+    if kv_fillable(model.config, context):
         return random_kv_cache(model.config, context)
     return None
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from transmamba.models.hf_llama import teacher_spec
+from transmamba.models.hf_llama import LLAMA_FAMILY, teacher_spec
 from transmamba.modules.cache import KVCache, SSMCache, SwitchCache
 
 
@@ -85,11 +85,25 @@ def fill_caches(model, caches, context: int, batch: int = 1) -> None:
                             f"{getattr(block, 'kind', '?')!r}); use synthetic=False")
 
 
+def kv_fillable(config, context: int) -> bool:
+    """Whether `random_kv_cache` sizes this model's cache exactly after `context` tokens: a
+    Llama-family model (`LLAMA_FAMILY`) whose every layer keeps all keys/values (no sliding window
+    shorter than the context)."""
+    window = getattr(config, "sliding_window", None)
+    return getattr(config, "model_type", None) in LLAMA_FAMILY and (window is None or context <= window)
+
+
 def random_kv_cache(config, context: int, batch: int = 1):
     """A transformers `DynamicCache` holding `context` random keys/values per layer, shaped as a
-    prefill of a Llama-family model (`teacher_spec`: layers, kv heads, head dim) would leave it."""
+    prefill of a Llama-family model (`teacher_spec`: layers, kv heads, head dim) would leave it.
+    Refuses a model whose cache it would not size exactly (`kv_fillable`)."""
     from transformers import DynamicCache
 
+    if not kv_fillable(config, context):
+        raise ValueError(f"random_kv_cache: cannot size the cache of model_type {config.model_type!r} "
+                         f"(sliding_window {getattr(config, 'sliding_window', None)}) after {context} tokens; "
+                         f"expected one of {LLAMA_FAMILY} without a sliding window shorter than the context; "
+                         f"use synthetic=False")
     spec, past = teacher_spec(config), DynamicCache()
     for i in range(spec["n_layers"]):
         kv = torch.randn(2, batch, spec["n_kv_heads"], context, spec["head_dim"])
