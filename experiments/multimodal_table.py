@@ -1,4 +1,4 @@
-"""Markdown rows of the issue 17 retrieval and grid-VQA runs: python experiments/multimodal_table.py [runs/multimodal/i17]."""
+"""Markdown rows of the issue 17 retrieval and grid-VQA runs (one table per vqa* folder): python experiments/multimodal_table.py [runs/multimodal/i17]."""
 
 import json
 import sys
@@ -13,9 +13,9 @@ for task in ("grids", "clips"):
         print(f"| {f.parent.name} | {d['steps']} | {d['t2v_r1']:.3f} | {d['t2v_r5']:.3f} | {d['v2t_r1']:.3f} | "
               f"{d['v2t_r5']:.3f} | {d['t2v_medr']:.0f} | {d['params_visual']} / {d['params_fusion']} |")
 
-vqa = sorted((root / "vqa").glob("*/result.json"))
-if vqa:
-    print("\ngrid VQA\n\n| run | steps | acc | where | count | relation | params fusion |")
+for vdir in sorted(root.glob("vqa*")):
+    vqa = sorted(vdir.glob("*/result.json"))
+    print(f"\ngrid VQA ({vdir.name})\n\n| run | steps | acc | where | count | relation | params fusion |")
     print("|---|---|---|---|---|---|---|")
     for f in vqa:
         d = json.loads(f.read_text())
