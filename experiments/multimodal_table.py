@@ -15,6 +15,8 @@ for task in ("grids", "clips"):
 
 for vdir in sorted(root.glob("vqa*")):
     vqa = sorted(vdir.glob("*/result.json"))
+    if not vqa:
+        continue
     print(f"\ngrid VQA ({vdir.name})\n\n| run | steps | acc | where | count | relation | params fusion |")
     print("|---|---|---|---|---|---|---|")
     for f in vqa:
