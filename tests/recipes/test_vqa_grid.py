@@ -50,3 +50,19 @@ def test_cross_attention_fusion_matches_cross_mamba_size():
         out = m(torch.randn(3, 1, 8, 8), torch.randn(3, 5, 24), torch.ones(3, 5, dtype=torch.bool))
         assert out.shape == (3, 11)
     assert abs(sizes["cross_attention"] - sizes["modulate"]) / sizes["modulate"] < 0.1
+
+
+@pytest.mark.parametrize("fusion", ["late", "modulate", "cross_attention"])
+def test_attention_readout_feeds_the_head_every_pooled_head(fusion):
+    torch.manual_seed(0)
+    bb = build_student({"arch": "vim", "img_size": 8, "patch_size": 2, "d_model": 16, "depth": 1,
+                        "d_state": 4, "num_classes": 3})
+    m = VQAModel(bb, 24, fusion, hidden=16, d_state=4, n_answers=11, readout="attn", readout_heads=3)
+    x, mask = torch.randn(3, 1, 8, 8), torch.ones(3, 5, dtype=torch.bool)
+    assert m(x, torch.randn(3, 5, 24), mask).shape == (3, 11)
+    assert m.head[0].in_features == (3 * 16 + 16 if fusion == "late" else 3 * 16)
+
+
+def test_unknown_readout_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="head.readout"):
+        train_vqa(load_config(None, ["--head.readout", "max", "--out_dir", str(tmp_path)], defaults=VQA_DEFAULTS))

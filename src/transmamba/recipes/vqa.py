@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from transmamba.adapt.distill import token_normalize
-from transmamba.adapt.vqa_model import FUSIONS, VQAModel
-from transmamba.config import UNIT, check_config as check_rules, one_of
+from transmamba.adapt.vqa_model import FUSIONS, READOUTS, VQAModel
+from transmamba.config import POSITIVE_INT, UNIT, check_config as check_rules, one_of
 from transmamba.data.vqa_questions import question_bank, sample_questions
 from transmamba.evaluation.classification import classify
 from transmamba.recipes.vision import (DISTILL_DEFAULTS, VISION_RULES, build_distill_run, config_main,
@@ -47,7 +47,7 @@ VQA_DEFAULTS = {
     "fusion": "modulate",  # late | modulate | prefix
     "vqa": {"attr_frac": 0.25, "seed": 0, "task": "single", "train_n": 6000, "test_n": 2000},
     "text": {"encoder": "smollm2", "layer": 15},
-    "head": {"hidden": 128, "d_state": 8, "expand": 2.0},
+    "head": {"hidden": 128, "d_state": 8, "expand": 2.0, "readout": "mean", "readout_heads": 4},
 }
 METRIC_FIELDS = ["epoch", "task_loss", "distill_loss", "mean_cos", "test_loss", "test_acc",
                  "test_acc_where", "test_acc_count", "test_acc_relation"]
@@ -87,7 +87,8 @@ def smollm2_encoder():
 def check_config(cfg: dict) -> None:
     """ValueError on settings this task cannot use."""
     check_rules(cfg, {**VISION_RULES, "fusion": one_of(*FUSIONS), "vqa.attr_frac": UNIT,
-                      "vqa.task": one_of("single", "grid")})
+                      "vqa.task": one_of("single", "grid"),
+                      "head.readout": one_of(*READOUTS), "head.readout_heads": POSITIVE_INT})
     if cfg["data"]["dataset"] not in ("fashion_mnist", "digits"):
         raise ValueError(f"data.dataset must be an image set (fashion_mnist or digits), "
                          f"got {cfg['data']['dataset']!r}")
@@ -189,7 +190,8 @@ def build_vqa_run(cfg: dict, data: dict):
     student, teacher, dloss, report = build_distill_run(cfg, data)
     h = cfg["head"]
     model = VQAModel(student, data["text"].shape[-1], cfg["fusion"], hidden=int(h["hidden"]),
-                     d_state=int(h["d_state"]), expand=float(h["expand"]), n_answers=int(data.get("n_answers", 2)))
+                     d_state=int(h["d_state"]), expand=float(h["expand"]), n_answers=int(data.get("n_answers", 2)),
+                     readout=h["readout"], readout_heads=int(h["readout_heads"]))
     return model, teacher, dloss, report
 
 
