@@ -10,7 +10,11 @@ AdamW lr 2e-3, wd 0.05, batch 64, constant lr; data = the config's grid VQA (rea
 Compare with experiments/grid_vqa_oracle.py (perfect tokens) and the end-to-end runs.
 
     python experiments/grid_vqa_frozen.py --teacher runs/multimodal/i17/grids/teacher/vit \
-        [--encoders vit transmamba scratch] [--steps 2000] [--seeds 0] [--train_n 16000]
+        [--encoders vit transmamba scratch] [--steps 2000] [--seeds 0] [--train_n 16000] [--probe]
+
+--probe instead fits, per encoder, a linear probe from ONE token to the class of the cell it lies
+in (every patch token of every training grid, the ViM class token left out; 8x8 tokens, cell = (row // 4) * 2 + col // 4) and prints
+its test accuracy: how much of "what is in my cell" each token carries, linearly.
 """
 
 import argparse
@@ -49,8 +53,10 @@ def tokens_of(encoder: str, cfg: dict, data: dict, batch: int = 250) -> dict:
             return out[:, teacher.n_prefix:]
         return model.visual_tokens(x)[0]
 
-    return {k: torch.cat([enc(data[k][0][s:s + batch]) for s in range(0, len(data[k][0]), batch)])
-            for k in ("train", "test")}
+    out = {k: torch.cat([enc(data[k][0][s:s + batch]) for s in range(0, len(data[k][0]), batch)])
+           for k in ("train", "test")}
+    out["cls_pos"] = None if encoder == "vit" else model.backbone.cls_pos  # ViM's middle class token
+    return out
 
 
 def train_fusion(fusion, readout, tokens, data, steps, seed, batch=64):
@@ -75,6 +81,31 @@ def train_fusion(fusion, readout, tokens, data, steps, seed, batch=64):
     return ok.float().mean().item(), [ok[qt == i].float().mean().item() for i in range(len(QTYPES))]
 
 
+def probe_cell_class(tokens: dict, data: dict, steps: int = 500, seed: int = 0) -> float:
+    """Test accuracy of a linear map token -> class of the token's cell (see the module docstring)."""
+    torch.manual_seed(seed)
+    r, c = torch.arange(8)[:, None].expand(8, 8), torch.arange(8)[None].expand(8, 8)
+    cell_of = ((r // 4) * 2 + c // 4).flatten()
+    lab = {k: data[k][1][:, cell_of] for k in ("train", "test")}  # "n 64" cell class per token
+    d, keep = tokens["train"].shape[-1], torch.ones(tokens["train"].shape[1], dtype=torch.bool)
+    if tokens["cls_pos"] is not None:
+        keep[tokens["cls_pos"]] = False
+    tokens = {k: tokens[k][:, keep] for k in ("train", "test")}
+    lin = nn.Linear(d, 10)
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
+    tr, ytr = tokens["train"].reshape(-1, d), lab["train"].reshape(-1)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(tr), (4096,), generator=g)
+        loss = F.cross_entropy(lin(tr[idx]), ytr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = lin(tokens["test"].reshape(-1, d)).argmax(-1)
+    return (pred == lab["test"].reshape(-1)).float().mean().item()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/multimodal/vqa-grid-fmnist.yaml")
@@ -85,12 +116,18 @@ def main():
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--train_n", type=int, default=16000)
+    ap.add_argument("--probe", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config, ["--teacher", args.teacher, "--vqa.train_n", str(args.train_n)],
                       defaults=VQA_DEFAULTS)
     torch.manual_seed(0)
     data = build_vqa_data(cfg)
+    if args.probe:
+        print("| encoder | token -> its cell's class, linear probe, test acc |\n|---|---|")
+        for encoder in args.encoders:
+            print(f"| {encoder} | {probe_cell_class(tokens_of(encoder, cfg, data), data):.3f} |", flush=True)
+        return
     print(f"| encoder | fusion | readout | steps | seed | acc | where | count | relation |")
     print("|---|---|---|---|---|---|---|---|---|")
     for encoder in args.encoders:
