@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grid_vqa_oracle import patch_cells
 from transmamba.adapt.vqa_model import VQAModel
 from transmamba.config import load_config
 from transmamba.data.grid_vqa import QTYPES
@@ -84,8 +85,7 @@ def train_fusion(fusion, readout, tokens, data, steps, seed, batch=64):
 def probe_cell_class(tokens: dict, data: dict, steps: int = 500, seed: int = 0) -> float:
     """Test accuracy of a linear map token -> class of the token's cell (see the module docstring)."""
     torch.manual_seed(seed)
-    r, c = torch.arange(8)[:, None].expand(8, 8), torch.arange(8)[None].expand(8, 8)
-    cell_of = ((r // 4) * 2 + c // 4).flatten()
+    cell_of = patch_cells()
     lab = {k: data[k][1][:, cell_of] for k in ("train", "test")}  # "n 64" cell class per token
     d, keep = tokens["train"].shape[-1], torch.ones(tokens["train"].shape[1], dtype=torch.bool)
     if tokens["cls_pos"] is not None:

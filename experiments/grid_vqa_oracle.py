@@ -24,6 +24,13 @@ from transmamba.recipes.vqa import minilm_questions
 D_MODEL = 64
 
 
+def patch_cells(grid: int = 8) -> torch.Tensor:
+    """CELLS index (data.fmnist_grids) of each patch token of a grid x grid layout, row-major "grid^2"."""
+    r, c = torch.arange(grid)[:, None].expand(grid, grid), torch.arange(grid)[None].expand(grid, grid)
+    half = grid // 2
+    return ((r // half) * 2 + c // half).flatten()
+
+
 class OracleTokens(nn.Module):
     """cells "b 4" -> tokens "b 64 d": class embedding of each token's cell + position embedding."""
 
@@ -33,8 +40,7 @@ class OracleTokens(nn.Module):
         self.head = nn.Identity()
         self.cls = nn.Embedding(10, d)
         self.pos = nn.Parameter(torch.randn(64, d) * 0.02)
-        r, c = torch.arange(8)[:, None].expand(8, 8), torch.arange(8)[None].expand(8, 8)
-        self.register_buffer("cell_of", ((r // 4) * 2 + c // 4).flatten(), persistent=False)
+        self.register_buffer("cell_of", patch_cells(), persistent=False)
 
     def forward(self, cells: torch.Tensor) -> torch.Tensor:
         return self.cls(cells[:, self.cell_of]) + self.pos
