@@ -55,3 +55,28 @@ def test_annealing_starts_at_attention_and_ends_at_target():
     assert lw.transpoints(4, 256, step=100) == [0, 64, 128, 192]
     mono = [lw.transpoints(4, 256, step=k) for k in range(0, 101, 5)]
     assert all(a >= b for x, y in zip(mono, mono[1:]) for a, b in zip(x, y))  # P only moves down
+
+
+def test_hybrid_keeps_the_listed_layers_on_attention():
+    s = make_schedule({"name": "hybrid", "base": {"name": "fixed", "P": 128}, "attention_layers": [0, 3]})
+    assert s.transpoints(5, 1024) == [ATTENTION_ONLY, 128, 128, ATTENTION_ONLY, 128]
+    staggered = make_schedule({"name": "hybrid", "base": {"name": "staggered", "period": 2, "span": 64},
+                               "attention_layers": [1]})
+    assert staggered.transpoints(4, 64) == [0, ATTENTION_ONLY, 0, 32]
+    assert make_schedule(s.to_dict()).transpoints(5, 7) == s.transpoints(5, 7)
+    annealed = make_schedule({"name": "annealed", "target": s.to_dict(), "steps": 10})
+    assert annealed.transpoints(5, 256, step=0) == [256] * 5 and annealed.transpoints(5, 256) == s.transpoints(5, 256)
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"attention_layers": [-1]}, "layer indices >= 0"), ({"attention_layers": ["2"]}, "layer indices"),
+    ({"base": "nope"}, "unknown schedule")])
+def test_hybrid_bad_layers_are_named(spec, match):
+    with pytest.raises(ValueError, match=match):
+        make_schedule({"name": "hybrid", **spec})
+
+
+def test_hybrid_layer_out_of_range_is_named():
+    s = make_schedule({"name": "hybrid", "base": 8, "attention_layers": [1, 6]})
+    with pytest.raises(ValueError, match=r"attention_layers \[6\] out of range for 4 layers"):
+        s.transpoints(4, 32)

@@ -147,3 +147,26 @@ def test_bench_distill_quick_row_schema():
     r, = rows(steps=1, rounds=1, batch_size=1)
     assert r["name"] == "distill step" and r["L"] == 256 and r["ratio"] == pytest.approx(r["peer_ms"] / r["ours_ms"], rel=1e-2)
     assert r["tok_per_s_ours"] > 0 and r["peak_mb_peer"] >= 0 and r["amp_ours"] == "bf16"
+
+
+def test_keep_attention_makes_a_hybrid_student_that_saves_and_decodes_exactly(tmp_path, teacher_dir):
+    from transmamba.modules.schedule import ATTENTION_ONLY
+
+    s = run(tmp_path, teacher_dir, "hybrid", "--student.schedule", "{name: fixed, P: 8}",
+            "--recipe.keep_attention", "1", "--recipe.keep_attention_windows", "2")
+    costs, kept = s["switch_costs"], s["attention_layers"]
+    assert len(costs) == 2 and kept == [max(range(2), key=lambda j: (costs[j], -j))]
+    assert s["transpoints"][kept[0]] == ATTENTION_ONLY and s["transpoints"][1 - kept[0]] == 8
+    assert "keep attention at every position" in (tmp_path / "runs" / "hybrid" / "report.md").read_text()
+    model = load_model(tmp_path / "runs" / "hybrid" / "student")
+    assert model.transpoints_for(32) == s["transpoints"]
+    ids = torch.randint(0, 49152, (1, 6), generator=torch.Generator().manual_seed(0))
+    out = model.generate(ids, 12, temperature=0)  # cached decoding across the switch at 8
+    for t in range(6, 18):  # each token is the argmax of a full forward over its prefix
+        assert int(out[0, t]) == int(model(out[:, :t])[0][0, -1].argmax())
+
+
+def test_keep_attention_beyond_the_depth_is_refused_before_any_work(tmp_path, teacher_dir):
+    with pytest.raises(ValueError, match=r"keep_attention must be in \[0, 2\]"):
+        run(tmp_path, teacher_dir, "bad", "--recipe.keep_attention", "3")
+    assert not (tmp_path / "runs" / "bad").exists()

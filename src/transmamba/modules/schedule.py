@@ -13,6 +13,7 @@ Select by name from config or CLI with `make_schedule`:
     {"name": "depth", "start": 0, "end": 512, "order": "increasing"} | {"name": "fraction", "f": 0.5}
     {"name": "random", "choices": [0, 128, 256], "eval": 128} | {"name": "staggered", "period": 8, "span": 1024}
     {"name": "annealed", "target": "staggered", "steps": 500, "mode": "together" | "layerwise"}
+    {"name": "hybrid", "base": {"name": "fixed", "P": 128}, "attention_layers": [3, 17]}
 """
 
 from __future__ import annotations
@@ -176,8 +177,34 @@ class Annealed(Schedule):
         return out
 
 
+@dataclass
+class Hybrid(Schedule):
+    """A layer-wise hybrid: the layers in `attention_layers` never switch (attention at every
+    position, a KV cache that grows with the context); every other layer follows `base`.
+    `transmamba.adapt.attention_layers` chooses the layers by what switching each one costs."""
+
+    base: dict | str | int = "staggered"
+    attention_layers: list[int] = field(default_factory=list)
+    name = "hybrid"
+
+    def __post_init__(self):
+        make_schedule(self.base)  # fail early on a bad base
+        bad = [i for i in self.attention_layers if not isinstance(i, int) or isinstance(i, bool) or i < 0]
+        if bad:
+            raise ValueError(f"hybrid schedule: attention_layers must be layer indices >= 0, got {bad}")
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        out_of_range = [i for i in self.attention_layers if i >= n_layers]
+        if out_of_range:
+            raise ValueError(f"hybrid schedule: attention_layers {out_of_range} out of range for {n_layers} layers")
+        keep = set(self.attention_layers)
+        tp = make_schedule(self.base).transpoints(n_layers, seq_len, step)
+        return [ATTENTION_ONLY if i in keep else P for i, P in enumerate(tp)]
+
+
 SCHEDULES: dict[str, type[Schedule]] = {
-    cls.name: cls for cls in (Fixed, PerLayer, ByDepth, Fraction, RandomChoice, Attention, SSM, Staggered, Annealed)
+    cls.name: cls
+    for cls in (Fixed, PerLayer, ByDepth, Fraction, RandomChoice, Attention, SSM, Staggered, Annealed, Hybrid)
 }
 
 

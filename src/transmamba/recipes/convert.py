@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transmamba.adapt.attention_layers import costliest, switch_costs
 from transmamba.adapt.layer_local import LayerLocalStep, check_cached
 from transmamba.adapt.distill import adaptive_layer_loss, token_cosine, token_cosine_ref
 from transmamba.adapt.llama_to_switch import (calibrate, init_from_teacher, layer_map_for, plan_subclone,
@@ -39,7 +40,7 @@ from transmamba.config import NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULES, UNI
 from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
 from transmamba.models.lm import LM
 from transmamba.ops.head_loss import head_ce_kl
-from transmamba.modules.schedule import make_schedule
+from transmamba.modules.schedule import ATTENTION_ONLY, make_schedule
 from transmamba.student import save_hf
 from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process
 
@@ -53,7 +54,8 @@ DEFAULTS = {
                 "schedule": {"name": "staggered", "period": 8, "span": 256}},
     "recipe": {"subclone": True, "n_init": None, "layer_map": "uniform", "distill": True,
                "adaptive": True, "anneal_frac": 0.0, "anneal_mode": "together", "ssm_calib": True,
-               "local_tokens": 0, "local_train": "block", "local_lr": None},
+               "local_tokens": 0, "local_train": "block", "local_lr": None,
+               "keep_attention": 0, "keep_attention_windows": 4},
     "data": {"tokenizer": "smollm2", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
              "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs"},
     "train": {**copy.deepcopy(ENGINE_DEFAULTS), "amp": "bf16", "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
@@ -89,7 +91,8 @@ CONVERT_RULES = {**TRAIN_RULES, "train.w_kl": NONNEG, "train.w_hidden": NONNEG, 
                  "data.seq_len": POSITIVE_INT, "data.cache_windows": POSITIVE_INT, "data.calib_windows": POSITIVE_INT,
                  "data.top_k": POSITIVE_INT, "eval.batches": POSITIVE_INT, "eval.batch_size": POSITIVE_INT,
                  "student.n_layers": POSITIVE_INT, "student.d_model": POSITIVE_INT, "student.n_heads": POSITIVE_INT,
-                 "student.d_ff": POSITIVE_INT, "recipe.anneal_frac": UNIT, "recipe.local_tokens": NONNEG_INT}
+                 "student.d_ff": POSITIVE_INT, "recipe.anneal_frac": UNIT, "recipe.local_tokens": NONNEG_INT,
+                 "recipe.keep_attention": NONNEG_INT, "recipe.keep_attention_windows": POSITIVE_INT}
 
 
 def build_student(teacher, spec, cfg, train_ids):
@@ -203,6 +206,28 @@ def distill_local(student, cache: TeacherCache, cfg, layer_map, dims, progress=T
     return {"local_steps": res["step"], "local_tokens": res["tokens"], "local_train_s": res["elapsed_s"]}
 
 
+def keep_attention_layers(student, cache: TeacherCache, cfg) -> dict:
+    """recipe.keep_attention = k > 0: the k layers whose switch costs most (`adapt.attention_layers`,
+    measured on the first recipe.keep_attention_windows cached windows) never switch; the student's
+    schedule becomes {"name": "hybrid", "base": <its schedule>, "attention_layers": [...]}."""
+    rec, t = cfg["recipe"], cfg["train"]
+    k, T = int(rec["keep_attention"]), float(t["temperature"])
+    windows = []
+    for i in range(min(int(rec["keep_attention_windows"]), len(cache))):
+        b = cache.batch([i])
+        windows.append((b["x"], b["topk_idx"], b["topk_logp"]))
+    was_training = student.training
+    student.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t["amp"] == "bf16"):
+        costs = switch_costs(student, windows, student.transpoints_for(cache.seq_len),
+                             lambda z, ti, tl: topk_kl(z, ti, tl, T=T))
+    student.train(was_training)
+    layers = costliest(costs, k)  # (k <= n_layers was checked before any work)
+    student.cfg.schedule = {"name": "hybrid", "base": student.cfg.schedule, "attention_layers": layers}
+    student.schedule = make_schedule(student.cfg.schedule)
+    return {"attention_layers": layers, "switch_costs": costs}
+
+
 def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, progress=True, resume=False) -> dict:
     """Train the student on the cached teacher outputs through the engine (plain CE when
     recipe.distill is false); TransPoints optionally annealed towards the target schedule."""
@@ -242,6 +267,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     from transmamba.models.hf_llama import load_teacher
 
     check_config(cfg, CONVERT_RULES)
+    costliest([0.0] * int(cfg["student"]["n_layers"]), int(cfg["recipe"]["keep_attention"]))  # k <= layers
     teacher, _ = load_teacher(cfg["teacher"], check=inspect_teacher)  # refuses before reading weights
     spec = inspect_teacher(teacher.config)
     out = Path(cfg["out_dir"]) / cfg["name"]
@@ -267,6 +293,8 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
         local = distill_local(student, cache, cfg, layer_map, dims, progress, resume)
         if is_main_process():
             local["local_val_ppl"] = ppl()["val_ppl"]
+    if cfg["recipe"]["keep_attention"]:
+        local |= keep_attention_layers(student, cache, cfg)
     run = {**local, **distill(student, cache, cfg, layer_map, dims, val_ids, progress, resume)}
     if not is_main_process():
         return run
@@ -361,9 +389,14 @@ def plot_transpoint_sweep(sweep: dict, png: Path, name: str) -> Path:
 
 
 def _schedule_words(tp: list[int]) -> str:
-    if len(set(tp)) == 1:
-        return f"TransPoint P = {tp[0]} in every layer (tokens before P: attention; from P on: the SSM)"
-    return f"TransPoints {tp} (per layer; tokens before P: attention; from P on: the SSM)"
+    kept = [i for i, P in enumerate(tp) if P >= ATTENTION_ONLY]
+    rest = [P for P in tp if P < ATTENTION_ONLY]
+    head = f"layers {kept} keep attention at every position; the other {len(rest)}: " if kept else ""
+    if not rest:
+        return "attention in every layer"
+    if len(set(rest)) == 1:
+        return head + f"TransPoint P = {rest[0]}{'' if kept else ' in every layer'} (tokens before P: attention; from P on: the SSM)"
+    return head + f"TransPoints {rest} (per layer; tokens before P: attention; from P on: the SSM)"
 
 
 def write_report(out: Path, s: dict) -> Path:

@@ -1,0 +1,59 @@
+"""Which Switch layers keep attention: a layer-wise hybrid chosen by what switching each layer costs.
+
+A TransMamba-Switch student whose every layer switches at its TransPoint P runs the SSM for every
+token past P. Some layers' SSM paths stand in for their attention far worse than others, and one
+such layer can cost more than many good ones. `recipe.keep_attention = k` keeps the k layers that
+cost most as attention at every position (P = ATTENTION_ONLY: their KV cache grows with the
+context, the other layers' state stays constant) and leaves the rest on the schedule:
+
+    cost_i = KL_topk(teacher || student with ONLY layer i at its TransPoint, every other layer attention)
+           - KL_topk(teacher || student with every layer attention)
+
+measured on cached teacher windows (the top-k log-probs `transmamba.adapt.teacher_cache` holds),
+with no gradient. The choice is written into the student's schedule (`modules.schedule.Hybrid`),
+so the saved student decodes as it was evaluated. Mamba-in-the-Llama and Bamba-style hybrids keep
+attention at fixed strides; here the teacher's own numbers choose the layers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from transmamba.modules.schedule import ATTENTION_ONLY
+
+
+@torch.no_grad()
+def switch_costs(model, windows: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], transpoints: list[int],
+                 kl: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> list[float]:
+    """cost_i for every layer i (see the module docstring): `windows` of (x "b l", topk_idx "b l k",
+    topk_logp "b l k"), `transpoints` the per-layer TransPoints a switched layer uses, `kl(logits,
+    topk_idx, topk_logp)` the distillation KL. A layer whose P >= l never switches: its cost is 0."""
+    windows = list(windows)
+    if not windows:
+        raise ValueError("switch_costs needs at least one window")
+    n = model.cfg.n_layers
+    if len(transpoints) != n:
+        raise ValueError(f"switch_costs: {len(transpoints)} transpoints for {n} layers")
+
+    def loss(tp):
+        total = 0.0
+        for x, ti, tl in windows:
+            z = model(x, transpoints=tp)[0]
+            total += float(kl(z if z.dtype == torch.float64 else z.float(), ti, tl))  # bf16 logits -> fp32
+        return total / len(windows)
+
+    seq_len = windows[0][0].shape[1]
+    attention = [ATTENTION_ONLY] * n
+    base = loss(attention)
+    return [0.0 if transpoints[i] >= seq_len else
+            loss(attention[:i] + [transpoints[i]] + attention[i + 1:]) - base for i in range(n)]
+
+
+def costliest(costs: list[float], k: int) -> list[int]:
+    """The k layers of largest cost, ascending layer order (ties: the lower layer first)."""
+    if not 0 <= k <= len(costs):
+        raise ValueError(f"recipe.keep_attention must be in [0, {len(costs)}] (the student's layers), got {k}")
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    return sorted(order[:k])
