@@ -65,9 +65,10 @@ def fill_caches(model, caches, context: int, batch: int = 1) -> None:
             if context >= c.transpoint:
                 c.ssm_state = torch.randn(batch, mix.h, mix.p, mix.n)
                 c.k = c.v = c.dt = None
-            else:
-                c.k, c.v = torch.randn(batch, context, mix.g, mix.n), torch.randn(batch, context, mix.g, mix.p)
-                c.dt = torch.rand(batch, context, mix.h)
+            else:  # keep the capacity allocate_caches gave (max_len), as a real prefill does
+                T = max(context, 0 if c.k is None else c.k.shape[1])
+                c.k, c.v = torch.randn(batch, T, mix.g, mix.n), torch.randn(batch, T, mix.g, mix.p)
+                c.dt = torch.rand(batch, T, mix.h)
             c.pos = context
         elif isinstance(c, SSMCache):
             c.conv_state = torch.randn(batch, *c.conv_state.shape[1:])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,7 @@ def keep_attention_layers(student, cache: TeacherCache, cfg) -> dict:
     for i in range(min(int(rec["keep_attention_windows"]), len(cache))):
         b = cache.batch([i])
         windows.append((b["x"], b["topk_idx"], b["topk_logp"]))
-    was_training = student.training
+    t0, was_training = time.perf_counter(), student.training
     student.eval()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t["amp"] == "bf16"):
         costs = switch_costs(student, windows, student.transpoints_for(cache.seq_len),
@@ -225,7 +226,7 @@ def keep_attention_layers(student, cache: TeacherCache, cfg) -> dict:
     layers = costliest(costs, k)  # (k <= n_layers was checked before any work)
     student.cfg.schedule = {"name": "hybrid", "base": student.cfg.schedule, "attention_layers": layers}
     student.schedule = make_schedule(student.cfg.schedule)
-    return {"attention_layers": layers, "switch_costs": costs}
+    return {"attention_layers": layers, "switch_costs": costs, "keep_attention_s": time.perf_counter() - t0}
 
 
 def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, progress=True, resume=False) -> dict:
