@@ -43,7 +43,7 @@ from transmamba.models.lm import LM
 from transmamba.ops.head_loss import head_ce_kl
 from transmamba.modules.schedule import ATTENTION_ONLY, make_schedule
 from transmamba.student import save_hf
-from transmamba.training.engine import ENGINE_DEFAULTS, Run, autocast, fit, is_main_process
+from transmamba.training.engine import ENGINE_DEFAULTS, Run, autocast, fit, is_main_process, main_process_choice
 
 DEFAULTS = {
     "teacher": "smollm2",
@@ -224,11 +224,7 @@ def keep_attention_layers(student, cache: TeacherCache, cfg) -> dict:
         costs = switch_costs(student, windows, student.transpoints_for(cache.seq_len),
                              lambda z, ti, tl: topk_kl(z, ti, tl, T=T))
     student.train(was_training)
-    layers = costliest(costs, k)  # (k <= n_layers was checked before any work)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank: rank 0's choice
-        box = [layers]
-        torch.distributed.broadcast_object_list(box, src=0)
-        layers = box[0]
+    layers = main_process_choice(costliest(costs, k))  # (k <= n_layers was checked before any work)
     student.cfg.schedule = {"name": "hybrid", "base": student.cfg.schedule, "attention_layers": layers}
     student.schedule = make_schedule(student.cfg.schedule)
     return {"attention_layers": layers, "switch_costs": costs, "keep_attention_s": time.perf_counter() - t0}

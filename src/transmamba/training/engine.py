@@ -124,6 +124,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def main_process_choice(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank when a process group is up (a choice that must not differ
+    between ranks, e.g. which layers keep attention), else `obj` itself."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
 def _say(msg: str, bar) -> None:
     if bar is not None:
         bar.write(msg)
