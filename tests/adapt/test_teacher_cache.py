@@ -71,6 +71,8 @@ def test_mmap_reload_and_batches(built):
     assert torch.equal(b["topk_idx"], torch.from_numpy(np.load(built / "topk_idx.npy")[[3, 7]]).long())
     assert torch.equal(b["topk_logp"], torch.from_numpy(np.load(built / "topk_logp.npy")[[3, 7]]))
     assert torch.equal(b["hidden"][2], torch.from_numpy(np.load(built / "hidden_2.npy")[[3, 7]]).float())
+    light = tc.batch([3, 7], hidden=False)  # the same windows without reading the hidden states
+    assert light["hidden"] == {} and all(torch.equal(light[k], b[k]) for k in ("x", "y", "topk_idx", "topk_logp"))
     seen = torch.cat([bb["x"] for bb in tc.batches(3, seed=1)])
     assert seen.shape == (N, L)
     assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, tokens[:, :-1].tolist()))

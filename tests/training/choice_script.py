@@ -1,5 +1,8 @@
-"""Run under torchrun: every rank offers its own choice, every rank must print rank 0's."""
+"""Run under torchrun with an output folder: every rank offers its own choice and writes what it
+got to <folder>/rank<R>.txt; every file must hold rank 0's choice."""
 import os
+import sys
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -7,5 +10,5 @@ from transmamba.training.engine import main_process_choice
 
 dist.init_process_group("gloo")
 rank = int(os.environ["RANK"])
-print(f"rank {rank}: {main_process_choice([rank, rank + 10])}", flush=True)
+Path(sys.argv[1], f"rank{rank}.txt").write_text(repr(main_process_choice([rank, rank + 10])))
 dist.destroy_process_group()

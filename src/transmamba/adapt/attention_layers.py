@@ -51,9 +51,14 @@ def switch_costs(model, windows: Iterable[tuple[torch.Tensor, torch.Tensor, torc
             loss(attention[:i] + [transpoints[i]] + attention[i + 1:]) - base for i in range(n)]
 
 
+def check_keep_attention(k: int, n_layers: int) -> None:
+    """Refuse keeping k layers on attention in a student of n_layers unless 0 <= k <= n_layers."""
+    if not 0 <= k <= n_layers:
+        raise ValueError(f"recipe.keep_attention must be in [0, {n_layers}] (the student's layers), got {k}")
+
+
 def costliest(costs: list[float], k: int) -> list[int]:
     """The k layers of largest cost, ascending layer order (ties: the lower layer first)."""
-    if not 0 <= k <= len(costs):
-        raise ValueError(f"recipe.keep_attention must be in [0, {len(costs)}] (the student's layers), got {k}")
+    check_keep_attention(k, len(costs))
     order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
     return sorted(order[:k])

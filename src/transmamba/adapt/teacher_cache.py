@@ -180,11 +180,11 @@ class TeacherCache:
     def hidden_layers(self) -> list[int]:
         return list(self.meta["hidden_layers"])
 
-    def batch(self, index, *, device="cpu", hidden_dtype: torch.dtype = torch.float32) -> dict:
+    def batch(self, index, *, device="cpu", hidden_dtype: torch.dtype = torch.float32, hidden: bool = True) -> dict:
         """Windows `index` (ints, array or slice) as tensors on `device`:
 
         x, y "(b, l)" int64; topk_idx "(b, l, k)" int64; topk_logp "(b, l, k)" float32;
-        hidden {i: "(b, l, d)" hidden_dtype}.
+        hidden {i: "(b, l, d)" hidden_dtype} ({} with hidden=False: the hidden states are not read).
         """
         if isinstance(index, slice):
             index = np.arange(len(self))[index]
@@ -196,7 +196,7 @@ class TeacherCache:
         return {"x": tok[:, :-1], "y": tok[:, 1:],
                 "topk_idx": t(self.topk_idx, torch.int64),
                 "topk_logp": t(self.topk_logp, torch.float32),
-                "hidden": {i: t(h, hidden_dtype) for i, h in self.hidden.items()}}
+                "hidden": {i: t(h, hidden_dtype) for i, h in self.hidden.items()} if hidden else {}}
 
     def batches(self, batch_size: int, *, seed: int | None = None, device="cpu",
                 drop_last: bool = False, hidden_dtype: torch.dtype = torch.float32) -> Iterator[dict]:

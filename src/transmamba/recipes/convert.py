@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transmamba.adapt.attention_layers import costliest, switch_costs
+from transmamba.adapt.attention_layers import check_keep_attention, costliest, switch_costs
 from transmamba.adapt.layer_local import LayerLocalStep, check_cached
 from transmamba.adapt.distill import adaptive_layer_loss, token_cosine, token_cosine_ref
 from transmamba.adapt.llama_to_switch import (calibrate, init_from_teacher, layer_map_for, plan_subclone,
@@ -216,7 +216,7 @@ def keep_attention_layers(student, cache: TeacherCache, cfg) -> dict:
     device = next(student.parameters()).device
     windows = []
     for i in range(min(int(rec["keep_attention_windows"]), len(cache))):
-        b = cache.batch([i], device=device)
+        b = cache.batch([i], device=device, hidden=False)
         windows.append((b["x"], b["topk_idx"], b["topk_logp"]))
     t0, was_training = time.perf_counter(), student.training
     student.eval()
@@ -269,7 +269,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     from transmamba.models.hf_llama import load_teacher
 
     check_config(cfg, CONVERT_RULES)
-    costliest([0.0] * int(cfg["student"]["n_layers"]), int(cfg["recipe"]["keep_attention"]))  # k <= layers
+    check_keep_attention(int(cfg["recipe"]["keep_attention"]), int(cfg["student"]["n_layers"]))
     teacher, _ = load_teacher(cfg["teacher"], check=inspect_teacher)  # refuses before reading weights
     spec = inspect_teacher(teacher.config)
     out = Path(cfg["out_dir"]) / cfg["name"]
