@@ -41,6 +41,44 @@ def test_costs_are_each_layer_switched_alone_against_all_attention():
         assert costs[i] == pytest.approx(by_hand, rel=1e-9, abs=1e-12)
 
 
+def test_costs_equal_full_forwards_when_the_teacher_differs():
+    """The shortcut (each switched run starts from the all-attention stream at its layer) equals
+    full forwards: cost_i = KL(switched alone) - KL(all attention), with a base KL that is not 0."""
+    model = _lm()
+    other = _lm()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    windows = _windows(other)
+    tps = [4, 7, 4, 16]  # layer 3 never switches on 16 tokens
+    costs = switch_costs(model, windows, tps, topk_kl)
+
+    def mean_kl(tp):
+        with torch.no_grad():
+            return sum(float(topk_kl(model(x, transpoints=tp)[0], ti, tl)) for x, ti, tl in windows) / len(windows)
+
+    base = mean_kl([ATTENTION_ONLY] * 4)
+    assert base > 1e-3
+    for i in range(3):
+        tp = [ATTENTION_ONLY] * 4
+        tp[i] = tps[i]
+        assert costs[i] == pytest.approx(mean_kl(tp) - base, rel=1e-9, abs=1e-12)
+    assert costs[3] == 0.0
+
+
+def test_blocks_from_continues_the_trunk():
+    model = _lm()
+    x = torch.randint(0, 40, (2, 12))
+    tps = [4, ATTENTION_ONLY, 4, 8]
+    with torch.no_grad():
+        x_L, hidden = model.trunk(x, tps, return_hidden=True)
+        for s in (0, 2, 4):
+            assert torch.equal(model.blocks_from(hidden[s], s, tps), x_L)
+        assert torch.equal(model.head(x_L), model(x, transpoints=tps)[0])
+    with pytest.raises(ValueError, match="start 5 outside"):
+        model.blocks_from(hidden[0], 5, tps)
+
+
 def test_a_layer_with_a_broken_ssm_path_is_the_one_kept():
     model = _lm()
     with torch.no_grad():  # layer 2's SSM path: a 1000x output gain (its attention path is untouched)

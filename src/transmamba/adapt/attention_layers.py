@@ -37,18 +37,23 @@ def switch_costs(model, windows: Iterable[tuple[torch.Tensor, torch.Tensor, torc
     if len(transpoints) != n:
         raise ValueError(f"switch_costs: {len(transpoints)} transpoints for {n} layers")
 
-    def loss(tp):
-        total = 0.0
-        for x, ti, tl in windows:
-            z = model(x, transpoints=tp)[0]
-            total += float(kl(z if z.dtype == torch.float64 else z.float(), ti, tl))  # bf16 logits -> fp32
-        return total / len(windows)
-
     seq_len = windows[0][0].shape[1]
+    switched = [i for i in range(n) if transpoints[i] < seq_len]
     attention = [ATTENTION_ONLY] * n
-    base = loss(attention)
-    return [0.0 if transpoints[i] >= seq_len else
-            loss(attention[:i] + [transpoints[i]] + attention[i + 1:]) - base for i in range(n)]
+    base, kls = 0.0, {i: 0.0 for i in switched}
+
+    def kl_of(x_L, ti, tl):
+        z = model.head(x_L)
+        return float(kl(z if z.dtype == torch.float64 else z.float(), ti, tl))  # bf16 logits -> fp32
+
+    for x, ti, tl in windows:
+        # One all-attention pass; switching layer i leaves blocks 0..i-1 as they are, so each
+        # switched run starts from the all-attention stream at block i (about half the work).
+        x_L, hidden = model.trunk(x, attention, return_hidden=True)
+        base += kl_of(x_L, ti, tl)
+        for i in switched:
+            kls[i] += kl_of(model.blocks_from(hidden[i], i, attention[:i] + [transpoints[i]] + attention[i + 1:]), ti, tl)
+    return [(kls[i] - base) / len(windows) if i in kls else 0.0 for i in range(n)]
 
 
 def check_keep_attention(k: int, n_layers: int) -> None:

@@ -277,6 +277,16 @@ class LM(nn.Module):
                 hidden.append(x)
         return x, hidden
 
+    def blocks_from(self, x, start: int, transpoints: list):
+        """x_start "b l d" (the input of block `start`, e.g. `trunk(...)[1][start]`) -> x_L "b l d":
+        blocks start..L-1 at the per-layer `transpoints`, no caches, no padding. With `head`, it
+        re-runs only the top of the network when the layers below are unchanged."""
+        if not 0 <= start <= self.cfg.n_layers:
+            raise ValueError(f"blocks_from: start {start} outside [0, {self.cfg.n_layers}]")
+        for i in range(start, self.cfg.n_layers):
+            x = self.blocks[i](x, transpoints[i], None, None)
+        return x
+
     # ------------------------------------------------------------------------------ decoding
     def allocate_caches(self, batch: int, max_len: int | None = None, transpoints=None, device=None, dtype=None,
                         pad=None):
@@ -297,7 +307,7 @@ class LM(nn.Module):
         x = self.embed_tokens(idx_t)
         for block, cache in zip(self.blocks, caches):
             x = block.step(x, cache)
-        return self._head(x)
+        return self.head(x)
 
     def embed_tokens(self, idx):
         """idx "b l" -> the token embeddings "b l d" (scaled by embed_scale where the family does)."""
@@ -306,7 +316,8 @@ class LM(nn.Module):
             x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
         return x
 
-    def _head(self, x):
+    def head(self, x):
+        """x_L "... d" -> logits "... V": the final norm and the vocabulary head (softcapped where the family does)."""
         return self._logits(self.norm_f(x))
 
     def _logits(self, f):
