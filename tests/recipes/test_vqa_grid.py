@@ -22,19 +22,32 @@ def hashed_questions_STAND_IN(questions):
     return tokens, mask
 
 
-@pytest.mark.parametrize("fusion", ["late", "modulate", "cross_attention"])
-def test_grid_vqa_runs_and_reports_each_question_type(tmp_path, fusion):
+def _grid_args(tmp_path, fusion):
     teacher = save_tiny_vit(tmp_path / "vit56", img_size=56, patch_size=14)
-    args = ["--data.dataset", "digits", "--vqa.task", "grid", "--vqa.train_n", "64", "--vqa.test_n", "30",
+    return ["--data.dataset", "digits", "--vqa.task", "grid", "--vqa.train_n", "64", "--vqa.test_n", "30",
             "--student.arch", "vim", "--student.patch_size", "14", "--student.d_model", "12", "--student.depth", "2",
             "--student.d_state", "4", "--teacher", str(teacher), "--out_dir", str(tmp_path / "run"), "--fusion", fusion,
             "--head.hidden", "16", "--head.d_state", "4", "--init.layers", "1", "--data.calib_size", "16",
             "--train.max_steps", "3", "--train.batch_size", "16", "--train.warmup_steps", "1", "--train.log_every", "1",
             "--train.threads", "1", "--train.progress", "false", "--text.encoder", "minilm"]
+
+
+@pytest.mark.parametrize("fusion", ["late", "modulate", "cross_attention"])
+def test_grid_vqa_runs_and_reports_each_question_type(tmp_path, fusion):
+    args = _grid_args(tmp_path, fusion)
     res = train_vqa(load_config(None, args, defaults=VQA_DEFAULTS), text_encoder=hashed_questions_STAND_IN)
-    assert res["steps"] == 3 and res["task"] == "grid" and res["distill"]
+    assert res["steps"] == 3 and res["task"] == "grid" and res["distill"] and res["fusion_first_steps"] == 0
     for k in ("test_acc_where", "test_acc_count", "test_acc_relation"):
         assert 0.0 <= res[k] <= 1.0
+
+
+def test_grid_vqa_fusion_first_through_the_recipe(tmp_path):
+    args = _grid_args(tmp_path, "modulate") + ["--train.fusion_first_steps", "2"]
+    res = train_vqa(load_config(None, args, defaults=VQA_DEFAULTS), text_encoder=hashed_questions_STAND_IN)
+    assert res["steps"] == 3 and res["fusion_first_steps"] == 2 and res["distill"]
+    bad = _grid_args(tmp_path, "modulate") + ["--train.fusion_first_steps", "-1"]
+    with pytest.raises(ValueError, match="fusion_first_steps"):
+        train_vqa(load_config(None, bad, defaults=VQA_DEFAULTS), text_encoder=hashed_questions_STAND_IN)
 
 
 def test_cross_attention_fusion_matches_cross_mamba_size():
@@ -66,3 +79,57 @@ def test_attention_readout_feeds_the_head_every_pooled_head(fusion):
 def test_unknown_readout_is_refused(tmp_path):
     with pytest.raises(ValueError, match="head.readout"):
         train_vqa(load_config(None, ["--head.readout", "max", "--out_dir", str(tmp_path)], defaults=VQA_DEFAULTS))
+
+
+def test_fusion_first_steps_train_only_the_fusion_then_everything():
+    """Steps < train.fusion_first_steps: CE on the backbone's tokens without gradient (no teacher
+    call, the backbone unchanged by AdamW); from then on the backbone trains too."""
+    from transmamba.recipes.vqa import VQAStep
+
+    torch.manual_seed(0)
+    bb = build_student({"arch": "vim", "img_size": 8, "patch_size": 2, "d_model": 16, "depth": 1,
+                        "d_state": 4, "num_classes": 3})
+    model = VQAModel(bb, 24, "modulate", hidden=16, d_state=4, n_answers=11)
+    text, mask = torch.randn(7, 5, 24), torch.ones(7, 5, dtype=torch.bool)
+
+    class NoTeacher:  # the distillation branch would call it; the fusion-first steps must not
+        n_prefix = 0
+
+        def __call__(self, *a, **k):
+            raise AssertionError("the teacher ran during a fusion-first step")
+
+    step_module = VQAStep(model, text, mask, teacher=NoTeacher(), dloss=torch.nn.Identity(), alpha=0.5,
+                          fusion_first_steps=2)
+    opt = torch.optim.AdamW(step_module.parameters(), lr=1e-2)
+    batch = (torch.randn(4, 1, 8, 8), torch.tensor([0, 3, 6, 1]), torch.tensor([1, 0, 10, 4]))
+    bb0 = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    head0 = model.head[-1].weight.detach().clone()
+    for step in range(2):
+        opt.zero_grad(set_to_none=True)
+        loss, parts = step_module(batch, step)
+        assert set(parts) == {"task_loss"}
+        loss.backward()
+        assert all(p.grad is None for p in model.backbone.parameters())
+        opt.step()
+    assert all(torch.equal(p, bb0[n]) for n, p in model.backbone.named_parameters())
+    fused = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    assert all(p.grad is not None for p in fused if p.requires_grad)
+    assert not torch.equal(model.head[-1].weight, head0)
+    # step 2: the full loss runs (here it reaches the teacher)
+    with pytest.raises(AssertionError, match="teacher ran"):
+        step_module(batch, 2)
+
+
+def test_fusion_first_steps_without_distillation_then_the_backbone_trains():
+    from transmamba.recipes.vqa import VQAStep
+
+    torch.manual_seed(0)
+    bb = build_student({"arch": "vim", "img_size": 8, "patch_size": 2, "d_model": 16, "depth": 1,
+                        "d_state": 4, "num_classes": 3})
+    model = VQAModel(bb, 24, "late", hidden=16, d_state=4, n_answers=11)
+    step_module = VQAStep(model, torch.randn(7, 5, 24), torch.ones(7, 5, dtype=torch.bool), fusion_first_steps=1)
+    batch = (torch.randn(4, 1, 8, 8), torch.tensor([0, 3, 6, 1]), torch.tensor([1, 0, 10, 4]))
+    step_module(batch, 0)[0].backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    step_module(batch, 1)[0].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())

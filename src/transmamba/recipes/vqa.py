@@ -18,6 +18,10 @@ subcloned from the ViT teacher with layered init of its first n layers,
 Loss: L = alpha CE + (1 - alpha) L_dir when distillation is on (TransMamba mode, distill.enabled):
 L_dir is the adaptive multi-directional feature loss of the backbone against the ViT teacher on
 the images; otherwise L = CE. Logit KD is refused (the teacher answers a different task).
+Fusion first (`train.fusion_first_steps` = S > 0): the first S optimizer steps train only the
+fusion and the answer head on the backbone's tokens computed without gradient (L = CE, no
+distillation); from step S on everything trains with the loss above. A fusion that must learn to
+steer the reading gets its steps on tokens that hold still before the backbone moves under it.
 Training runs on the one engine (`transmamba.training.engine.fit`).
 """
 
@@ -34,7 +38,7 @@ from torch import nn
 
 from transmamba.adapt.distill import token_normalize
 from transmamba.adapt.vqa_model import FUSIONS, READOUTS, VQAModel
-from transmamba.config import POSITIVE_INT, UNIT, check_config as check_rules, one_of
+from transmamba.config import NONNEG_INT, POSITIVE_INT, UNIT, check_config as check_rules, one_of
 from transmamba.data.vqa_questions import question_bank, sample_questions
 from transmamba.evaluation.classification import classify
 from transmamba.recipes.vision import (DISTILL_DEFAULTS, VISION_RULES, build_distill_run, config_main,
@@ -49,6 +53,7 @@ VQA_DEFAULTS = {
     "text": {"encoder": "smollm2", "layer": 15},
     "head": {"hidden": 128, "d_state": 8, "expand": 2.0, "readout": "mean", "readout_heads": 4},
 }
+VQA_DEFAULTS["train"]["fusion_first_steps"] = 0  # train only fusion + head for this many steps first
 METRIC_FIELDS = ["epoch", "task_loss", "distill_loss", "mean_cos", "test_loss", "test_acc",
                  "test_acc_where", "test_acc_count", "test_acc_relation"]
 
@@ -88,7 +93,8 @@ def check_config(cfg: dict) -> None:
     """ValueError on settings this task cannot use."""
     check_rules(cfg, {**VISION_RULES, "fusion": one_of(*FUSIONS), "vqa.attr_frac": UNIT,
                       "vqa.task": one_of("single", "grid"),
-                      "head.readout": one_of(*READOUTS), "head.readout_heads": POSITIVE_INT})
+                      "head.readout": one_of(*READOUTS), "head.readout_heads": POSITIVE_INT,
+                      "train.fusion_first_steps": NONNEG_INT})
     if cfg["data"]["dataset"] not in ("fashion_mnist", "digits"):
         raise ValueError(f"data.dataset must be an image set (fashion_mnist or digits), "
                          f"got {cfg['data']['dataset']!r}")
@@ -197,12 +203,15 @@ def build_vqa_run(cfg: dict, data: dict):
 
 class VQAStep(nn.Module):
     """loss = alpha CE(answer) + (1 - alpha) L_dir(backbone vs teacher tokens) / parts; the frozen
-    teacher is kept outside the module's parameters."""
+    teacher is kept outside the module's parameters. Steps < fusion_first_steps: CE of the fusion
+    on the backbone's tokens without gradient (the backbone gets no gradient, AdamW skips it)."""
 
     def __init__(self, model: VQAModel, text: torch.Tensor, text_mask: torch.Tensor, *,
-                 teacher: nn.Module | None = None, dloss: nn.Module | None = None, alpha: float = 1.0):
+                 teacher: nn.Module | None = None, dloss: nn.Module | None = None, alpha: float = 1.0,
+                 fusion_first_steps: int = 0):
         super().__init__()
         self.model, self.dloss, self.alpha = model, dloss, alpha
+        self.fusion_first_steps = int(fusion_first_steps)
         self.__dict__["teacher"] = teacher
         self.register_buffer("text", text, persistent=False)
         self.register_buffer("text_mask", text_mask, persistent=False)
@@ -210,6 +219,11 @@ class VQAStep(nn.Module):
     def forward(self, batch, step: int):
         x, q, a = batch
         t, m = self.text[q], self.text_mask[q]
+        if step < self.fusion_first_steps:
+            with torch.no_grad():
+                v, _ = self.model.visual_tokens(x)
+            task = F.cross_entropy(self.model.fuse(v, t, m).float(), a)
+            return task, {"task_loss": task}
         if self.dloss is None:
             task = F.cross_entropy(self.model(x, t, m), a)
             return task, {"task_loss": task}
@@ -233,7 +247,8 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
     model, teacher, dloss, report = build_vqa_run(cfg, data)
     alpha = float(cfg["distill"]["alpha"]) if dloss is not None else 1.0
     x_tr, _, q_tr, a_tr = data["train"]
-    step_module = VQAStep(model, data["text"], data["text_mask"], teacher=teacher, dloss=dloss, alpha=alpha)
+    step_module = VQAStep(model, data["text"], data["text_mask"], teacher=teacher, dloss=dloss, alpha=alpha,
+                          fusion_first_steps=tcfg["fusion_first_steps"])
     init = evaluate_vqa(model, data, "test", tcfg["eval_batch_size"])
     total, per_epoch = steps_of(len(x_tr), tcfg)
     tcfg = {**tcfg, "eval_every": per_epoch if tcfg.get("eval_every") is None else tcfg["eval_every"]}
@@ -247,7 +262,8 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
     run = Run(name=f"vqa {cfg['fusion']}/{cfg['mode']}", step_module=step_module,
               batches=example_batches((x_tr, q_tr, a_tr), tcfg), total_steps=total, tcfg=tcfg, out_dir=out,
               config=cfg, saved=step_module, evaluate=evaluate, after_eval=after_eval, unit="images",
-              metric_fields=METRIC_FIELDS, fingerprint={k: cfg[k] for k in ("student", "mode", "fusion", "head")},
+              metric_fields=METRIC_FIELDS, fingerprint={**{k: cfg[k] for k in ("student", "mode", "fusion", "head")},
+                           "fusion_first_steps": tcfg["fusion_first_steps"]},
               device=cfg.get("device", "cpu"))
     res = fit(run)
     losses = res["losses"]
@@ -255,6 +271,7 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
               "train_loss_last": float(np.mean(losses[-10:])) if losses else None,
               "elapsed_s": round(res["elapsed_s"], 2), "losses": losses, "init_test_acc": init["acc"],
               "fusion": cfg["fusion"], "mode": cfg["mode"], "init_layers": report["init_layers"],
+              "fusion_first_steps": int(tcfg["fusion_first_steps"]),
               "distill": dloss is not None, "n_questions": len(data["questions"]),
               "params": sum(p.numel() for p in model.parameters()),
               "params_fusion": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone.")),
