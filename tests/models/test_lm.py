@@ -43,6 +43,28 @@ def test_prefill_then_step_equals_forward(arch, T):
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-9, rtol=1e-7)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_step_refuses_a_blown_up_state_at_the_logits(arch):
+    """The layers' own NaN checks are off inside a step; a NaN in any layer's state still reaches
+    the logits and is refused (and passes only with validate.CHECK_FINITE off)."""
+    from transmamba.ops import validate
+
+    m = tiny(arch)
+    idx = torch.randint(0, 97, (2, 20))
+    for layer in range(4):
+        caches = m.allocate_caches(2, max_len=20)
+        m(idx[:, :18], caches=caches)
+        c = caches[layer]
+        name = next(n for n in ("ssm_state", "k", "conv_state") if getattr(c, n, None) is not None)
+        getattr(c, name)[1].view(-1)[3] = float("nan")  # row 1 only
+        # refused at the logits, or earlier by a later layer's sign check (dt > 0 is False for NaN)
+        with pytest.raises(validate.NumericalError, match=r"decoding step: the logits contains NaN|got min nan"):
+            m.step(idx[:, 18], caches)
+        assert validate.CHECK_FINITE  # restored after the failed step
+    with validate.finite_checks(False):
+        assert torch.isnan(m.step(idx[:, 19], caches)[1]).all()
+
+
 def test_transpoints_override_moves_between_attention_and_ssm():
     m = tiny("transmamba")
     idx = torch.randint(0, 97, (1, 16))

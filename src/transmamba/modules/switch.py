@@ -181,7 +181,9 @@ class SwitchMixer(nn.Module):
         qh, kh, vh = (rearrange(t, "b l h d -> b h l d") for t in (q, k, v))
         W = cfg.sliding_window
         mask = None
-        if not (q_pos0 == 0 and s == T) or (W is not None and W < T) or cfg.attn_softcap is not None:
+        # no mask where causality is one: the square prefill, or one query at the newest key (decoding)
+        plain = (q_pos0 == 0 and s == T) or (s == 1 and q_pos0 == T - 1)
+        if not plain or (W is not None and W < T) or cfg.attn_softcap is not None:
             qi = torch.arange(q_pos0, q_pos0 + s, device=q.device)[:, None]
             ki = torch.arange(T, device=q.device)[None, :]
             mask = ki <= qi
@@ -201,7 +203,7 @@ class SwitchMixer(nn.Module):
             logits = logits.masked_fill(~mask, float("-inf"))
             o = logits.softmax(-1, dtype=torch.promote_types(qh.dtype, torch.float32)).to(qh.dtype) @ vh
         elif mask is None:
-            o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=cfg.attn_scale,
+            o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=s > 1, scale=cfg.attn_scale,
                                                enable_gqa=self.g != self.h)
         else:
             o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=cfg.attn_scale,

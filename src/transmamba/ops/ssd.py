@@ -84,11 +84,11 @@ def _step(state, x_t, dt_t, A, B_t, C_t, r: int):
 
     state "b h p n", x_t "b h p", dt_t "b h"  ->  (y_t "b h p" without D, new state).
     """
-    B_h = B_t.repeat_interleave(r, dim=1)  # b h n
-    C_h = C_t.repeat_interleave(r, dim=1)
+    B_h = B_t.repeat_interleave(r, dim=1) if r > 1 else B_t  # b h n
+    C_h = C_t.repeat_interleave(r, dim=1) if r > 1 else C_t
     decay = torch.exp(dt_t * A)  # b h
     state = decay[..., None, None] * state + (dt_t[..., None] * x_t)[..., :, None] * B_h[..., None, :]
-    y_t = torch.einsum("bhpn,bhn->bhp", state, C_h)
+    y_t = (state @ C_h[..., None])[..., 0]  # "b h p n, b h n -> b h p"
     return y_t, state
 
 
