@@ -170,3 +170,29 @@ def test_keep_attention_beyond_the_depth_is_refused_before_any_work(tmp_path, te
     with pytest.raises(ValueError, match=r"keep_attention must be in \[0, 2\]"):
         run(tmp_path, teacher_dir, "bad", "--recipe.keep_attention", "3")
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_speeds_are_medians_of_rounds_alternating_student_and_teacher(monkeypatch):
+    """A drift of the machine's speed hits both models alike: each round runs the student, then the
+    teacher, and each speed is the median over the rounds."""
+    import transmamba.data.text as text
+    import transmamba.evaluation.speed as speed
+    from transmamba.recipes.convert import DEFAULTS, speed_and_samples
+
+    calls, ms = [], {"student": iter([10.0, 30.0, 20.0]), "teacher": iter([50.0, 40.0, 90.0])}
+
+    def fake(who):
+        def f(model, context, n_tokens, **kw):
+            calls.append((who, context, kw["batch"]))
+            return next(ms[who]), 1.0
+        return f
+
+    monkeypatch.setattr(speed, "decode_speed", fake("student"))
+    monkeypatch.setattr(speed, "teacher_decode_speed", fake("teacher"))
+    monkeypatch.setattr(text, "load_tokenizer", lambda *a: None)
+    ev = DEFAULTS["eval"] | {"speed_contexts": [8], "speed_batches": [2], "speed_rounds": 3, "prompts": []}
+    res = speed_and_samples(None, torch.nn.Linear(1, 1), {"eval": ev, "data": DEFAULTS["data"]})
+    assert calls == [("student", 8, 2), ("teacher", 8, 2)] * 3
+    assert res["speed_rounds"] == 3
+    assert res["speed"][0]["student_tok_s"] == pytest.approx(2 * 1e3 / 20.0)  # the median round
+    assert res["speed"][0]["teacher_tok_s"] == pytest.approx(2 * 1e3 / 50.0)

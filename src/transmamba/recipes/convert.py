@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -66,7 +67,7 @@ DEFAULTS = {
     "device": "cpu",
     "eval": {"batches": 8, "batch_size": 8, "transpoints": [], "speed_context": 1024, "speed_contexts": None,
              "speed_batches": [1], "speed_synthetic": False, "prefill_contexts": [], "ppl_contexts": [], "speed_tokens": 8,
-             "prompts": ["ROMEO:", "To be, or not to be,"], "prompt_tokens": 24},
+             "speed_rounds": 3, "prompts": ["ROMEO:", "To be, or not to be,"], "prompt_tokens": 24},
 }
 
 
@@ -93,7 +94,8 @@ CONVERT_RULES = {**TRAIN_RULES, "train.w_kl": NONNEG, "train.w_hidden": NONNEG, 
                  "data.top_k": POSITIVE_INT, "eval.batches": POSITIVE_INT, "eval.batch_size": POSITIVE_INT,
                  "student.n_layers": POSITIVE_INT, "student.d_model": POSITIVE_INT, "student.n_heads": POSITIVE_INT,
                  "student.d_ff": POSITIVE_INT, "recipe.anneal_frac": UNIT, "recipe.local_tokens": NONNEG_INT,
-                 "recipe.keep_attention": NONNEG_INT, "recipe.keep_attention_windows": POSITIVE_INT}
+                 "recipe.keep_attention": NONNEG_INT, "recipe.keep_attention_windows": POSITIVE_INT,
+                 "eval.speed_rounds": POSITIVE_INT, "eval.speed_tokens": POSITIVE_INT}
 
 
 def build_student(teacher, spec, cfg, train_ids):
@@ -331,9 +333,11 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
 
 
 def speed_and_samples(teacher, student, cfg) -> dict:
-    """Both models, batch 1, fp32: decoding ms/token and cache MB at each `eval.speed_contexts`
-    context (caches filled to its size with `eval.speed_synthetic`, else by a real prefill),
-    prefill tokens/s at each `eval.prefill_contexts` length, and greedy continuations."""
+    """Both models, fp32: decoding ms/token and cache MB at each `eval.speed_contexts` context and
+    `eval.speed_batches` batch (caches filled to its size with `eval.speed_synthetic`, else by a
+    real prefill), prefill tokens/s at each `eval.prefill_contexts` length (batch 1), and greedy
+    continuations. Each speed is the median of `eval.speed_rounds` rounds that alternate student
+    and teacher, so that a drift of a shared machine's speed hits both alike."""
     from transmamba.evaluation.speed import decode_speed, teacher_decode_speed, time_ms
     from transmamba.data.text import load_tokenizer
 
@@ -341,21 +345,30 @@ def speed_and_samples(teacher, student, cfg) -> dict:
     student.eval()
     contexts = ev.get("speed_contexts") or ([ev["speed_context"]] if ev.get("speed_context") else [])
     synthetic = bool(ev.get("speed_synthetic"))
-    res["speed"] = []
+    rounds = int(ev["speed_rounds"])
+    res["speed"], res["speed_rounds"] = [], rounds
     for C in contexts:
         for B in ev.get("speed_batches") or [1]:
             kw = dict(synthetic=synthetic, batch=int(B))
-            ms_s, mb_s = decode_speed(student, int(C), ev["speed_tokens"], warmup=1, max_s=60, **kw)
-            ms_t, mb_t = teacher_decode_speed(teacher, int(C), ev["speed_tokens"], **kw)
+            s_ms, t_ms = [], []
+            for _ in range(rounds):
+                ms, mb_s = decode_speed(student, int(C), ev["speed_tokens"], warmup=1, max_s=60, **kw)
+                s_ms.append(ms)
+                ms, mb_t = teacher_decode_speed(teacher, int(C), ev["speed_tokens"], **kw)
+                t_ms.append(ms)
+            ms_s, ms_t = statistics.median(s_ms), statistics.median(t_ms)
             res["speed"].append({"context": int(C), "batch": int(B), "student_tok_s": B * 1e3 / ms_s,
                                  "teacher_tok_s": B * 1e3 / ms_t, "student_cache_mb": mb_s, "teacher_cache_mb": mb_t,
                                  "synthetic_cache": synthetic})
     res["prefill"] = []
     for L in ev.get("prefill_contexts") or []:
         idx = torch.randint(0, student.cfg.vocab_size, (1, int(L)))
+        t_s, t_t = [], []
         with torch.no_grad():
-            t_s = time_ms(lambda: student(idx), reps=1, warmup=0)
-            t_t = time_ms(lambda: teacher(idx, use_cache=False), reps=1, warmup=0)
+            for _ in range(rounds):
+                t_s.append(time_ms(lambda: student(idx), reps=1, warmup=0))
+                t_t.append(time_ms(lambda: teacher(idx, use_cache=False), reps=1, warmup=0))
+        t_s, t_t = statistics.median(t_s), statistics.median(t_t)
         res["prefill"].append({"context": int(L), "student_tok_s": L / t_s * 1e3, "teacher_tok_s": L / t_t * 1e3})
     tok = load_tokenizer(cfg["data"]["tokenizer"], cfg["data"]["cache_dir"])
     samples = []
@@ -428,6 +441,9 @@ def write_report(out: Path, s: dict) -> Path:
     for r in s.get("prefill") or []:
         lines.append(f"| prefill tok/s at {r['context']} (batch 1) | {r['teacher_tok_s']:.1f} | {r['student_tok_s']:.1f} | "
                      f"{r['student_tok_s'] / r['teacher_tok_s']:.2f}x |")
+    if s.get("speed") or s.get("prefill"):
+        lines.append(f"\nSpeeds: fp32, {torch.get_num_threads()} thread(s), each the median of "
+                     f"{s.get('speed_rounds', 1)} rounds alternating student and teacher.")
     n_table = len(lines)
     lines.append("")
     if s.get("transpoint_sweep_ppl"):
