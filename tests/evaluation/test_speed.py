@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_fixtures import tiny_llama
 
-from transmamba.evaluation.speed import (cache_nbytes, decode_speed, fill_caches, teacher_decode_speed,
+from transmamba.evaluation.speed import (alternating_medians, cache_nbytes, decode_speed, fill_caches, teacher_decode_speed,
                                          teacher_kv_nbytes, time_ms)
 from transmamba.models.lm import LM, LMConfig
 
@@ -68,3 +68,17 @@ def test_teacher_decode_speed_real_and_synthetic_caches_agree_in_size():
 def test_time_ms_is_a_median():
     calls = []
     assert time_ms(lambda: calls.append(1), reps=3, warmup=2) >= 0 and len(calls) == 5
+
+
+def test_alternating_medians_runs_in_turn_and_keeps_the_last_extras():
+    calls, ms = [], {"a": iter([3.0, 1.0, 2.0, 9.0]), "b": iter([5.0, 4.0, 6.0, 7.0])}
+
+    def measure(who):
+        def f():
+            calls.append(who)
+            return next(ms[who]), len(calls)
+        return f
+
+    (a, a_extra), (b, b_extra) = alternating_medians([measure("a"), measure("b")], 4)
+    assert calls == ["a", "b"] * 4
+    assert (a, b) == (2.5, 5.5) and (a_extra, b_extra) == (7, 8)

@@ -3,7 +3,8 @@ decoding caches hold there, for our LMs and for Hugging Face teachers.
 
 - `decode_speed(model, context, n_tokens)`: a `transmamba.models.lm.LM` (any architecture).
 - `teacher_decode_speed(teacher, context, n_tokens)`: a Hugging Face causal LM and its KV cache.
-- `time_ms`: median wall time of a call; `cache_nbytes`, `teacher_kv_nbytes`: cache sizes.
+- `time_ms`: median wall time of a call; `alternating_medians`: several measurements taken in
+  turn, round after round, so that a drift of a shared machine's speed hits them alike; `cache_nbytes`, `teacher_kv_nbytes`: cache sizes.
 - `fill_caches`: an LM's caches sized as after `context` tokens, without a prefill;
   `random_kv_cache`: the same for a Hugging Face teacher's `DynamicCache`.
 
@@ -39,6 +40,16 @@ def time_ms(fn: Callable[[], object], reps: int = 5, warmup: int = 1, max_s: flo
         if time.perf_counter() - start > max_s:
             break
     return statistics.median(times)
+
+
+def alternating_medians(measures: list[Callable[[], tuple]], rounds: int) -> list[tuple]:
+    """Run `measures` in turn (a, b, a, b, ...) for `rounds` rounds. Each returns (ms, *extra);
+    each result is (the median of its ms over the rounds, *the extra of its last round)."""
+    runs = [[] for _ in measures]
+    for _ in range(rounds):
+        for out, measure in zip(runs, measures):
+            out.append(measure())
+    return [(statistics.median(r[0] for r in out), *out[-1][1:]) for out in runs]
 
 
 def cache_nbytes(caches) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 
@@ -338,37 +337,31 @@ def speed_and_samples(teacher, student, cfg) -> dict:
     real prefill), prefill tokens/s at each `eval.prefill_contexts` length (batch 1), and greedy
     continuations. Each speed is the median of `eval.speed_rounds` rounds that alternate student
     and teacher, so that a drift of a shared machine's speed hits both alike."""
-    from transmamba.evaluation.speed import decode_speed, teacher_decode_speed, time_ms
+    from transmamba.evaluation.speed import alternating_medians, decode_speed, teacher_decode_speed, time_ms
     from transmamba.data.text import load_tokenizer
 
     ev, res = cfg["eval"], {}
     student.eval()
     contexts = ev.get("speed_contexts") or ([ev["speed_context"]] if ev.get("speed_context") else [])
     synthetic = bool(ev.get("speed_synthetic"))
-    rounds = int(ev["speed_rounds"])
-    res["speed"], res["speed_rounds"] = [], rounds
+    rounds, n = int(ev["speed_rounds"]), ev["speed_tokens"]
+    res["speed"], res["speed_rounds"], res["speed_threads"] = [], rounds, torch.get_num_threads()
     for C in contexts:
         for B in ev.get("speed_batches") or [1]:
             kw = dict(synthetic=synthetic, batch=int(B))
-            s_ms, t_ms = [], []
-            for _ in range(rounds):
-                ms, mb_s = decode_speed(student, int(C), ev["speed_tokens"], warmup=1, max_s=60, **kw)
-                s_ms.append(ms)
-                ms, mb_t = teacher_decode_speed(teacher, int(C), ev["speed_tokens"], **kw)
-                t_ms.append(ms)
-            ms_s, ms_t = statistics.median(s_ms), statistics.median(t_ms)
+            (ms_s, mb_s), (ms_t, mb_t) = alternating_medians(
+                [lambda: decode_speed(student, int(C), n, warmup=1, max_s=60, **kw),
+                 lambda: teacher_decode_speed(teacher, int(C), n, **kw)], rounds)
             res["speed"].append({"context": int(C), "batch": int(B), "student_tok_s": B * 1e3 / ms_s,
                                  "teacher_tok_s": B * 1e3 / ms_t, "student_cache_mb": mb_s, "teacher_cache_mb": mb_t,
                                  "synthetic_cache": synthetic})
     res["prefill"] = []
     for L in ev.get("prefill_contexts") or []:
         idx = torch.randint(0, student.cfg.vocab_size, (1, int(L)))
-        t_s, t_t = [], []
         with torch.no_grad():
-            for _ in range(rounds):
-                t_s.append(time_ms(lambda: student(idx), reps=1, warmup=0))
-                t_t.append(time_ms(lambda: teacher(idx, use_cache=False), reps=1, warmup=0))
-        t_s, t_t = statistics.median(t_s), statistics.median(t_t)
+            (t_s,), (t_t,) = alternating_medians(
+                [lambda: (time_ms(lambda: student(idx), reps=1, warmup=0),),
+                 lambda: (time_ms(lambda: teacher(idx, use_cache=False), reps=1, warmup=0),)], rounds)
         res["prefill"].append({"context": int(L), "student_tok_s": L / t_s * 1e3, "teacher_tok_s": L / t_t * 1e3})
     tok = load_tokenizer(cfg["data"]["tokenizer"], cfg["data"]["cache_dir"])
     samples = []
@@ -442,7 +435,7 @@ def write_report(out: Path, s: dict) -> Path:
         lines.append(f"| prefill tok/s at {r['context']} (batch 1) | {r['teacher_tok_s']:.1f} | {r['student_tok_s']:.1f} | "
                      f"{r['student_tok_s'] / r['teacher_tok_s']:.2f}x |")
     if s.get("speed") or s.get("prefill"):
-        lines.append(f"\nSpeeds: fp32, {torch.get_num_threads()} thread(s), each the median of "
+        lines.append(f"\nSpeeds: fp32, {s.get('speed_threads', '?')} thread(s), each the median of "
                      f"{s.get('speed_rounds', 1)} rounds alternating student and teacher.")
     n_table = len(lines)
     lines.append("")
