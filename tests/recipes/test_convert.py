@@ -36,6 +36,9 @@ def test_full_recipe_writes_a_loadable_student_and_report(tmp_path, teacher_dir)
     assert json.loads((out / "summary.json").read_text())["val_ppl"] == s["val_ppl"]
     assert s["transpoints"] == [0, 16] and set(s["transpoint_sweep_ppl"]) == {0, 16}
     assert s["steps"] == 4 and s["speed"][0]["student_tok_s"] > 0 and s["samples"][0]["student"] is not None
+    parts = [s[k] for k in ("setup_s", "stages_s", "eval_s", "speed_s")]
+    assert min(parts) > 0 and sum(parts) == pytest.approx(s["wall_s"]) and s["stages_s"] >= s["train_s"]
+    assert f"Wall time {s['wall_s'] / 60:.1f} min" in (out / "report.md").read_text()
     model = load_model(out / "student")
     ids = torch.randint(0, 49152, (1, 5))
     assert model.generate(ids, 3, temperature=0).shape == (1, 8)

@@ -269,6 +269,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     from transmamba.adapt.hf_families import inspect_teacher
     from transmamba.models.hf_llama import load_teacher
 
+    t_start = time.perf_counter()
     check_config(cfg, CONVERT_RULES)
     check_keep_attention(int(cfg["recipe"]["keep_attention"]), int(cfg["student"]["n_layers"]))
     teacher, _ = load_teacher(cfg["teacher"], check=inspect_teacher)  # refuses before reading weights
@@ -291,6 +292,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
         return lm_perplexity(student, val_ids, batch_size=ev["batch_size"], seq_len=seq_len, n_batches=n_batches, **kw)
 
     init_eval = ppl()
+    setup_s = time.perf_counter() - t_start
     local = {}
     if cfg["recipe"]["local_tokens"]:
         local = distill_local(student, cache, cfg, layer_map, dims, progress, resume)
@@ -301,6 +303,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     run = {**local, **distill(student, cache, cfg, layer_map, dims, val_ids, progress, resume)}
     if not is_main_process():
         return run
+    t_eval = time.perf_counter()
     final = ppl()
     ppl_by_context = {str(d["seq_len"]): {"student": final["val_ppl"], "teacher": teacher_eval["val_ppl"]}}
     for Lc in ev.get("ppl_contexts") or []:  # longer windows, the student under its own schedule
@@ -324,7 +327,14 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
                "teacher_params": sum(p.numel() for p in teacher.parameters()), "seq_len": d["seq_len"],
                "ppl_by_context": ppl_by_context,
                "transpoints": student.transpoints_for(d["seq_len"]), **run}
+    t_speed = time.perf_counter()
     summary |= speed_and_samples(teacher, student, cfg)
+    t_end = time.perf_counter()
+    # where the command's wall time went, four parts that add up to wall_s: loading, teacher cache and
+    # init eval; the training stages (their own seconds: local_train_s, keep_attention_s, train_s);
+    # evaluation and saving; speeds and samples
+    summary |= {"setup_s": setup_s, "stages_s": t_eval - t_start - setup_s, "eval_s": t_speed - t_eval,
+                "speed_s": t_end - t_speed, "wall_s": t_end - t_start}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "config.yaml").write_text(dump_yaml(cfg))
     write_report(out, summary)
@@ -437,6 +447,10 @@ def write_report(out: Path, s: dict) -> Path:
     if s.get("speed") or s.get("prefill"):
         lines.append(f"\nSpeeds: fp32, {s.get('speed_threads', '?')} thread(s), each the median of "
                      f"{s.get('speed_rounds', 1)} rounds alternating student and teacher.")
+    if s.get("wall_s") is not None:
+        lines.append(f"\nWall time {s['wall_s'] / 60:.1f} min: {s['setup_s']:.0f} s loading, teacher cache and "
+                     f"first evaluation; {s['stages_s']:.0f} s training stages; {s['eval_s']:.0f} s evaluation "
+                     f"and saving; {s['speed_s']:.0f} s speeds and samples.")
     n_table = len(lines)
     lines.append("")
     if s.get("transpoint_sweep_ppl"):
