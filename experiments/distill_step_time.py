@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from transmamba.bench.distill import build, step_fn
-from transmamba.evaluation.speed import alternating_medians
+from transmamba.evaluation.speed import alternating_medians, time_ms
 from transmamba.training import heap
 
 ap = argparse.ArgumentParser()
@@ -24,14 +24,6 @@ for path in args.configs:
     one()  # warm-up: optimizer state, autocast caches, heap
     steps.append((path, student.cfg.schedule, one))
 
-
-def timed(one):
-    import time
-    t0 = time.perf_counter()
-    one()
-    return ((time.perf_counter() - t0) * 1e3,)
-
-
-medians = alternating_medians([(lambda one=one: timed(one)) for _, _, one in steps], 3)
+medians = alternating_medians([(lambda one=one: (time_ms(one, reps=1, warmup=0),)) for _, _, one in steps], 3)
 for (path, schedule, _), (ms,) in zip(steps, medians):
     print(f"{path}: {schedule}: {ms / 1e3:.2f} s/step, {args.batch * args.seq_len * 1e3 / ms:.0f} tok/s")

@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_fixtures import tiny_llama
 
-from transmamba.evaluation.speed import (alternating_medians, cache_nbytes, decode_speed, fill_caches, teacher_decode_speed,
-                                         teacher_kv_nbytes, time_ms)
+from transmamba.evaluation.speed import (alternating_medians, cache_nbytes, decode_speed, fill_caches,
+                                         teacher_decode_speed, teacher_kv_nbytes, time_ms)
 from transmamba.models.lm import LM, LMConfig
 
 

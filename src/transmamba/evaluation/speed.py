@@ -4,7 +4,8 @@ decoding caches hold there, for our LMs and for Hugging Face teachers.
 - `decode_speed(model, context, n_tokens)`: a `transmamba.models.lm.LM` (any architecture).
 - `teacher_decode_speed(teacher, context, n_tokens)`: a Hugging Face causal LM and its KV cache.
 - `time_ms`: median wall time of a call; `alternating_medians`: several measurements taken in
-  turn, round after round, so that a drift of a shared machine's speed hits them alike; `cache_nbytes`, `teacher_kv_nbytes`: cache sizes.
+  turn, round after round, so that a drift of a shared machine's speed hits them alike;
+  `cache_nbytes`, `teacher_kv_nbytes`: cache sizes.
 - `fill_caches`: an LM's caches sized as after `context` tokens, without a prefill;
   `random_kv_cache`: the same for a Hugging Face teacher's `DynamicCache`.
 

@@ -292,7 +292,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
         return lm_perplexity(student, val_ids, batch_size=ev["batch_size"], seq_len=seq_len, n_batches=n_batches, **kw)
 
     init_eval = ppl()
-    setup_s = time.perf_counter() - t_start
+    t_stages = time.perf_counter()
     local = {}
     if cfg["recipe"]["local_tokens"]:
         local = distill_local(student, cache, cfg, layer_map, dims, progress, resume)
@@ -333,7 +333,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     # where the command's wall time went, four parts that add up to wall_s: loading, teacher cache and
     # init eval; the training stages (their own seconds: local_train_s, keep_attention_s, train_s);
     # evaluation and saving; speeds and samples
-    summary |= {"setup_s": setup_s, "stages_s": t_eval - t_start - setup_s, "eval_s": t_speed - t_eval,
+    summary |= {"setup_s": t_stages - t_start, "stages_s": t_eval - t_stages, "eval_s": t_speed - t_eval,
                 "speed_s": t_end - t_speed, "wall_s": t_end - t_start}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "config.yaml").write_text(dump_yaml(cfg))
