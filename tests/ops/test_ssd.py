@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _shapes import F64, ssd_inputs as make
-from transmamba.ops.ssd import segsum, ssd_chunked, ssd_ref, ssd_step
+from transmamba.ops.ssd import segsum, ssd_chunked, ssd_ref, ssd_step, ssd_step_ref
 
 
 def _split(a):
@@ -123,6 +123,37 @@ def test_step_token_by_token_matches_ref(l, g, D, init, seed):
         ys.append(y_t)
     torch.testing.assert_close(torch.stack(ys, 1), y_ref)
     torch.testing.assert_close(state, s_ref)
+
+
+@settings(max_examples=20, deadline=None)
+@given(b=st.integers(0, 3), g=st.sampled_from([1, 2, 3]), r=st.sampled_from([1, 2, 3]), p=st.integers(1, 5),
+       n=st.integers(1, 6), D=st.booleans(), seed=st.integers(0, 2**16))
+def test_step_fast_equals_ref_values_and_grads(b, g, r, p, n, D, seed):
+    """The grouped-bmm step against the per-head formula: outputs, new state and every gradient."""
+    a = make(b, 1, g * r, p, g, n, seed=seed, D=D, init=True, grad=True)
+    args = (a["initial_state"], a["x"][:, 0], a["dt"][:, 0], a["A"], a["B"][:, 0], a["C"][:, 0])
+    outs = [fn(*args, D=a["D"]) for fn in (ssd_step, ssd_step_ref)]
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want)
+    leaves = [v for v in a.values() if v is not None]
+    gen = torch.Generator().manual_seed(seed)
+    cot = [torch.randn(t.shape, generator=gen, dtype=F64) for t in outs[0]]
+    g_fast, g_ref = (torch.autograd.grad(sum((t * c).sum() for t, c in zip(o, cot)), leaves, allow_unused=True)
+                     for o in outs)
+    for gf, gr in zip(g_fast, g_ref):
+        torch.testing.assert_close(gf, gr)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_step_fast_equals_ref_in_low_precision_and_under_autocast(dtype):
+    a = make(3, 1, 6, 4, 2, 8, D=True, init=True, dtype=dtype)
+    args = (a["initial_state"].float(), a["x"][:, 0], a["dt"][:, 0], a["A"], a["B"][:, 0], a["C"][:, 0])
+    y_ref, s_ref = ssd_step_ref(*args, D=a["D"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, s = ssd_step(*args, D=a["D"])
+    assert y.dtype == dtype and s.dtype == torch.float32
+    torch.testing.assert_close(s, s_ref, atol=1e-5, rtol=1e-5)  # the state is not formed in bf16
+    torch.testing.assert_close(y.float(), y_ref.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2)
 
 
 def test_prefill_then_steps_equals_full_forward():

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transmamba.modules.cache import KVCache
+from transmamba.ops.decode_attention import DECODE_DTYPES, decode_attention
 from transmamba.ops.padding import check_pad, key_padding_mask
 from transmamba.ops.rope import apply_rope, rope_cos_sin
 from transmamba.ops.validate import check_all_finite, check_dim, check_tensor
@@ -66,6 +67,8 @@ class CausalSelfAttention(nn.Module):
         """Softmax attention of l queries at positions offset.. over offset+l keys (causal; with
         pad "b", padding keys masked for real queries)."""
         lq, lk = q.shape[2], k.shape[2]
+        if lq == 1 and pad is None and q.dtype in DECODE_DTYPES:  # decoding: sees every cached key
+            return decode_attention(q, k, v, self.head_dim ** -0.5)
         r = self.n_heads // self.n_kv_heads
         if r > 1:
             k = k.repeat_interleave(r, dim=1)

@@ -51,6 +51,7 @@ from einops import rearrange
 from transmamba.modules.cache import SwitchCache
 from transmamba.modules.ssm_mixer import A_from_log, sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
+from transmamba.ops.decode_attention import DECODE_DTYPES, decode_attention
 from transmamba.ops.memory_converter import memory_convert
 from transmamba.ops.norm import gated_rms_norm, rms_norm
 from transmamba.ops.padding import check_pad, key_padding_mask, padded_positions
@@ -170,7 +171,10 @@ class SwitchMixer(nn.Module):
     def expand_heads(self, t):
         """"b l g d" -> "b l h d": grouped heads repeated for every query head."""
         r = self.h // self.g
-        return t if r == 1 else t.repeat_interleave(r, dim=2)
+        if r == 1:
+            return t
+        b, l, g, d = t.shape  # a broadcast view, then one copy (cheaper than repeat_interleave)
+        return t[:, :, :, None, :].expand(b, l, g, r, d).reshape(b, l, g * r, d)
 
     def _attend(self, q, k, v, q_pos0: int, pad=None):
         """Causal softmax attention. q "b s h n" at positions q_pos0.., k/v "b T g *" at 0..T-1
@@ -202,6 +206,8 @@ class SwitchMixer(nn.Module):
             logits = torch.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
             logits = logits.masked_fill(~mask, float("-inf"))
             o = logits.softmax(-1, dtype=torch.promote_types(qh.dtype, torch.float32)).to(qh.dtype) @ vh
+        elif mask is None and s == 1 and qh.dtype in DECODE_DTYPES:  # one decoding query
+            o = decode_attention(qh, kh, vh, cfg.attn_scale if cfg.attn_scale is not None else self.n ** -0.5)
         elif mask is None:
             o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=s > 1, scale=cfg.attn_scale,
                                                enable_gqa=self.g != self.h)
@@ -380,7 +386,11 @@ class SwitchMixer(nn.Module):
         cache.dt[:, pos:need] = dt
 
     def step(self, u_t, cache: SwitchCache):
-        """One token u_t "b d" -> "b d"; attention while pos < P, the SSM from P on."""
+        """One token u_t "b d" -> "b d"; attention while pos < P, the SSM from P on.
+
+        u_t and the cache are checked here; the conv and SSD step ops get arguments this layer built
+        itself (dt = softplus(.) >= 0, A = -exp(A_log) < 0, shapes from its own projections), so their
+        argument checks are skipped (`check=False`); q, k, v, dt are checked for NaN/Inf as in forward."""
         check_tensor("u_t", u_t, 2, "(b, d_model)")
         check_dim("u_t", u_t, 1, self.cfg.d_model, "d_model")
         if not isinstance(cache, SwitchCache) or cache.batch != u_t.shape[0]:
@@ -388,7 +398,7 @@ class SwitchMixer(nn.Module):
                              f"got {type(cache).__name__}")
         z, qkv, dt_raw = self.project(u_t)
         qkv, cache.conv_state = causal_conv1d_step(cache.conv_state, qkv, self.conv_weight, self.conv_bias,
-                                                   self.cfg.conv_activation)
+                                                   self.cfg.conv_activation, check=False)
         q, k, v = self.split_qkv(qkv[:, None])
         dt, A = self._dt_A(dt_raw[:, None])
         self._check_finite(q, k, v, dt)
@@ -402,7 +412,7 @@ class SwitchMixer(nn.Module):
                     cache.ssm_state = torch.zeros(u_t.shape[0], self.h, self.p, self.n, device=u_t.device,
                                                   dtype=torch.promote_types(u_t.dtype, torch.float32))
             y_ssm, cache.ssm_state = ssd_step(cache.ssm_state, self.expand_heads(v)[:, 0], dt[:, 0], A,
-                                              self.expand_heads(k)[:, 0], q[:, 0], D=self.D)
+                                              self.expand_heads(k)[:, 0], q[:, 0], D=self.D, check=False)
             y_ssm = self._gate_out(y_ssm[:, None], z[:, None])[:, 0]
         if pos < cache.max_transpoint:  # attention over the KV cache (for every row before its P)
             pos_t = torch.tensor([pos], device=u_t.device)

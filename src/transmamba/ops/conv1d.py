@@ -131,18 +131,20 @@ def causal_conv1d_ref(x, weight, bias=None, *, initial_state=None, return_final_
     return (y, state) if return_final_state else y
 
 
-def causal_conv1d_step(state, x_t, weight, bias=None, activation=None):
+def causal_conv1d_step(state, x_t, weight, bias=None, activation=None, *, check: bool = True):
     """One decoding step with a rolling window.
 
     window = [state | x_t] ("b c k"),  y_t = act(bias + sum_i weight[:, i] * window[:, :, i]),
     new_state = window[:, :, 1:].
 
     state: "b c (k-1)"; x_t: "b c"; weight: "c k"; bias: "c" or None.
-    Returns (y_t "b c", new_state "b c (k-1)").
+    Returns (y_t "b c", new_state "b c (k-1)"). check=False skips the argument checks (for a
+    mixer's decoding step, which built them itself).
     """
-    check_tensor("x_t", x_t, 2, "(b, c)")
-    b, _, c, k = _check_args(x_t[:, None], weight, bias, activation)
-    _check_state("state", state, b, c, k)
+    if check:
+        check_tensor("x_t", x_t, 2, "(b, c)")
+        b, _, c, k = _check_args(x_t[:, None], weight, bias, activation)
+        _check_state("state", state, b, c, k)
     window = torch.cat([state.to(x_t.dtype), x_t[:, :, None]], dim=2)
     y = (window * weight.to(x_t.dtype)).sum(-1)
     if bias is not None:

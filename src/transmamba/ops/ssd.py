@@ -36,6 +36,7 @@ __all__ = [
     "ssd_ref",
     "ssd_chunked",
     "ssd_step",
+    "ssd_step_ref",
     "ssd_chunk_state",
     "ssd_state_passing",
     "segsum",
@@ -124,10 +125,8 @@ def ssd_ref(x, dt, A, B, C, *, D=None, initial_state=None, return_final_state=Fa
     return (y, state) if return_final_state else y
 
 
-def ssd_step(state, x_t, dt_t, A, B_t, C_t, *, D=None):
-    """One decoding step of the SSD recurrence.
-
-        new_state = exp(dt_t A) state + dt_t x_t B_t^T ;   y_t = new_state C_t + D x_t
+def ssd_step_ref(state, x_t, dt_t, A, B_t, C_t, *, D=None):
+    """Reference of `ssd_step`: the recurrence written out with B_t/C_t repeated for every head.
 
     state "b h p n", x_t "b h p", dt_t "b h", A "h", B_t/C_t "b g n", D "h" | None
     -> (y_t "b h p" in x_t's dtype, new_state "b h p n" in the compute dtype).
@@ -139,6 +138,40 @@ def ssd_step(state, x_t, dt_t, A, B_t, C_t, *, D=None):
     if D is not None:
         y_t = y_t + D.to(ct)[:, None] * x32
     return y_t.to(x_t.dtype), new_state
+
+
+def ssd_step(state, x_t, dt_t, A, B_t, C_t, *, D=None, check: bool = True):
+    """One decoding step of the SSD recurrence.
+
+        new_state = exp(dt_t A) state + dt_t x_t B_t^T ;   y_t = new_state C_t + D x_t
+
+    state "b h p n", x_t "b h p", dt_t "b h", A "h", B_t/C_t "b g n", D "h" | None
+    -> (y_t "b h p" in x_t's dtype, new_state "b h p n" in the compute dtype).
+
+    The r = h / g heads of a group share B_t and C_t, so with h split as (g r) the update is one
+    batched outer product and the read-out one batched matvec, "(b g) (r p) n", without copying
+    B_t/C_t per head: a handful of ops per step, where decoding at batch 1 is dispatch-bound.
+    Autocast is off inside (the state stays in the compute dtype). Equals `ssd_step_ref`.
+
+    check=False skips the argument checks (shapes, signs, finiteness): for a caller that built the
+    arguments itself, as a mixer's decoding step does (dt = softplus(.), A = -exp(A_log)).
+    """
+    if check:
+        b, h, p, g, n = _check_args(x_t, dt_t, A, B_t, C_t, D, state, step=True)
+    else:
+        (b, h, p), (g, n) = x_t.shape, B_t.shape[-2:]
+    ct = compute_dtype(x_t.dtype, dt_t.dtype, B_t.dtype, C_t.dtype, state.dtype)
+    r = h // g
+    with fp32_state(x_t.device):
+        x32, dt32 = x_t.to(ct), dt_t.to(ct)
+        decayed = state.to(ct) * torch.exp(dt32 * A.to(ct))[..., None, None]  # b h p n
+        dtx = dt32[..., None] * x32  # b h p
+        new_state = torch.baddbmm(decayed.view(b * g, r * p, n), dtx.reshape(b * g, r * p, 1),
+                                  B_t.to(ct).reshape(b * g, 1, n))  # "(b g) (r p) n"
+        y_t = torch.bmm(new_state, C_t.to(ct).reshape(b * g, n, 1)).view(b, h, p)
+        if D is not None:
+            y_t = y_t + D.to(ct)[:, None] * x32
+    return y_t.to(x_t.dtype), new_state.view(b, h, p, n)
 
 
 # ------------------------------------------------------------------------------- chunked pieces

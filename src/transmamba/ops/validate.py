@@ -16,7 +16,9 @@ off with the one flag, `CHECK_FINITE` (module-level, default True):
     validate.CHECK_FINITE = False            # or, for a block:  with validate.finite_checks(False): ...
 
 Shape, dtype and TransPoint checks (no device work) and the sign checks (A < 0, dt > 0: one
-min/max, a NumericalError too) are never skipped. All checks are skipped while tracing or compiling.
+min/max, a NumericalError too) are not switched off by the flag. A mixer's decoding step skips the
+argument checks of the step ops it calls (`ssd_step(..., check=False)`, `causal_conv1d_step`), whose
+arguments it built itself. All checks are skipped while tracing or compiling.
 """
 
 from __future__ import annotations
