@@ -38,6 +38,8 @@ def rms_norm(x, weight=None, eps: float = 1e-5):
     """y = x / sqrt(mean_d(x^2) + eps) * weight;  x "... d", weight "d" or None."""
     _check_x_w(x, weight)
     dtype = x.dtype
+    if dtype not in _LOW and weight is not None and weight.dtype == dtype:  # one call, weight fused in
+        return F.rms_norm(x, (x.shape[-1],), weight, eps=eps)
     h = x.float() if dtype in _LOW else x
     y = F.rms_norm(h, (x.shape[-1],), eps=eps).to(dtype)
     return y if weight is None else y * weight.to(dtype)
