@@ -23,12 +23,13 @@ def run(tmp_path, teacher_dir, name, *extra):
 
 def test_full_recipe_writes_a_loadable_student_and_report(tmp_path, teacher_dir):
     s = run(tmp_path, teacher_dir, "full", "--eval.ppl_contexts", "[64]", "--eval.prefill_contexts", "[16]",
-            "--eval.speed_contexts", "[8, 24]", "--eval.speed_synthetic", "true", "--eval.speed_batches", "[1, 3]")
+            "--eval.prefill_rounds", "1", "--eval.speed_contexts", "[8, 24]", "--eval.speed_synthetic", "true", "--eval.speed_batches", "[1, 3]")
     out = tmp_path / "runs" / "full"
     assert set(s["ppl_by_context"]) == {"32", "64"} and s["ppl_by_context"]["32"]["student"] == s["val_ppl"]
     assert [(r["context"], r["batch"]) for r in s["speed"]] == [(8, 1), (8, 3), (24, 1), (24, 3)]
     assert s["speed"][3]["teacher_cache_mb"] == pytest.approx(3 * s["speed"][2]["teacher_cache_mb"])
-    assert s["prefill"][0]["context"] == 16 and s["prefill"][0]["teacher_tok_s"] > 0
+    assert s["prefill"][0]["context"] == 16 and s["prefill"][0]["teacher_tok_s"] > 0 and s["prefill_rounds"] == 1
+    assert s["speed_rounds"] != 1 and "; prefill: 1 round(s)." in (out / "report.md").read_text()
     assert "held-out ppl, 64-token windows" in (out / "report.md").read_text()
     assert (out / "report.md").read_text().startswith("# transmamba convert")
     assert (out / "loss_curve.png").stat().st_size > 0

@@ -66,7 +66,7 @@ DEFAULTS = {
     "device": "cpu",
     "eval": {"batches": 8, "batch_size": 8, "transpoints": [], "speed_context": 1024, "speed_contexts": None,
              "speed_batches": [1], "speed_synthetic": False, "prefill_contexts": [], "ppl_contexts": [], "speed_tokens": 8,
-             "speed_rounds": 3, "prompts": ["ROMEO:", "To be, or not to be,"], "prompt_tokens": 24},
+             "speed_rounds": 3, "prefill_rounds": None, "prompts": ["ROMEO:", "To be, or not to be,"], "prompt_tokens": 24},
 }
 
 
@@ -94,7 +94,8 @@ CONVERT_RULES = {**TRAIN_RULES, "train.w_kl": NONNEG, "train.w_hidden": NONNEG, 
                  "student.n_layers": POSITIVE_INT, "student.d_model": POSITIVE_INT, "student.n_heads": POSITIVE_INT,
                  "student.d_ff": POSITIVE_INT, "recipe.anneal_frac": UNIT, "recipe.local_tokens": NONNEG_INT,
                  "recipe.keep_attention": NONNEG_INT, "recipe.keep_attention_windows": POSITIVE_INT,
-                 "eval.speed_rounds": POSITIVE_INT, "eval.speed_tokens": POSITIVE_INT}
+                 "eval.speed_rounds": POSITIVE_INT, "eval.speed_tokens": POSITIVE_INT,
+                 "eval.prefill_rounds": POSITIVE_INT}
 
 
 def build_student(teacher, spec, cfg, train_ids):
@@ -346,7 +347,8 @@ def speed_and_samples(teacher, student, cfg) -> dict:
     `eval.speed_batches` batch (caches filled to its size with `eval.speed_synthetic`, else by a
     real prefill), prefill tokens/s at each `eval.prefill_contexts` length (batch 1), and greedy
     continuations. Each speed is the median of `eval.speed_rounds` rounds that alternate student
-    and teacher, so that a drift of a shared machine's speed hits both alike."""
+    and teacher, so that a drift of a shared machine's speed hits both alike; prefill takes
+    `eval.prefill_rounds` rounds (None: as many), as one round of a long prefill is seconds long."""
     from transmamba.evaluation.speed import alternating_medians, decode_speed, teacher_decode_speed, time_ms
     from transmamba.data.text import load_tokenizer
 
@@ -365,13 +367,13 @@ def speed_and_samples(teacher, student, cfg) -> dict:
             res["speed"].append({"context": int(C), "batch": int(B), "student_tok_s": B * 1e3 / ms_s,
                                  "teacher_tok_s": B * 1e3 / ms_t, "student_cache_mb": mb_s, "teacher_cache_mb": mb_t,
                                  "synthetic_cache": synthetic})
-    res["prefill"] = []
+    res["prefill"], res["prefill_rounds"] = [], int(ev.get("prefill_rounds") or rounds)
     for L in ev.get("prefill_contexts") or []:
         idx = torch.randint(0, student.cfg.vocab_size, (1, int(L)))
         with torch.no_grad():
             (t_s,), (t_t,) = alternating_medians(
                 [lambda: (time_ms(lambda: student(idx), reps=1, warmup=0),),
-                 lambda: (time_ms(lambda: teacher(idx, use_cache=False), reps=1, warmup=0),)], rounds)
+                 lambda: (time_ms(lambda: teacher(idx, use_cache=False), reps=1, warmup=0),)], res["prefill_rounds"])
         res["prefill"].append({"context": int(L), "student_tok_s": L / t_s * 1e3, "teacher_tok_s": L / t_t * 1e3})
     tok = load_tokenizer(cfg["data"]["tokenizer"], cfg["data"]["cache_dir"])
     samples = []
@@ -445,8 +447,10 @@ def write_report(out: Path, s: dict) -> Path:
         lines.append(f"| prefill tok/s at {r['context']} (batch 1) | {r['teacher_tok_s']:.1f} | {r['student_tok_s']:.1f} | "
                      f"{r['student_tok_s'] / r['teacher_tok_s']:.2f}x |")
     if s.get("speed") or s.get("prefill"):
+        pre = s.get("prefill_rounds", s.get("speed_rounds", 1))
+        pre = f"; prefill: {pre} round(s)" if s.get("prefill") and pre != s.get("speed_rounds", 1) else ""
         lines.append(f"\nSpeeds: fp32, {s.get('speed_threads', '?')} thread(s), each the median of "
-                     f"{s.get('speed_rounds', 1)} rounds alternating student and teacher.")
+                     f"{s.get('speed_rounds', 1)} rounds alternating student and teacher{pre}.")
     if s.get("wall_s") is not None:
         lines.append(f"\nWall time {s['wall_s'] / 60:.1f} min: {s['setup_s']:.0f} s loading, teacher cache and "
                      f"first evaluation; {s['stages_s']:.0f} s training stages; {s['eval_s']:.0f} s evaluation "
