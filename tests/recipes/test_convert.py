@@ -200,3 +200,8 @@ def test_speeds_are_medians_of_rounds_alternating_student_and_teacher(monkeypatc
     assert res["speed_rounds"] == 3
     assert res["speed"][0]["student_tok_s"] == pytest.approx(2 * 1e3 / 20.0)  # the median round
     assert res["speed"][0]["teacher_tok_s"] == pytest.approx(2 * 1e3 / 50.0)
+
+
+def test_bad_prefill_rounds_is_named(tmp_path, teacher_dir):
+    with pytest.raises(ValueError, match="eval.prefill_rounds"):
+        run(tmp_path, teacher_dir, "bad", "--eval.prefill_rounds", "0")

@@ -37,7 +37,7 @@ from transmamba.adapt.llama_to_switch import (calibrate, init_from_teacher, laye
                                               switch_config_from_teacher)
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
 from transmamba.adapt.teacher_cache import TeacherCache, build_teacher_cache, topk_kl
-from transmamba.config import NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, dump_yaml, load_config
+from transmamba.config import NONE, NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, dump_yaml, load_config
 from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
 from transmamba.models.lm import LM
 from transmamba.ops.head_loss import head_ce_kl
@@ -95,7 +95,7 @@ CONVERT_RULES = {**TRAIN_RULES, "train.w_kl": NONNEG, "train.w_hidden": NONNEG, 
                  "student.d_ff": POSITIVE_INT, "recipe.anneal_frac": UNIT, "recipe.local_tokens": NONNEG_INT,
                  "recipe.keep_attention": NONNEG_INT, "recipe.keep_attention_windows": POSITIVE_INT,
                  "eval.speed_rounds": POSITIVE_INT, "eval.speed_tokens": POSITIVE_INT,
-                 "eval.prefill_rounds": POSITIVE_INT}
+                 "eval.prefill_rounds": POSITIVE_INT | NONE}
 
 
 def build_student(teacher, spec, cfg, train_ids):
