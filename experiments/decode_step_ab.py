@@ -22,13 +22,6 @@ ap.add_argument("--rounds", type=int, default=5)
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 model = load_model(args.student).eval()
-fast_expand = switch.SwitchMixer.expand_heads
-
-
-def ref_expand(self, t):
-    r = self.h // self.g
-    return t if r == 1 else t.repeat_interleave(r, dim=2)
-
 
 OPS = {  # name -> (reference, fast)
     "ssd_step": (lambda *a, check=True, **k: ssd_step_ref(*a, **k), ssd_step),
@@ -40,7 +33,6 @@ OPS = {  # name -> (reference, fast)
 def run(fast: bool):
     for name, pair in OPS.items():
         setattr(switch, name, pair[fast])
-    switch.SwitchMixer.expand_heads = fast_expand if fast else ref_expand
     return decode_speed(model, 4096, 8, synthetic=True, warmup=1, max_s=60, batch=args.batch)[:1]
 
 

@@ -171,10 +171,7 @@ class SwitchMixer(nn.Module):
     def expand_heads(self, t):
         """"b l g d" -> "b l h d": grouped heads repeated for every query head."""
         r = self.h // self.g
-        if r == 1:
-            return t
-        b, l, g, d = t.shape  # a broadcast view, then one copy (cheaper than repeat_interleave)
-        return t[:, :, :, None, :].expand(b, l, g, r, d).reshape(b, l, g * r, d)
+        return t if r == 1 else t.repeat_interleave(r, dim=2)
 
     def _attend(self, q, k, v, q_pos0: int, pad=None):
         """Causal softmax attention. q "b s h n" at positions q_pos0.., k/v "b T g *" at 0..T-1

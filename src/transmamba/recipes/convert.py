@@ -447,10 +447,11 @@ def write_report(out: Path, s: dict) -> Path:
         lines.append(f"| prefill tok/s at {r['context']} (batch 1) | {r['teacher_tok_s']:.1f} | {r['student_tok_s']:.1f} | "
                      f"{r['student_tok_s'] / r['teacher_tok_s']:.2f}x |")
     if s.get("speed") or s.get("prefill"):
-        pre = s.get("prefill_rounds", s.get("speed_rounds", 1))
-        pre = f"; prefill: {pre} round(s)" if s.get("prefill") and pre != s.get("speed_rounds", 1) else ""
+        rounds = s.get("speed_rounds", 1)
+        prefill_rounds = s.get("prefill_rounds", rounds)
+        prefill_note = f"; prefill: {prefill_rounds} round(s)" if s.get("prefill") and prefill_rounds != rounds else ""
         lines.append(f"\nSpeeds: fp32, {s.get('speed_threads', '?')} thread(s), each the median of "
-                     f"{s.get('speed_rounds', 1)} rounds alternating student and teacher{pre}.")
+                     f"{rounds} rounds alternating student and teacher{prefill_note}.")
     if s.get("wall_s") is not None:
         lines.append(f"\nWall time {s['wall_s'] / 60:.1f} min: {s['setup_s']:.0f} s loading, teacher cache and "
                      f"first evaluation; {s['stages_s']:.0f} s training stages; {s['eval_s']:.0f} s evaluation "
