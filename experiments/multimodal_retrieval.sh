@@ -12,7 +12,7 @@ for task in grids clips; do
       --retrieval.train_n 4000 --train.epochs 2 --retrieval.test_n 500
   S="--retrieval.train_n 2000 --retrieval.test_n 500 --teacher $T/vit"
   for spec in "scratch none 0" "transmamba none 0" "transmamba cross_mamba 0" "transmamba cross_attention 0" \
-              "transmamba none 1" "transmamba cross_mamba 1"; do
+              "transmamba none 1" "transmamba cross_mamba 1" "scratch none 1" "transmamba cross_attention 1"; do
     set -- $spec
     D=$OUT/$task/$1-$2-s$3
     [ -f $D/result.json ] || run --config $cfg --mode $1 --fusion $2 --train.seed $3 --out_dir $D $S

@@ -5,13 +5,13 @@ import sys
 from pathlib import Path
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/multimodal/i17")
-for task in ("grids", "clips"):
-    print(f"\n{task}\n\n| run | steps | t2v R@1 | t2v R@5 | v2t R@1 | v2t R@5 | t2v MedR | params visual / fusion |")
-    print("|---|---|---|---|---|---|---|---|")
-    for f in sorted((root / task).glob("*/result.json")):
+for tdir in sorted(root.glob("grids*")) + sorted(root.glob("clips*")):  # grids, clips, clips-long, ...
+    print(f"\n{tdir.name}\n\n| run | steps | t2v R@1 | t2v R@5 | v2t R@1 | v2t R@5 | t2v MedR | params visual / fusion | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for f in sorted(tdir.glob("*/result.json")):
         d = json.loads(f.read_text())
         print(f"| {f.parent.name} | {d['steps']} | {d['t2v_r1']:.3f} | {d['t2v_r5']:.3f} | {d['v2t_r1']:.3f} | "
-              f"{d['v2t_r5']:.3f} | {d['t2v_medr']:.0f} | {d['params_visual']} / {d['params_fusion']} |")
+              f"{d['v2t_r5']:.3f} | {d['t2v_medr']:.0f} | {d['params_visual']} / {d['params_fusion']} | {d['elapsed_s']:.0f} |")
 
 for vdir in sorted(root.glob("vqa*")):
     vqa = sorted(vdir.glob("*/result.json"))

@@ -10,7 +10,8 @@ import torch
 
 from transmamba.config import load_config
 from tiny_fixtures import save_tiny_vit
-from transmamba.recipes.retrieval import RETRIEVAL_DEFAULTS, hard_candidates, train_retrieval
+from transmamba.recipes.retrieval import (RETRIEVAL_DEFAULTS, build_retrieval_data, build_retrieval_model,
+                                         evaluate_retrieval, hard_candidates, train_retrieval)
 
 
 def hashed_text_STAND_IN(texts):
@@ -76,9 +77,24 @@ def test_teacher_then_students_through_the_engine(tmp_path, init_vit, task):
         assert (r["params_fusion"] > 0) == (fusion != "none")
         assert all(torch.isfinite(torch.tensor(r["losses"])))
         assert (out / "recall.png").is_file()
+        assert ("dual_t2v_r1" in r) == (fusion != "none")
 
 
 def test_teacher_refuses_a_fusion(tmp_path, init_vit):
     with pytest.raises(ValueError, match="dual encoder"):
         train_retrieval(_cfg(tmp_path / "t", "grids", "teacher", init_vit, extra=["--fusion", "cross_mamba"]),
                         hashed_text_STAND_IN)
+
+
+def test_an_untrained_reranker_keeps_the_first_stage_ranking(tmp_path, init_vit):
+    """The re-ranker's match layer starts at zero, so at init the re-ranked text -> visual metrics
+    equal the first stage's (dual_t2v_*); after a change to it they may not."""
+    cfg = _cfg(tmp_path / "s", "grids", "student", init_vit, extra=["--mode", "scratch", "--fusion", "cross_mamba"])
+    data = build_retrieval_data(cfg, hashed_text_STAND_IN)
+    model = build_retrieval_model(cfg, data)[0]
+    ev = evaluate_retrieval(model, data, rerank_k=5, max_k=6)
+    for k in ("r1", "r5", "r10", "medr"):
+        assert ev[f"dual_t2v_{k}"] == ev[f"t2v_{k}"]
+    with torch.no_grad():
+        model.match.bias.fill_(1.0)  # a constant shift: the top-5 order is unchanged
+    assert evaluate_retrieval(model, data, rerank_k=5, max_k=6)["t2v_r1"] == ev["t2v_r1"]

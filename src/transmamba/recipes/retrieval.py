@@ -257,7 +257,8 @@ def gallery_scores(model: RetrievalModel, x: torch.Tensor, cap: torch.Tensor, te
 
 @torch.no_grad()
 def evaluate_retrieval(model: RetrievalModel, data: dict, rerank_k: int, max_k: int = 20) -> dict:
-    """Metrics averaged over the test galleries, plus the recall curves (R@1..R@max_k) both ways."""
+    """Metrics averaged over the test galleries, plus the recall curves (R@1..R@max_k) both ways.
+    With a re-ranker, "dual_t2v_*" are the text -> visual metrics of the first stage (s_dual) alone."""
     was = model.training
     model.eval()
     try:
@@ -267,6 +268,8 @@ def evaluate_retrieval(model: RetrievalModel, data: dict, rerank_k: int, max_k: 
             gi = torch.as_tensor(g)
             t2v, v2t = gallery_scores(model, x[gi], cap[gi], data["text"], rerank_k)
             rows.append(retrieval_metrics(t2v, v2t))
+            if model.fusion != "none":  # the first stage alone (s_dual), to tell the re-ranker's share
+                rows[-1].update({f"dual_{k}": v for k, v in retrieval_metrics(v2t).items() if k.startswith("t2v")})
             curves["t2v"].append(recall_curve(ranks(t2v), max_k))
             curves["v2t"].append(recall_curve(ranks(v2t.transpose(0, 1)), max_k))
     finally:
