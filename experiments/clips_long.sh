@@ -2,7 +2,8 @@
 # Issue 17 text-video students at 8x the budget of experiments/multimodal_retrieval.sh: 4 epochs of
 # 4000 clips = 252 steps of batch 64 (the clips teacher of that script is the distillation teacher).
 #   bash experiments/clips_long.sh [OUT=runs/multimodal/i17] ["mode fusion seed" ...]
-# Runs land in $OUT/clips-long/<mode>-<fusion>-s<seed>; default cells: every mode/fusion, seeds 0 and 1.
+# Runs land in $OUT/clips-long/<mode>-<fusion>-s<seed>; default cells: the 8 listed below
+# (seeds 0 and 1 of scratch, and of TransMamba with each fusion).
 set -u
 OUT=${1:-runs/multimodal/i17}
 shift $(( $# < 1 ? $# : 1 ))

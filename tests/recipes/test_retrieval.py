@@ -88,7 +88,7 @@ def test_teacher_refuses_a_fusion(tmp_path, init_vit):
 
 def test_an_untrained_reranker_keeps_the_first_stage_ranking(tmp_path, init_vit):
     """The re-ranker's match layer starts at zero, so at init the re-ranked text -> visual metrics
-    equal the first stage's (dual_t2v_*); after a change to it they may not."""
+    equal the first stage's (dual_t2v_*); a constant shift of its score (the bias) keeps the order too."""
     cfg = _cfg(tmp_path / "s", "grids", "student", init_vit, extra=["--mode", "scratch", "--fusion", "cross_mamba"])
     data = build_retrieval_data(cfg, hashed_text_STAND_IN)
     model = build_retrieval_model(cfg, data)[0]
