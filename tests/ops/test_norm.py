@@ -56,10 +56,12 @@ def test_norm_gradcheck_and_rms_norm():
 
 
 def test_gated_norm_matches_hf_and_half_precision():
-    from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
+    from transformers.models.mamba2 import modeling_mamba2
 
+    # transformers 5.25 renamed MambaRMSNormGated to Mamba2RMSNormGated
+    hf_norm = getattr(modeling_mamba2, "Mamba2RMSNormGated", None) or modeling_mamba2.MambaRMSNormGated
     torch.manual_seed(0)
-    hf = MambaRMSNormGated(12, group_size=4, eps=1e-5)
+    hf = hf_norm(12, group_size=4, eps=1e-5)
     with torch.no_grad():
         hf.weight.normal_()
     x, z = torch.randn(2, 5, 12), torch.randn(2, 5, 12)
