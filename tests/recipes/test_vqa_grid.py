@@ -50,6 +50,44 @@ def test_grid_vqa_fusion_first_through_the_recipe(tmp_path):
         train_vqa(load_config(None, bad, defaults=VQA_DEFAULTS), text_encoder=hashed_questions_STAND_IN)
 
 
+def test_grid_vqa_distill_first_through_the_recipe_and_its_refusals(tmp_path):
+    args = _grid_args(tmp_path, "modulate") + ["--train.distill_first_steps", "1", "--train.fusion_first_steps", "2"]
+    res = train_vqa(load_config(None, args, defaults=VQA_DEFAULTS), text_encoder=hashed_questions_STAND_IN)
+    assert res["steps"] == 3 and res["distill_first_steps"] == 1 and res["fusion_first_steps"] == 2
+    for extra, match in ((["--mode", "scratch"], "needs a teacher"), (["--distill.enabled", "false"], "needs a teacher"),
+                         (["--train.fusion_first_steps", "1", "--train.distill_first_steps", "2"], "must not exceed")):
+        bad = _grid_args(tmp_path, "modulate") + ["--train.distill_first_steps", "1"] + extra
+        with pytest.raises(ValueError, match=match):
+            train_vqa(load_config(None, bad, defaults=VQA_DEFAULTS), text_encoder=hashed_questions_STAND_IN)
+
+
+def test_distill_first_steps_train_only_the_backbone_on_the_teacher_then_only_the_fusion(tmp_path):
+    """Steps < distill_first_steps: L_dir alone (the backbone gets gradient, the fusion and head none);
+    then until fusion_first_steps the reverse; then everything."""
+    from transmamba.recipes.vqa import VQAStep, build_grid_vqa_data, build_vqa_run
+
+    cfg = load_config(None, _grid_args(tmp_path, "modulate"), defaults=VQA_DEFAULTS)
+    data = build_grid_vqa_data(cfg, hashed_questions_STAND_IN)
+    model, teacher, dloss, _ = build_vqa_run(cfg, data)
+    step_module = VQAStep(model, data["text"], data["text_mask"], teacher=teacher, dloss=dloss, alpha=0.5,
+                          fusion_first_steps=2, distill_first_steps=1)
+    x, _, q, a = data["train"]
+    batch = (x[:8], q[:8], a[:8])
+    fusion = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    grads = {}
+    for step in range(3):
+        step_module.zero_grad(set_to_none=True)
+        loss, parts = step_module(batch, step)
+        loss.backward()
+        grads[step] = (any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters()),
+                       any(p.grad is not None for p in fusion), set(parts))
+    assert grads[0] == (True, False, {"distill_loss", "mean_cos"})
+    assert grads[1] == (False, True, {"task_loss"})
+    assert grads[2] == (True, True, {"task_loss", "distill_loss", "mean_cos"})
+    with pytest.raises(ValueError, match="distill_first_steps"):
+        VQAStep(model, data["text"], data["text_mask"], distill_first_steps=1)
+
+
 def test_cross_attention_fusion_matches_cross_mamba_size():
     def student():
         torch.manual_seed(0)

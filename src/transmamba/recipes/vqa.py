@@ -22,6 +22,10 @@ Fusion first (`train.fusion_first_steps` = S > 0): the first S optimizer steps t
 fusion and the answer head on the backbone's tokens computed without gradient (L = CE, no
 distillation); from step S on everything trains with the loss above. A fusion that must learn to
 steer the reading gets its steps on tokens that hold still before the backbone moves under it.
+Distill first (`train.distill_first_steps` = D > 0, TransMamba with distillation only): the first D
+steps train only the backbone, on L_dir alone (no labels), so that the fusion-only phase that
+follows (steps D to S) reads tokens that carry the teacher's, not the bare subclone's; D counts
+inside the same step budget, so with S fixed the fusion gets S - D fusion-only steps.
 Training runs on the one engine (`transmamba.training.engine.fit`).
 """
 
@@ -54,6 +58,7 @@ VQA_DEFAULTS = {
     "head": {"hidden": 128, "d_state": 8, "expand": 2.0, "readout": "mean", "readout_heads": 4},
 }
 VQA_DEFAULTS["train"]["fusion_first_steps"] = 0  # train only fusion + head for this many steps first
+VQA_DEFAULTS["train"]["distill_first_steps"] = 0  # before that, only the backbone on L_dir (TransMamba)
 METRIC_FIELDS = ["epoch", "task_loss", "distill_loss", "mean_cos", "test_loss", "test_acc",
                  "test_acc_where", "test_acc_count", "test_acc_relation"]
 
@@ -94,7 +99,15 @@ def check_config(cfg: dict) -> None:
     check_rules(cfg, {**VISION_RULES, "fusion": one_of(*FUSIONS), "vqa.attr_frac": UNIT,
                       "vqa.task": one_of("single", "grid"),
                       "head.readout": one_of(*READOUTS), "head.readout_heads": POSITIVE_INT,
-                      "train.fusion_first_steps": NONNEG_INT})
+                      "train.fusion_first_steps": NONNEG_INT, "train.distill_first_steps": NONNEG_INT})
+    d_first, f_first = int(cfg["train"]["distill_first_steps"]), int(cfg["train"]["fusion_first_steps"])
+    if d_first and not (cfg["mode"] == "transmamba" and cfg["distill"]["enabled"]):
+        raise ValueError("train.distill_first_steps needs a teacher to distill from: mode transmamba "
+                         f"with distill.enabled (got mode {cfg['mode']!r}, distill.enabled "
+                         f"{cfg['distill']['enabled']})")
+    if d_first and f_first and d_first > f_first:
+        raise ValueError(f"train.distill_first_steps ({d_first}) must not exceed train.fusion_first_steps "
+                         f"({f_first}): the fusion-only phase runs from the one to the other")
     if cfg["data"]["dataset"] not in ("fashion_mnist", "digits"):
         raise ValueError(f"data.dataset must be an image set (fashion_mnist or digits), "
                          f"got {cfg['data']['dataset']!r}")
@@ -203,15 +216,18 @@ def build_vqa_run(cfg: dict, data: dict):
 
 class VQAStep(nn.Module):
     """loss = alpha CE(answer) + (1 - alpha) L_dir(backbone vs teacher tokens) / parts; the frozen
-    teacher is kept outside the module's parameters. Steps < fusion_first_steps: CE of the fusion
-    on the backbone's tokens without gradient (the backbone gets no gradient, AdamW skips it)."""
+    teacher is kept outside the module's parameters. Steps < distill_first_steps: L_dir alone (the
+    fusion and head get no gradient); then steps < fusion_first_steps: CE of the fusion on the
+    backbone's tokens without gradient (the backbone gets no gradient). AdamW skips what has none."""
 
     def __init__(self, model: VQAModel, text: torch.Tensor, text_mask: torch.Tensor, *,
                  teacher: nn.Module | None = None, dloss: nn.Module | None = None, alpha: float = 1.0,
-                 fusion_first_steps: int = 0):
+                 fusion_first_steps: int = 0, distill_first_steps: int = 0):
         super().__init__()
+        if distill_first_steps and dloss is None:
+            raise ValueError("distill_first_steps needs the distillation loss (TransMamba mode)")
         self.model, self.dloss, self.alpha = model, dloss, alpha
-        self.fusion_first_steps = int(fusion_first_steps)
+        self.fusion_first_steps, self.distill_first_steps = int(fusion_first_steps), int(distill_first_steps)
         self.__dict__["teacher"] = teacher
         self.register_buffer("text", text, persistent=False)
         self.register_buffer("text_mask", text_mask, persistent=False)
@@ -219,6 +235,10 @@ class VQAStep(nn.Module):
     def forward(self, batch, step: int):
         x, q, a = batch
         t, m = self.text[q], self.text_mask[q]
+        if step < self.distill_first_steps:
+            _, feats = self.model.visual_tokens(x, return_directions=True)
+            dl, cos = self._distill(x, feats)
+            return dl, {"distill_loss": dl, "mean_cos": cos.mean()}
         if step < self.fusion_first_steps:
             with torch.no_grad():
                 v, _ = self.model.visual_tokens(x)
@@ -229,12 +249,17 @@ class VQAStep(nn.Module):
             return task, {"task_loss": task}
         logits, feats = self.model(x, t, m, return_directions=True)
         task = F.cross_entropy(logits.float(), a)
+        dl, cos = self._distill(x, feats)
+        return self.alpha * task + (1 - self.alpha) * dl, {"task_loss": task, "distill_loss": dl, "mean_cos": cos.mean()}
+
+
+    def _distill(self, x: torch.Tensor, feats) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_dir of the backbone's direction features against the teacher's tokens on x; cosines."""
         with torch.no_grad():
             _, t_hidden, _ = self.teacher(x, return_hidden=True)
         bb = self.model.backbone
         toks = [bb.align_teacher_tokens(hh, self.teacher.n_prefix) for hh in t_hidden]
-        dl, cos = self.dloss(feats, toks, bb.blocks[0].mixer.perms)
-        return self.alpha * task + (1 - self.alpha) * dl, {"task_loss": task, "distill_loss": dl, "mean_cos": cos.mean()}
+        return self.dloss(feats, toks, bb.blocks[0].mixer.perms)
 
 
 def train_vqa(cfg: dict, text_encoder=None) -> dict:
@@ -248,7 +273,8 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
     alpha = float(cfg["distill"]["alpha"]) if dloss is not None else 1.0
     x_tr, _, q_tr, a_tr = data["train"]
     step_module = VQAStep(model, data["text"], data["text_mask"], teacher=teacher, dloss=dloss, alpha=alpha,
-                          fusion_first_steps=tcfg["fusion_first_steps"])
+                          fusion_first_steps=tcfg["fusion_first_steps"],
+                          distill_first_steps=tcfg["distill_first_steps"])
     init = evaluate_vqa(model, data, "test", tcfg["eval_batch_size"])
     total, per_epoch = steps_of(len(x_tr), tcfg)
     tcfg = {**tcfg, "eval_every": per_epoch if tcfg.get("eval_every") is None else tcfg["eval_every"]}
@@ -263,7 +289,8 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
               batches=example_batches((x_tr, q_tr, a_tr), tcfg), total_steps=total, tcfg=tcfg, out_dir=out,
               config=cfg, saved=step_module, evaluate=evaluate, after_eval=after_eval, unit="images",
               metric_fields=METRIC_FIELDS, fingerprint={**{k: cfg[k] for k in ("student", "mode", "fusion", "head")},
-                           "fusion_first_steps": tcfg["fusion_first_steps"]},
+                           "fusion_first_steps": tcfg["fusion_first_steps"],
+                           "distill_first_steps": tcfg["distill_first_steps"]},
               device=cfg.get("device", "cpu"))
     res = fit(run)
     losses = res["losses"]
@@ -272,6 +299,7 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
               "elapsed_s": round(res["elapsed_s"], 2), "losses": losses, "init_test_acc": init["acc"],
               "fusion": cfg["fusion"], "mode": cfg["mode"], "init_layers": report["init_layers"],
               "fusion_first_steps": int(tcfg["fusion_first_steps"]),
+              "distill_first_steps": int(tcfg["distill_first_steps"]),
               "distill": dloss is not None, "n_questions": len(data["questions"]),
               "params": sum(p.numel() for p in model.parameters()),
               "params_fusion": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone.")),
