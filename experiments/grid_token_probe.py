@@ -8,7 +8,7 @@ tokens of one cell are mean-pooled (4x4 tokens) and a logistic regression predic
   other: the class in the diagonally opposite cell (how far has content leaked across the grid?)
 Chance is ~0.10 for both. Accuracies are on held-out grids.
 
-    python experiments/grid_token_probe.py [--teacher runs/multimodal/i17/grids/teacher/vit] [--n 6000]
+    python experiments/grid_token_probe.py [--teacher runs/multimodal/i17/grids/teacher/vit] [--n 6000] [--init_layers 4]
 """
 
 from __future__ import annotations
@@ -71,10 +71,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", default="runs/multimodal/i17/grids/teacher/vit")
     ap.add_argument("--n", type=int, default=6000, help="grids in all; the last quarter is held out")
+    ap.add_argument("--init_layers", type=int, default=4, help="TransMamba: layers given layered init")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = ["--teacher", args.teacher,
-            "--vqa.train_n", str(args.n), "--vqa.test_n", "10"]
+            "--vqa.train_n", str(args.n), "--vqa.test_n", "10", "--init.layers", str(args.init_layers)]
     rows = {}
     for mode in ("scratch", "transmamba"):
         cfg = load_config("configs/multimodal/vqa-grid-fmnist.yaml", base + ["--mode", mode], defaults=VQA_DEFAULTS)
@@ -83,7 +84,7 @@ def main() -> None:
         model, teacher, _, _ = build_vqa_run(cfg, data)
         model.eval()
         x, cells = data["train"][0], data["train"][1].numpy()
-        rows[f"{mode} ViM at init"] = patch_tokens(model, x)
+        rows[f"{mode} ViM at init" + (f" ({args.init_layers} layers initialised)" if mode == "transmamba" else "")] = patch_tokens(model, x)
         if teacher is not None:
             rows["ViT teacher (last layer)"] = teacher_tokens(teacher, model.backbone, x)
     n_train = 3 * args.n // 4
