@@ -252,7 +252,6 @@ class VQAStep(nn.Module):
         dl, cos = self._distill(x, feats)
         return self.alpha * task + (1 - self.alpha) * dl, {"task_loss": task, "distill_loss": dl, "mean_cos": cos.mean()}
 
-
     def _distill(self, x: torch.Tensor, feats) -> tuple[torch.Tensor, torch.Tensor]:
         """L_dir of the backbone's direction features against the teacher's tokens on x; cosines."""
         with torch.no_grad():
