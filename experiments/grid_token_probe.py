@@ -77,14 +77,15 @@ def main() -> None:
     torch.set_num_threads(1)
     base = ["--teacher", args.teacher,
             "--vqa.train_n", str(args.n), "--vqa.test_n", "10", "--init.layers", str(args.init_layers)]
+    cfgs = {mode: load_config("configs/multimodal/vqa-grid-fmnist.yaml", base + ["--mode", mode], defaults=VQA_DEFAULTS)
+            for mode in ("scratch", "transmamba")}
+    data = build_grid_vqa_data(cfgs["scratch"])  # the grids do not depend on the mode
+    x, cells = data["train"][0], data["train"][1].numpy()
     rows = {}
-    for mode in ("scratch", "transmamba"):
-        cfg = load_config("configs/multimodal/vqa-grid-fmnist.yaml", base + ["--mode", mode], defaults=VQA_DEFAULTS)
+    for mode, cfg in cfgs.items():
         torch.manual_seed(0)
-        data = build_grid_vqa_data(cfg)
         model, teacher, _, _ = build_vqa_run(cfg, data)
         model.eval()
-        x, cells = data["train"][0], data["train"][1].numpy()
         rows[f"{mode} ViM at init" + (f" ({args.init_layers} layers initialised)" if mode == "transmamba" else "")] = patch_tokens(model, x)
         if teacher is not None:
             layers = range(teacher.cfg.depth) if args.teacher_layers else [teacher.cfg.depth - 1]
