@@ -8,7 +8,7 @@ tokens of one cell are mean-pooled (4x4 tokens) and a logistic regression predic
   other: the class in the diagonally opposite cell (how far has content leaked across the grid?)
 Chance is ~0.10 for both. Accuracies are on held-out grids.
 
-    python experiments/grid_token_probe.py [--teacher runs/multimodal/i17/grids/teacher/vit] [--n 6000] [--init_layers 4] [--teacher_layers]
+    python experiments/grid_token_probe.py [--teacher runs/multimodal/i17/grids/teacher/vit] [--n 6000] [--init_layers 4] [--teacher_layers] [--teacher_window 4]
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ def patch_tokens(model, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def teacher_tokens(teacher, backbone, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
-    """The teacher's hidden state after `layer` in the student's layout (its class token dropped)."""
+def teacher_tokens(teacher, backbone, x: torch.Tensor, layer: int = -1, window: int = 0) -> torch.Tensor:
+    """The teacher's hidden state after `layer` in the student's layout (its class token dropped);
+    window > 0: the teacher's attention kept inside window x window tiles (`models.vit.window_mask`)."""
     out = []
     for i in range(0, len(x), 500):
-        _, hidden, _ = teacher(x[i:i + 500], return_hidden=True)
+        _, hidden, _ = teacher(x[i:i + 500], return_hidden=True, window=window)
         out.append(without_cls(backbone.align_teacher_tokens(hidden[layer], teacher.n_prefix), backbone.cls_pos))
     return torch.cat(out)
 
@@ -73,6 +74,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=6000, help="grids in all; the last quarter is held out")
     ap.add_argument("--init_layers", type=int, default=4, help="TransMamba: layers given layered init")
     ap.add_argument("--teacher_layers", action="store_true", help="probe every teacher layer, not only the last")
+    ap.add_argument("--teacher_window", type=int, default=0,
+                    help="also probe the teacher with attention kept inside W x W patch tiles (4: one cell)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = ["--teacher", args.teacher,
@@ -91,6 +94,9 @@ def main() -> None:
             layers = range(teacher.cfg.depth) if args.teacher_layers else [teacher.cfg.depth - 1]
             for j in layers:
                 rows[f"ViT teacher (layer {j + 1} of {teacher.cfg.depth})"] = teacher_tokens(teacher, model.backbone, x, j)
+                if args.teacher_window:
+                    rows[f"ViT teacher, window {args.teacher_window} (layer {j + 1} of {teacher.cfg.depth})"] = \
+                        teacher_tokens(teacher, model.backbone, x, j, args.teacher_window)
     n_train = 3 * args.n // 4
     res = {name: probe(cell_pools(t.float()).numpy(), cells, n_train) for name, t in rows.items()}
     print("| tokens | own cell's class | opposite cell's class |\n|---|---|---|")

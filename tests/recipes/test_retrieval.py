@@ -98,3 +98,25 @@ def test_an_untrained_reranker_keeps_the_first_stage_ranking(tmp_path, init_vit)
     with torch.no_grad():
         model.match.bias.fill_(1.0)  # a constant shift: the top-5 order is unchanged
     assert evaluate_retrieval(model, data, rerank_k=5, max_k=6)["t2v_r1"] == ev["t2v_r1"]
+
+
+def test_teacher_window_reaches_every_distillation_call_and_a_bad_one_is_refused(tmp_path, init_vit, monkeypatch):
+    from transmamba.models.vit import ViT
+
+    t_out = tmp_path / "teacher"
+    train_retrieval(_cfg(t_out, "grids", "teacher", init_vit, extra=["--fusion", "none"]), hashed_text_STAND_IN)
+    seen, forward = [], ViT.forward
+
+    def recording(self, x, return_hidden=False, stats=None, window=0):
+        seen.append(window)
+        return forward(self, x, return_hidden, stats, window)
+
+    monkeypatch.setattr(ViT, "forward", recording)
+    extra = ["--mode", "transmamba", "--fusion", "none", "--distill.teacher_window", "1"]
+    r = train_retrieval(_cfg(tmp_path / "s", "grids", "student", init_vit, teacher=t_out / "vit", extra=extra),
+                        hashed_text_STAND_IN)
+    assert r["steps"] == 3 and seen.count(1) == 3  # one windowed teacher call per step (init calls use 0)
+    extra[-1] = "3"
+    with pytest.raises(ValueError, match="window=3 must be a positive divisor"):
+        train_retrieval(_cfg(tmp_path / "b", "grids", "student", init_vit, teacher=t_out / "vit", extra=extra),
+                        hashed_text_STAND_IN)

@@ -310,3 +310,8 @@ def test_bad_vision_config_is_refused_before_any_work(tmp_path, key, value):
     with pytest.raises(ValueError, match=key[2:].replace(".", "[.]") + ".*must be"):
         distill_main(["--data.dataset", "digits", "--out_dir", str(tmp_path / "x"), key, value])
     assert not (tmp_path / "x").exists()
+
+
+def test_logit_kd_against_a_windowed_teacher_is_refused():
+    with pytest.raises(ValueError, match="teacher_window changes the teacher's logits"):
+        ClassifyStep(torch.nn.Identity(), kd_weight=0.5, teacher_window=2)

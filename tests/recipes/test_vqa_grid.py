@@ -171,3 +171,27 @@ def test_fusion_first_steps_without_distillation_then_the_backbone_trains():
     assert all(p.grad is None for p in model.backbone.parameters())
     step_module(batch, 1)[0].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+
+
+def test_a_windowed_teacher_is_the_distillation_target(tmp_path):
+    """distill.teacher_window: L_dir is taken against the teacher run with cell-local attention, which
+    differs from the full teacher's (so the option is not a no-op)."""
+    from transmamba.recipes.vqa import VQAStep, build_grid_vqa_data, build_vqa_run
+
+    cfg = load_config(None, _grid_args(tmp_path, "modulate") + ["--distill.teacher_window", "2"], defaults=VQA_DEFAULTS)
+    data = build_grid_vqa_data(cfg, hashed_questions_STAND_IN)
+    model, teacher, dloss, _ = build_vqa_run(cfg, data)
+    x, _, q, a = data["train"]
+    batch = (x[:8], q[:8], a[:8])
+    losses = {}
+    for w in (0, 2):
+        step_module = VQAStep(model, data["text"], data["text_mask"], teacher=teacher, dloss=dloss, alpha=0.5,
+                              distill_first_steps=1, fusion_first_steps=1, teacher_window=w)
+        losses[w] = step_module(batch, 0)[0]
+        _, t_hidden, _ = teacher(x[:8], return_hidden=True, window=w)
+        _, feats = model.visual_tokens(x[:8], return_directions=True)
+        toks = [model.backbone.align_teacher_tokens(h, teacher.n_prefix) for h in t_hidden]
+        torch.testing.assert_close(losses[w], dloss(feats, toks, model.backbone.blocks[0].mixer.perms)[0])
+    assert not torch.allclose(losses[0], losses[2])
+    res = train_vqa(cfg, text_encoder=hashed_questions_STAND_IN)
+    assert res["steps"] == 3

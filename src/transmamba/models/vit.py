@@ -104,11 +104,12 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=qkv_bias)
         self.o_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, stats: dict | None = None) -> torch.Tensor:
-        """x "b l d" -> "b l d"; fills stats["q"], ["k"] "b l h e" and ["heads"] (per-head output)."""
+    def forward(self, x: torch.Tensor, stats: dict | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x "b l d" -> "b l d"; fills stats["q"], ["k"] "b l h e" and ["heads"] (per-head output).
+        mask: bool "l l", True where query i may attend to key j (None: every pair)."""
         q, k, v = (p(x).unflatten(-1, (self.num_heads, self.d_head)).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))  # "b h l e"
-        o = F.scaled_dot_product_attention(q, k, v)  # "b h l e"
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # "b h l e"
         if stats is not None:
             stats["q"], stats["k"], stats["heads"] = (t.transpose(1, 2) for t in (q, k, o))
         return self.o_proj(o.transpose(1, 2).flatten(2))
@@ -139,13 +140,29 @@ class TeacherBlock(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_ff)
 
-    def forward(self, h: torch.Tensor, stats: dict | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, stats: dict | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if stats is not None:
             stats["norm1_in"] = h
-        h = h + self.attn(self.norm1(h), stats)
+        h = h + self.attn(self.norm1(h), stats, mask)
         if stats is not None:
             stats["norm2_in"] = h
         return h + self.mlp(self.norm2(h), stats)
+
+
+def window_mask(grid: int, window: int, n_prefix: int) -> torch.Tensor:
+    """Attention mask "l l" (True: query i may attend to key j), l = n_prefix + grid^2, for a ViT on
+    a grid x grid raster of patches cut into (grid / window)^2 tiles of window x window patches:
+    a patch token sees only the patch tokens of its own tile (not the prefix tokens, which carry
+    the whole image after one block), so its hidden states depend on its tile's pixels alone; the
+    prefix tokens (class, distillation) see every token."""
+    if window <= 0 or grid % window:
+        raise ValueError(f"window={window} must be a positive divisor of the patch grid ({grid} x {grid})")
+    r = torch.arange(grid * grid)
+    tile = (r // grid // window) * (grid // window) + (r % grid) // window
+    mask = torch.ones(n_prefix + grid * grid, n_prefix + grid * grid, dtype=torch.bool)
+    mask[n_prefix:, :n_prefix] = False
+    mask[n_prefix:, n_prefix:] = tile[:, None] == tile[None, :]
+    return mask
 
 
 class ViT(nn.Module):
@@ -185,20 +202,22 @@ class ViT(nn.Module):
             return (self.head(h[:, 0]) + self.head_dist(h[:, 1])) / 2
         return self.head(h[:, 0])
 
-    def forward(self, x: torch.Tensor, return_hidden: bool = False, stats: list | None = None):
+    def forward(self, x: torch.Tensor, return_hidden: bool = False, stats: list | None = None, window: int = 0):
         """logits, plus the block outputs (before the final norm) and the normed last layer if
         return_hidden: (logits, [h_1..h_L], norm(h_L)). Video input returns per-frame hidden
         states "b t n d" and frame-averaged logits. `stats`, a list, receives one dict per block
-        (see `calibration_stats`)."""
+        (see `calibration_stats`). window > 0: every block's attention is `window_mask` (patch
+        tokens see only their own window x window tile; a local teacher for distillation)."""
         video = x.dim() == 5
         if video:
             b, t = x.shape[:2]
             x = x.flatten(0, 1)
         h = self.embed(x)
+        mask = window_mask(self.cfg.grid, window, self.n_prefix).to(h.device) if window else None
         hidden = []
         for blk in self.blocks:
             s = {} if stats is not None else None
-            h = blk(h, s)
+            h = blk(h, s, mask)
             if stats is not None:
                 stats.append(s)
             hidden.append(h)

@@ -183,9 +183,10 @@ class RetrievalStep(nn.Module):
     """loss = alpha (InfoNCE(dual) + InfoNCE over K re-ranked candidates) + (1 - alpha) L_dir."""
 
     def __init__(self, model: RetrievalModel, text: dict, *, teacher=None, dloss=None, alpha: float = 1.0,
-                 train_k: int = 8):
+                 train_k: int = 8, teacher_window: int = 0):
         super().__init__()
         self.model, self.dloss, self.alpha, self.train_k = model, dloss, alpha, train_k
+        self.teacher_window = int(teacher_window)
         self.__dict__["teacher"] = teacher
         for k in ("tokens", "mask", "pooled"):
             self.register_buffer(f"text_{k}", text[k], persistent=False)
@@ -214,7 +215,7 @@ class RetrievalStep(nn.Module):
         if self.dloss is None:
             return task, parts
         with torch.no_grad():
-            _, t_hidden, _ = self.teacher(x, return_hidden=True)
+            _, t_hidden, _ = self.teacher(x, return_hidden=True, window=self.teacher_window)
         bb = m.backbone
         toks = [bb.align_teacher_tokens(hh, self.teacher.n_prefix) for hh in t_hidden]
         dl, cos = self.dloss(feats, toks, bb.blocks[0].mixer.perms)
@@ -316,7 +317,7 @@ def train_retrieval(cfg: dict, text_encoder=None) -> dict:
     model, teacher, dloss, report = build_retrieval_model(cfg, data)
     alpha = float(cfg["distill"]["alpha"]) if dloss is not None else 1.0
     step_module = RetrievalStep(model, data["text"], teacher=teacher, dloss=dloss, alpha=alpha,
-                                train_k=int(r["train_k"]))
+                                train_k=int(r["train_k"]), teacher_window=int(cfg["distill"]["teacher_window"]))
     x_tr, c_tr = data["train"]
     total, per_epoch = steps_of(len(x_tr), tcfg)
     tcfg = {**tcfg, "eval_every": per_epoch if tcfg.get("eval_every") is None else tcfg["eval_every"]}

@@ -79,7 +79,8 @@ DISTILL_DEFAULTS = {
              "lin_scale": 0.0, "lr_scale": 1.0, "calibrate": False, "calibrate_mlp": False,
              "calibrate_head": False, "ridge": 1e-3},
     "distill": {"enabled": True, "form": "paper", "adaptive": True, "alpha": 0.9,
-                "kd_weight": 0.0, "temperature": 2.0, "calib_hidden": None, "eps": 0.05},
+                "kd_weight": 0.0, "temperature": 2.0, "calib_hidden": None, "eps": 0.05,
+                "teacher_window": 0},
     "train": copy.deepcopy(TRAIN_DEFAULTS),
 }
 METRIC_FIELDS = ["epoch", "task_loss", "distill_loss", "kd_loss", "mean_cos", "test_loss", "test_top1"]
@@ -91,7 +92,7 @@ VISION_RULES: dict[str, Rule] = {
     "student.d_model": POSITIVE_INT, "student.depth": POSITIVE_INT, "student.d_state": POSITIVE_INT,
     "student.patch_size": POSITIVE_INT, "vit.d_model": POSITIVE_INT, "vit.depth": POSITIVE_INT,
     "vit.num_heads": POSITIVE_INT, "vit.patch_size": POSITIVE_INT, "vit.d_ff": POSITIVE_INT,
-    "init.layers": NONNEG_INT | Rule("null", lambda v: v is None),
+    "init.layers": NONNEG_INT | Rule("null", lambda v: v is None), "distill.teacher_window": NONNEG_INT,
 }
 
 
@@ -191,11 +192,15 @@ class ClassifyStep(nn.Module):
     kept outside the module's parameters (it is not trained, saved or synchronised)."""
 
     def __init__(self, model: nn.Module, *, teacher: nn.Module | None = None, dloss: nn.Module | None = None,
-                 alpha: float = 1.0, kd_weight: float = 0.0, temperature: float = 2.0):
+                 alpha: float = 1.0, kd_weight: float = 0.0, temperature: float = 2.0, teacher_window: int = 0):
         super().__init__()
+        if teacher_window and kd_weight:
+            raise ValueError("distill.teacher_window changes the teacher's logits too: logit KD (distill.kd_weight) "
+                             "against a windowed teacher is refused; set one of them to 0")
         self.model, self.dloss = model, dloss
         self.__dict__["teacher"] = teacher  # not a submodule
         self.alpha, self.kd_weight, self.temperature = alpha, kd_weight, temperature
+        self.teacher_window = int(teacher_window)
 
     def forward(self, batch, step: int):
         from transmamba.adapt.distill import kl_logit_loss, total_loss
@@ -208,7 +213,7 @@ class ClassifyStep(nn.Module):
         task = F.cross_entropy(logits.float(), y)
         parts = {"task_loss": task}
         with torch.no_grad():
-            t_logits, t_hidden, _ = self.teacher(x, return_hidden=True)
+            t_logits, t_hidden, _ = self.teacher(x, return_hidden=True, window=self.teacher_window)
         dl = kd = None
         if self.dloss is not None:
             toks = [self.model.align_teacher_tokens(h, self.teacher.n_prefix) for h in t_hidden]
@@ -326,6 +331,7 @@ def build_distill_run(cfg: dict, data: dict):
     from transmamba.adapt.distill import DirectionalDistillLoss
     from transmamba.adapt.layered_init import default_init_layers, transfer_vit_to_student
     from transmamba.models.vision import build_student
+    from transmamba.models.vit import window_mask
     from transmamba.models.vit_weights import load_pretrained_vit
 
     mode = cfg["mode"]
@@ -372,6 +378,8 @@ def build_distill_run(cfg: dict, data: dict):
         dloss = DirectionalDistillLoss(student.cfg.depth, teacher.cfg.depth, student.cfg.d_model,
                                        teacher.cfg.d_model, form=d["form"], adaptive=d["adaptive"],
                                        hidden=d["calib_hidden"], eps=d["eps"], index=resid_idx)
+        if d["teacher_window"]:  # a window that does not tile the teacher's patch grid is refused here
+            window_mask(teacher.cfg.grid, int(d["teacher_window"]), teacher.n_prefix)
     return student, teacher, dloss, report
 
 
@@ -387,7 +395,7 @@ def distill(cfg: dict) -> dict:
     d = cfg["distill"]
     kd_w = float(d["kd_weight"]) if teacher is not None and d["enabled"] else 0.0
     step = ClassifyStep(student, teacher=teacher, dloss=dloss, alpha=float(d["alpha"]) if dloss is not None else 1.0,
-                        kd_weight=kd_w, temperature=float(d["temperature"]))
+                        kd_weight=kd_w, temperature=float(d["temperature"]), teacher_window=int(d["teacher_window"]))
 
     def save_fn(epoch, at_step, acc):
         from transmamba.models.vision import save_student

@@ -222,13 +222,14 @@ class VQAStep(nn.Module):
 
     def __init__(self, model: VQAModel, text: torch.Tensor, text_mask: torch.Tensor, *,
                  teacher: nn.Module | None = None, dloss: nn.Module | None = None, alpha: float = 1.0,
-                 fusion_first_steps: int = 0, distill_first_steps: int = 0):
+                 fusion_first_steps: int = 0, distill_first_steps: int = 0, teacher_window: int = 0):
         super().__init__()
         if distill_first_steps and dloss is None:
             raise ValueError("distill_first_steps needs the distillation loss (TransMamba mode)")
         self.model, self.dloss, self.alpha = model, dloss, alpha
         self.fusion_first_steps, self.distill_first_steps = int(fusion_first_steps), int(distill_first_steps)
         self.__dict__["teacher"] = teacher
+        self.teacher_window = int(teacher_window)
         self.register_buffer("text", text, persistent=False)
         self.register_buffer("text_mask", text_mask, persistent=False)
 
@@ -255,7 +256,7 @@ class VQAStep(nn.Module):
     def _distill(self, x: torch.Tensor, feats) -> tuple[torch.Tensor, torch.Tensor]:
         """L_dir of the backbone's direction features against the teacher's tokens on x; cosines."""
         with torch.no_grad():
-            _, t_hidden, _ = self.teacher(x, return_hidden=True)
+            _, t_hidden, _ = self.teacher(x, return_hidden=True, window=self.teacher_window)
         bb = self.model.backbone
         toks = [bb.align_teacher_tokens(hh, self.teacher.n_prefix) for hh in t_hidden]
         return self.dloss(feats, toks, bb.blocks[0].mixer.perms)
@@ -273,7 +274,8 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
     x_tr, _, q_tr, a_tr = data["train"]
     step_module = VQAStep(model, data["text"], data["text_mask"], teacher=teacher, dloss=dloss, alpha=alpha,
                           fusion_first_steps=tcfg["fusion_first_steps"],
-                          distill_first_steps=tcfg["distill_first_steps"])
+                          distill_first_steps=tcfg["distill_first_steps"],
+                          teacher_window=int(cfg["distill"]["teacher_window"]))
     init = evaluate_vqa(model, data, "test", tcfg["eval_batch_size"])
     total, per_epoch = steps_of(len(x_tr), tcfg)
     tcfg = {**tcfg, "eval_every": per_epoch if tcfg.get("eval_every") is None else tcfg["eval_every"]}
