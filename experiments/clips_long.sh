@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Issue 17 text-video students at 8x the budget of experiments/multimodal_retrieval.sh: 4 epochs of
 # 4000 clips = 252 steps of batch 64 (the clips teacher of that script is the distillation teacher).
-#   bash experiments/clips_long.sh [OUT=runs/multimodal/i17] ["mode fusion seed" ...]
-# Runs land in $OUT/clips-long/<mode>-<fusion>-s<seed>; default cells: the 8 listed below
-# (seeds 0 and 1 of scratch, and of TransMamba with each fusion).
+#   [EPOCHS=4] [NAME=clips-long] bash experiments/clips_long.sh [OUT=runs/multimodal/i17] ["mode fusion seed" ...]
+# Runs land in $OUT/$NAME/<mode>-<fusion>-s<seed>; default cells: the 8 listed below
+# (seeds 0 and 1 of scratch, and of TransMamba with each fusion). EPOCHS=8: 504 steps.
 set -u
 OUT=${1:-runs/multimodal/i17}
 shift $(( $# < 1 ? $# : 1 ))
 PY=${PY:-python}
+EPOCHS=${EPOCHS:-4}
+NAME=${NAME:-clips-long}
 [ $# -gt 0 ] || set -- "transmamba cross_mamba 0" "transmamba none 0" "transmamba cross_mamba 1" "transmamba none 1" \
     "scratch none 0" "scratch none 1" "transmamba cross_attention 0" "transmamba cross_attention 1"
 for spec in "$@"; do
   read -r mode fusion seed <<< "$spec"
-  D=$OUT/clips-long/$mode-$fusion-s$seed
+  D=$OUT/$NAME/$mode-$fusion-s$seed
   [ -f $D/result.json ] || $PY -m transmamba.cli train-retrieval --config configs/multimodal/retrieval-clips.yaml \
       --mode $mode --fusion $fusion --train.seed $seed --out_dir $D --teacher $OUT/clips/teacher/vit \
-      --retrieval.train_n 4000 --retrieval.test_n 500 --train.epochs 4 --train.progress false
+      --retrieval.train_n 4000 --retrieval.test_n 500 --train.epochs $EPOCHS --train.progress false
 done
