@@ -34,7 +34,7 @@ def test_candidate_nce_and_scale():
     s = torch.tensor([[2.0, 0.0, 0.0]])
     assert float(candidate_nce(s)) == pytest.approx(-(2 - math.log(math.exp(2) + 2)))
     ls = LogitScale(0.07)
-    assert float(ls()) == pytest.approx(1 / 0.07, rel=1e-5)
+    assert float(ls().detach()) == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():
         ls.log_scale.fill_(10.0)
     assert float(ls()) == pytest.approx(100.0, rel=1e-5)  # clamped
