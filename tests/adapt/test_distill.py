@@ -102,3 +102,29 @@ def test_token_cosine_matches_cosine_similarity_values_and_grads():
         torch.testing.assert_close(a, b)
         for ga, gb in zip(torch.autograd.grad(a, (s, t)), torch.autograd.grad(b, (s, t))):
             torch.testing.assert_close(ga, gb)
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher targets
+
+
+@pytest.mark.parametrize("arch,video", [("vim", False), ("videomamba", True)])
+def test_teacher_targets_are_the_teachers_tokens_in_the_students_layout(arch, video):
+    from transmamba.models.vision import build_student
+    from transmamba.models.vit import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    teacher = ViT(ViTConfig(img_size=8, patch_size=2, d_model=8, depth=2, num_heads=2, d_ff=8, num_classes=3)).eval()
+    student = build_student(dict(arch=arch, img_size=8, patch_size=2, d_model=8, depth=2, num_classes=3, frames=2))
+    x = torch.randn(3, 2, 1, 8, 8) if video else torch.randn(3, 1, 8, 8)
+    for window in (0, 2):
+        logits, toks = D.teacher_targets(teacher, student, x, window)
+        want_logits, hidden, _ = teacher(x, return_hidden=True, window=window)
+        torch.testing.assert_close(logits, want_logits)
+        assert len(toks) == len(hidden) == 2
+        for got, h in zip(toks, hidden):
+            torch.testing.assert_close(got, student.align_teacher_tokens(h, teacher.n_prefix))
+            assert not got.requires_grad
+    # the window reaches the teacher: the windowed tokens differ from the full teacher's
+    assert not torch.allclose(D.teacher_targets(teacher, student, x, 2)[1][-1],
+                              D.teacher_targets(teacher, student, x, 0)[1][-1])

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from transmamba.data.clip_captions import DIRECTION_NAMES, all_clip_captions, clip_caption, make_captioned_clips
+from transmamba.data.clip_captions import (DIRECTION_NAMES, all_clip_captions, caption_facets, clip_caption,
+                                           make_captioned_clips)
 from transmamba.data.fmnist_grids import CELLS, compose_grids, grid_caption, make_caption_grids
 from transmamba.data.moving_fmnist import DIRECTIONS
 
@@ -71,3 +72,10 @@ def test_clip_captions_and_straight_motion():
     assert (clips == c2).all() and (cid == cid2).all()
     with pytest.raises(ValueError, match="bounce_free"):
         make_captioned_clips(imgs, labs, 4, frames=4, canvas=30, speed=2)
+
+
+def test_caption_facets_name_the_item_and_the_direction():
+    caps = all_clip_captions()
+    f = caption_facets(np.arange(80))
+    for cid in range(80):
+        assert caps[cid] == clip_caption(int(f["item"][cid]), int(f["direction"][cid]))

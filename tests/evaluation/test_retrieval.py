@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from transmamba.evaluation.retrieval import mean_metrics, ranks, recall_curve, retrieval_metrics
+from transmamba.evaluation.retrieval import facet_r1, mean_metrics, ranks, recall_curve, retrieval_metrics
 
 
 def brute_rank(s: np.ndarray, i: int) -> int:
@@ -39,3 +39,38 @@ def test_perfect_and_worst_scores():
     assert mean_metrics([{"a": 1.0}, {"a": 0.0}]) == {"a": 0.5}
     with pytest.raises(ValueError, match="square"):
         ranks(torch.zeros(2, 3))
+
+
+def test_facet_r1_hand_example():
+    # items (class, direction): 0 = (0, 0), 1 = (0, 1), 2 = (1, 1), 3 = (1, 0)
+    facets = {"item": torch.tensor([0, 0, 1, 1]), "direction": torch.tensor([0, 1, 1, 0])}
+    s = torch.tensor([[5.0, 1, 1, 1],   # right
+                      [1.0, 2, 9, 1],   # top-1 is 2: direction right, item wrong
+                      [1.0, 1, 2, 2],   # tie with 3 counts against the query: item right, direction wrong
+                      [1.0, 1, 1, 0]])  # best wrong: a three-way tie, argmax takes 0 (direction right)
+    got = facet_r1(s, facets)
+    assert got == {"t2v_r1_item": pytest.approx(2 / 4), "t2v_r1_direction": pytest.approx(3 / 4)}
+    assert set(facet_r1(s, facets, prefix="dual_t2v")) == {"dual_t2v_r1_item", "dual_t2v_r1_direction"}
+    with pytest.raises(ValueError, match="facet 'item'"):
+        facet_r1(s, {"item": torch.zeros(3, dtype=torch.long)})
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_facet_r1_brute_force_and_bounds(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 40
+    s = torch.randint(0, 5, (n, n), generator=g).float()
+    f = {"a": torch.randint(0, 3, (n,), generator=g), "b": torch.randint(0, 4, (n,), generator=g)}
+    got = facet_r1(s, f)
+    r1 = retrieval_metrics(s)["t2v_r1"]
+    for name, v in f.items():
+        hits = 0
+        for i in range(n):
+            row = s[i].tolist()
+            if all(row[j] < row[i] for j in range(n) if j != i):
+                hits += 1
+                continue
+            best = max((row[j], -j) for j in range(n) if j != i)  # highest score, lowest index on ties
+            hits += int(v[-best[1]] == v[i])
+        assert got[f"t2v_r1_{name}"] == pytest.approx(hits / n)
+        assert got[f"t2v_r1_{name}"] >= r1

@@ -78,6 +78,11 @@ def test_teacher_then_students_through_the_engine(tmp_path, init_vit, task):
         assert all(torch.isfinite(torch.tensor(r["losses"])))
         assert (out / "recall.png").is_file()
         assert ("dual_t2v_r1" in r) == (fusion != "none")
+        # clips say which part of the caption the top-1 clip gets right; grid captions have no facets
+        assert ("t2v_r1_item" in r) == ("t2v_r1_direction" in r) == (task == "clips")
+        assert ("dual_t2v_r1_item" in r) == (task == "clips" and fusion != "none")
+        if task == "clips":
+            assert r["t2v_r1"] <= min(r["t2v_r1_item"], r["t2v_r1_direction"])
 
 
 def test_teacher_refuses_a_fusion(tmp_path, init_vit):

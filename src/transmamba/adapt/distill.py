@@ -197,6 +197,16 @@ class DirectionalDistillLoss(nn.Module):
         return loss, cos.detach()
 
 
+@torch.no_grad()
+def teacher_targets(teacher: nn.Module, student: nn.Module, x: torch.Tensor,
+                    window: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What the frozen teacher gives the student on x: (teacher logits, one token tensor per teacher
+    layer, put into the student's token layout by `student.align_teacher_tokens`). window > 0 keeps
+    the teacher's patch attention inside window x window tiles (`models.vit.window_mask`)."""
+    logits, hidden, _ = teacher(x, return_hidden=True, window=window)
+    return logits, [student.align_teacher_tokens(h, teacher.n_prefix) for h in hidden]
+
+
 def total_loss(task: torch.Tensor, distill: torch.Tensor | None, alpha: float,
                kd: torch.Tensor | None = None, kd_weight: float = 0.0) -> torch.Tensor:
     """L = alpha L_task + (1 - alpha) L_dir + kd_weight L_kd (missing terms count as 0)."""

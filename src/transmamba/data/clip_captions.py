@@ -31,6 +31,13 @@ def all_clip_captions(n_classes: int = 10) -> list[str]:
     return [clip_caption(c, d) for c in range(n_classes) for d in range(len(DIRECTIONS))]
 
 
+def caption_facets(cap: np.ndarray) -> dict[str, np.ndarray]:
+    """Caption id "n" -> {"item": class "n", "direction": direction "n"} (id = class * 8 + direction)."""
+    cap = np.asarray(cap)
+    n_dir = len(DIRECTIONS)
+    return {"item": cap // n_dir, "direction": cap % n_dir}
+
+
 def make_captioned_clips(images: np.ndarray, labels: np.ndarray, n: int, *, frames: int = 4, canvas: int = 35,
                          speed: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(clips uint8 "n t canvas canvas", caption ids int64 "n" = class * 8 + direction), bounce-free

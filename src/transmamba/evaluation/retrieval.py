@@ -44,6 +44,23 @@ def retrieval_metrics(t2v: torch.Tensor, v2t: torch.Tensor | None = None, ks=KS)
     return out
 
 
+def facet_r1(scores: torch.Tensor, facets: dict[str, torch.Tensor], prefix: str = "t2v") -> dict:
+    """Which parts of the right answer each query's top-1 gets right: {"<prefix>_r1_<f>": fraction}.
+
+    facets[f] "n" is facet f of item i (for clip captions: the item class and the direction). The
+    top-1 of query i is i itself when rank(i) = 1, else its best-scoring wrong item (one that scores
+    at least s[i, i]); R@1 <= every facet's R@1."""
+    r = ranks(scores)
+    wrong = scores.float().masked_fill(torch.eye(len(r), dtype=torch.bool, device=scores.device), float("-inf"))
+    top = torch.where(r == 1, torch.arange(len(r), device=scores.device), wrong.argmax(1))
+    out = {}
+    for name, f in facets.items():
+        if f.shape != r.shape:
+            raise ValueError(f"facet {name!r} must have shape {tuple(r.shape)}, got {tuple(f.shape)}")
+        out[f"{prefix}_r1_{name}"] = float((f[top] == f).float().mean())
+    return out
+
+
 def mean_metrics(rows: list[dict]) -> dict:
     """Key-wise mean of metric dicts (several galleries)."""
     if not rows:

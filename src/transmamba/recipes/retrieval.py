@@ -24,7 +24,8 @@ Loss: L = alpha (InfoNCE(dual) + InfoNCE over K candidates of the re-ranker) + (
 alpha = 1 without distillation; the InfoNCE is symmetric with a learned temperature
 (`adapt.contrastive`); the re-ranker (fusion != none, `adapt.retrieval_model`) scores text ->
 visual only. Evaluation (`evaluation.retrieval`): R@1/5/10 and median rank both ways on the test
-galleries. out_dir gets metrics.csv, loss.png, recall.png (R@k vs k) and result.json.
+galleries; on clips also t2v_r1_item / t2v_r1_direction, how often a text's top-1 clip has the
+right item / the right direction (`facet_r1`). out_dir gets metrics.csv, loss.png, recall.png (R@k vs k) and result.json.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ import torch
 from torch import nn
 
 from transmamba.adapt.contrastive import candidate_nce, info_nce
+from transmamba.adapt.distill import teacher_targets
 from transmamba.adapt.retrieval_model import RETRIEVAL_FUSIONS, RetrievalModel
 from transmamba.config import POSITIVE_INT, UNIT, check_config as check_rules, one_of
-from transmamba.data.clip_captions import all_clip_captions, make_caption_galleries, make_captioned_clips
+from transmamba.data.clip_captions import all_clip_captions, caption_facets, make_caption_galleries, make_captioned_clips
 from transmamba.data.fashion_mnist import load_image_dataset, to_tensors
 from transmamba.data.fmnist_grids import make_caption_grids
-from transmamba.evaluation.retrieval import mean_metrics, ranks, recall_curve, retrieval_metrics
+from transmamba.evaluation.retrieval import facet_r1, mean_metrics, ranks, recall_curve, retrieval_metrics
 from transmamba.io.files import atomic_write
 from transmamba.recipes.vision import (DISTILL_DEFAULTS, VISION_RULES, build_distill_run, config_main,
                                        example_batches, steps_of, write_result)
@@ -123,7 +125,7 @@ def build_retrieval_data(cfg: dict, text_encoder=None) -> dict:
         y_tr = np.array([pos[c] for c in cap_tr])
         y_te = np.array([pos[c] for c in cap_te])
         galleries = [np.arange(len(x_te))]
-        video, frames = False, 1
+        video, frames, facets = False, 1, None
     else:
         c = r["clip"]
         kw = dict(frames=int(c["frames"]), canvas=int(c["canvas"]), speed=int(c["speed"]))
@@ -132,12 +134,13 @@ def build_retrieval_data(cfg: dict, text_encoder=None) -> dict:
         bank = all_clip_captions()
         galleries = [np.arange(g * 80, (g + 1) * 80) for g in range(int(r["n_galleries"]))]
         video, frames = True, int(c["frames"])
+        facets = {k: torch.as_tensor(v) for k, v in caption_facets(y_te).items()}
     train = to_tensors(x_tr, y_tr, mean, std)
     test = to_tensors(x_te, y_te, mean, std)
     text = cached_text_features(bank, cfg, text_encoder)
     return {"train": train, "test": test, "captions": bank, "text": text, "galleries": galleries,
             "img_size": int(x_tr.shape[-1]), "num_classes": 10, "video": video, "frames": frames,
-            "fill": -mean / max(std, 1e-6)}
+            "fill": -mean / max(std, 1e-6), "facets": facets}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,11 +217,8 @@ class RetrievalStep(nn.Module):
         parts["task_loss"] = task
         if self.dloss is None:
             return task, parts
-        with torch.no_grad():
-            _, t_hidden, _ = self.teacher(x, return_hidden=True, window=self.teacher_window)
-        bb = m.backbone
-        toks = [bb.align_teacher_tokens(hh, self.teacher.n_prefix) for hh in t_hidden]
-        dl, cos = self.dloss(feats, toks, bb.blocks[0].mixer.perms)
+        _, toks = teacher_targets(self.teacher, m.backbone, x, self.teacher_window)
+        dl, cos = self.dloss(feats, toks, m.backbone.blocks[0].mixer.perms)
         parts.update(distill_loss=dl, mean_cos=cos.mean())
         return self.alpha * task + (1 - self.alpha) * dl, parts
 
@@ -269,8 +269,11 @@ def evaluate_retrieval(model: RetrievalModel, data: dict, rerank_k: int, max_k: 
             gi = torch.as_tensor(g)
             t2v, v2t = gallery_scores(model, x[gi], cap[gi], data["text"], rerank_k)
             rows.append(retrieval_metrics(t2v, v2t))
+            facets = {k: f[gi] for k, f in (data.get("facets") or {}).items()}
+            rows[-1].update(facet_r1(t2v, facets))
             if model.fusion != "none":  # the first stage alone (s_dual), to tell the re-ranker's share
                 rows[-1].update({f"dual_{k}": v for k, v in retrieval_metrics(v2t).items() if k.startswith("t2v")})
+                rows[-1].update(facet_r1(v2t, facets, prefix="dual_t2v"))
             curves["t2v"].append(recall_curve(ranks(t2v), max_k))
             curves["v2t"].append(recall_curve(ranks(v2t.transpose(0, 1)), max_k))
     finally:

@@ -203,7 +203,7 @@ class ClassifyStep(nn.Module):
         self.teacher_window = int(teacher_window)
 
     def forward(self, batch, step: int):
-        from transmamba.adapt.distill import kl_logit_loss, total_loss
+        from transmamba.adapt.distill import kl_logit_loss, teacher_targets, total_loss
 
         x, y = batch
         if self.dloss is None and not self.kd_weight:
@@ -212,11 +212,9 @@ class ClassifyStep(nn.Module):
         logits, feats = self.model(x, return_directions=self.dloss is not None)
         task = F.cross_entropy(logits.float(), y)
         parts = {"task_loss": task}
-        with torch.no_grad():
-            t_logits, t_hidden, _ = self.teacher(x, return_hidden=True, window=self.teacher_window)
+        t_logits, toks = teacher_targets(self.teacher, self.model, x, self.teacher_window)
         dl = kd = None
         if self.dloss is not None:
-            toks = [self.model.align_teacher_tokens(h, self.teacher.n_prefix) for h in t_hidden]
             dl, cos = self.dloss(feats, toks, self.model.blocks[0].mixer.perms)
             parts.update(distill_loss=dl, mean_cos=cos.mean())
         if self.kd_weight:

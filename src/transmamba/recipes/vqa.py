@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transmamba.adapt.distill import token_normalize
+from transmamba.adapt.distill import teacher_targets, token_normalize
 from transmamba.adapt.vqa_model import FUSIONS, READOUTS, VQAModel
 from transmamba.config import NONNEG_INT, POSITIVE_INT, UNIT, check_config as check_rules, one_of
 from transmamba.data.vqa_questions import question_bank, sample_questions
@@ -255,10 +255,8 @@ class VQAStep(nn.Module):
 
     def _distill(self, x: torch.Tensor, feats) -> tuple[torch.Tensor, torch.Tensor]:
         """L_dir of the backbone's direction features against the teacher's tokens on x; cosines."""
-        with torch.no_grad():
-            _, t_hidden, _ = self.teacher(x, return_hidden=True, window=self.teacher_window)
         bb = self.model.backbone
-        toks = [bb.align_teacher_tokens(hh, self.teacher.n_prefix) for hh in t_hidden]
+        _, toks = teacher_targets(self.teacher, bb, x, self.teacher_window)
         return self.dloss(feats, toks, bb.blocks[0].mixer.perms)
 
 
