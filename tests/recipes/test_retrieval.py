@@ -39,7 +39,8 @@ def _cfg(out, task, role, init_vit, teacher=None, extra=()):
             "--retrieval.task", task, "--retrieval.train_n", "48", "--retrieval.test_n", "20",
             "--retrieval.n_galleries", "1", "--retrieval.d_embed", "8", "--retrieval.train_k", "4",
             "--retrieval.rerank_k", "5", "--retrieval.max_k", "6", "--retrieval.clip.canvas", "42",
-            "--student.arch", "videomamba" if task == "clips" else "vim", "--student.patch_size", "14",
+            *(["--retrieval.clip.frames", "3", "--retrieval.clip.speed", "3"] if task == "twin_clips" else []),
+            "--student.arch", "vim" if task == "grids" else "videomamba", "--student.patch_size", "14",
             "--student.d_model", "12", "--student.depth", "2", "--student.d_state", "4", "--student.bias", "true",
             "--init.layers", "2", "--init.calibrate", "false", "--init.calibrate_mlp", "false", "--data.calib_size", "16",
             "--head.d_state", "4", "--head.num_heads", "2", "--train.max_steps", "3", "--train.batch_size", "16",
@@ -60,7 +61,7 @@ def test_hard_candidates_put_the_positive_first_and_skip_same_captions():
     assert c[3].tolist() == [3, 0, 2]
 
 
-@pytest.mark.parametrize("task", ["grids", "clips"])
+@pytest.mark.parametrize("task", ["grids", "clips", "twin_clips"])
 def test_teacher_then_students_through_the_engine(tmp_path, init_vit, task):
     t_out = tmp_path / "teacher"
     res = train_retrieval(_cfg(t_out, task, "teacher", init_vit, extra=["--fusion", "none"]), hashed_text_STAND_IN)
@@ -69,6 +70,7 @@ def test_teacher_then_students_through_the_engine(tmp_path, init_vit, task):
     saved = json.loads((t_out / "result.json").read_text())
     assert 0.0 <= saved["t2v_r1"] <= saved["t2v_r5"] <= saved["t2v_r10"] <= 1.0
     assert len(saved["curves"]["t2v"]) == 6 and saved["gallery_size"] == (20 if task == "grids" else 80)
+    facets = {"grids": (), "clips": ("item", "direction"), "twin_clips": ("items", "directions")}[task]
     for mode, fusion in (("scratch", "none"), ("transmamba", "cross_mamba"), ("transmamba", "cross_attention")):
         out = tmp_path / f"{mode}-{fusion}"
         r = train_retrieval(_cfg(out, task, "student", init_vit, teacher=t_out / "vit",
@@ -79,10 +81,10 @@ def test_teacher_then_students_through_the_engine(tmp_path, init_vit, task):
         assert (out / "recall.png").is_file()
         assert ("dual_t2v_r1" in r) == (fusion != "none")
         # clips say which part of the caption the top-1 clip gets right; grid captions have no facets
-        assert ("t2v_r1_item" in r) == ("t2v_r1_direction" in r) == (task == "clips")
-        assert ("dual_t2v_r1_item" in r) == (task == "clips" and fusion != "none")
-        if task == "clips":
-            assert r["t2v_r1"] <= min(r["t2v_r1_item"], r["t2v_r1_direction"])
+        assert sorted(k[len("t2v_r1_"):] for k in r if k.startswith("t2v_r1_")) == sorted(facets)
+        assert ("dual_t2v_r1_" + facets[0] in r) == (fusion != "none") if facets else True
+        for f in facets:
+            assert r["t2v_r1"] <= r[f"t2v_r1_{f}"]
 
 
 def test_teacher_refuses_a_fusion(tmp_path, init_vit):
@@ -125,3 +127,16 @@ def test_teacher_window_reaches_every_distillation_call_and_a_bad_one_is_refused
     with pytest.raises(ValueError, match="window=3 must be a positive divisor"):
         train_retrieval(_cfg(tmp_path / "b", "grids", "student", init_vit, teacher=t_out / "vit", extra=extra),
                         hashed_text_STAND_IN)
+
+
+def test_twin_clip_galleries_hold_twins_and_training_batches_keep_them_together(tmp_path, init_vit):
+    cfg = _cfg(tmp_path / "s", "twin_clips", "student", init_vit, extra=["--mode", "scratch"])
+    data = build_retrieval_data(cfg, hashed_text_STAND_IN)
+    assert data["group"] == 2 and data["train"][0].shape[1:] == (3, 1, 42, 42)
+    x, cap = data["test"]
+    assert len(x) == 80 and len(set(cap.tolist())) == 80  # 40 twin pairs, each caption once
+    f = data["facets"]
+    assert (f["items"][0::2] == f["items"][1::2]).all() and (f["directions"][0::2] == f["directions"][1::2]).all()
+    with pytest.raises(ValueError, match="multiples of group"):
+        train_retrieval(_cfg(tmp_path / "odd", "twin_clips", "student", init_vit,
+                             extra=["--mode", "scratch", "--train.batch_size", "15"]), hashed_text_STAND_IN)

@@ -315,3 +315,20 @@ def test_bad_vision_config_is_refused_before_any_work(tmp_path, key, value):
 def test_logit_kd_against_a_windowed_teacher_is_refused():
     with pytest.raises(ValueError, match="teacher_window changes the teacher's logits"):
         ClassifyStep(torch.nn.Identity(), kd_weight=0.5, teacher_window=2)
+
+
+def test_epoch_batches_keep_groups_together_and_group_1_is_the_plain_shuffle():
+    from transmamba.recipes.vision import epoch_batches
+
+    plain = epoch_batches(10, 4, seed=3)(0)
+    gen = torch.Generator().manual_seed(3)
+    order = torch.randperm(10, generator=gen)
+    assert [next(plain).tolist() for _ in range(3)] == [order[:4].tolist(), order[4:8].tolist(), order[8:].tolist()]
+    stream = epoch_batches(12, 4, seed=0, group=2)
+    batches = [next(it).tolist() for it in [stream(0)] for _ in range(6)]  # two epochs of 3 batches
+    for b in batches:
+        assert len(b) == 4 and all(b[i] % 2 == 0 and b[i + 1] == b[i] + 1 for i in (0, 2))  # twins side by side
+    assert sorted(sum(batches[:3], [])) == list(range(12)) == sorted(sum(batches[3:], []))
+    assert next(stream(4)).tolist() == batches[4]  # resuming skips the batches before the step
+    with pytest.raises(ValueError, match="multiples of group"):
+        epoch_batches(12, 5, seed=0, group=2)

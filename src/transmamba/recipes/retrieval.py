@@ -5,9 +5,12 @@
 
 Data (`retrieval.task`): "grids" = 2x2 grids (56x56) of real Fashion-MNIST images captioned with the
 item in each cell (`data.fmnist_grids`); "clips" = bounce-free moving clips of one real image
-(synthetic motion of real images) captioned with the item and its motion (`data.clip_captions`).
+(synthetic motion of real images) captioned with the item and its motion (`data.clip_captions`);
+"twin_clips" = clips of two real items, each with its own motion, captioned with both, in twin pairs
+that differ only in which item moves which way (`data.twin_clips`; twins share a training batch).
 Test galleries: grids, one gallery of `test_n` grids with distinct captions; clips, galleries of 80
-clips holding each of the 80 captions once (metrics averaged over the galleries).
+clips holding each of the 80 captions once; twin_clips, galleries of 40 twin pairs with distinct
+captions (metrics averaged over the galleries).
 
 Text side: the frozen all-MiniLM-L6-v2 (`models.text_encoder`); each distinct caption is encoded
 once and its token features cached on disk (`text.cache_dir`, keyed by a hash of the captions).
@@ -25,7 +28,8 @@ alpha = 1 without distillation; the InfoNCE is symmetric with a learned temperat
 (`adapt.contrastive`); the re-ranker (fusion != none, `adapt.retrieval_model`) scores text ->
 visual only. Evaluation (`evaluation.retrieval`): R@1/5/10 and median rank both ways on the test
 galleries; on clips also t2v_r1_item / t2v_r1_direction, how often a text's top-1 clip has the
-right item / the right direction (`facet_r1`). out_dir gets metrics.csv, loss.png, recall.png (R@k vs k) and result.json.
+right item / the right direction (`facet_r1`); on twin_clips t2v_r1_items / t2v_r1_directions, the
+right two items / the right two directions (R@1 below them = binding errors). out_dir gets metrics.csv, loss.png, recall.png (R@k vs k) and result.json.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from transmamba.config import POSITIVE_INT, UNIT, check_config as check_rules, o
 from transmamba.data.clip_captions import all_clip_captions, caption_facets, make_caption_galleries, make_captioned_clips
 from transmamba.data.fashion_mnist import load_image_dataset, to_tensors
 from transmamba.data.fmnist_grids import make_caption_grids
+from transmamba.data.twin_clips import make_twin_clips, shrink, twin_caption, twin_facets
 from transmamba.evaluation.retrieval import facet_r1, mean_metrics, ranks, recall_curve, retrieval_metrics
 from transmamba.io.files import atomic_write
 from transmamba.recipes.vision import (DISTILL_DEFAULTS, VISION_RULES, build_distill_run, config_main,
@@ -70,7 +75,7 @@ METRIC_FIELDS = ["epoch", "task_loss", "nce", "rerank_nce", "distill_loss", "mea
 
 def check_config(cfg: dict) -> None:
     check_rules(cfg, {**VISION_RULES, "role": one_of("teacher", "student"), "fusion": one_of(*RETRIEVAL_FUSIONS),
-                      "retrieval.task": one_of("grids", "clips"), "retrieval.train_n": POSITIVE_INT,
+                      "retrieval.task": one_of("grids", "clips", "twin_clips"), "retrieval.train_n": POSITIVE_INT,
                       "retrieval.test_n": POSITIVE_INT, "retrieval.train_k": POSITIVE_INT,
                       "retrieval.rerank_k": POSITIVE_INT, "distill.alpha": UNIT})
     if cfg["distill"]["kd_weight"]:
@@ -125,7 +130,20 @@ def build_retrieval_data(cfg: dict, text_encoder=None) -> dict:
         y_tr = np.array([pos[c] for c in cap_tr])
         y_te = np.array([pos[c] for c in cap_te])
         galleries = [np.arange(len(x_te))]
-        video, frames, facets = False, 1, None
+        video, frames, facets, group = False, 1, None, 1
+    elif r["task"] == "twin_clips":
+        c = r["clip"]
+        kw = dict(frames=int(c["frames"]), canvas=int(c["canvas"]), speed=int(c["speed"]))
+        x_tr, s_tr = make_twin_clips(shrink(tr_img), tr_lab, int(r["train_n"]) // 2, seed=seed, **kw)
+        x_te, s_te = make_twin_clips(shrink(te_img), te_lab, 40 * int(r["n_galleries"]), seed=seed + 1,
+                                     unique=True, **kw)
+        cap_tr, cap_te = [twin_caption(s) for s in s_tr], [twin_caption(s) for s in s_te]
+        bank = sorted(set(cap_tr) | set(cap_te))
+        pos = {c: i for i, c in enumerate(bank)}
+        y_tr, y_te = np.array([pos[c] for c in cap_tr]), np.array([pos[c] for c in cap_te])
+        galleries = [np.arange(g * 80, (g + 1) * 80) for g in range(int(r["n_galleries"]))]
+        video, frames, group = True, int(c["frames"]), 2
+        facets = {k: torch.as_tensor(v) for k, v in twin_facets(s_te).items()}
     else:
         c = r["clip"]
         kw = dict(frames=int(c["frames"]), canvas=int(c["canvas"]), speed=int(c["speed"]))
@@ -133,14 +151,14 @@ def build_retrieval_data(cfg: dict, text_encoder=None) -> dict:
         x_te, y_te = make_caption_galleries(te_img, te_lab, int(r["n_galleries"]), seed=seed + 1, **kw)
         bank = all_clip_captions()
         galleries = [np.arange(g * 80, (g + 1) * 80) for g in range(int(r["n_galleries"]))]
-        video, frames = True, int(c["frames"])
+        video, frames, group = True, int(c["frames"]), 1
         facets = {k: torch.as_tensor(v) for k, v in caption_facets(y_te).items()}
     train = to_tensors(x_tr, y_tr, mean, std)
     test = to_tensors(x_te, y_te, mean, std)
     text = cached_text_features(bank, cfg, text_encoder)
     return {"train": train, "test": test, "captions": bank, "text": text, "galleries": galleries,
             "img_size": int(x_tr.shape[-1]), "num_classes": 10, "video": video, "frames": frames,
-            "fill": -mean / max(std, 1e-6), "facets": facets}
+            "fill": -mean / max(std, 1e-6), "facets": facets, "group": group}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +353,7 @@ def train_retrieval(cfg: dict, text_encoder=None) -> dict:
         ev["epoch"] = (at_step - 1) // per_epoch
 
     name = f"retrieval {r['task']} {cfg['role']}" + ("" if cfg["role"] == "teacher" else f" {cfg['mode']}/{cfg['fusion']}")
-    run = Run(name=name, step_module=step_module, batches=example_batches((x_tr, c_tr), tcfg), total_steps=total,
+    run = Run(name=name, step_module=step_module, batches=example_batches((x_tr, c_tr), tcfg, group=data["group"]), total_steps=total,
               tcfg=tcfg, out_dir=out, config=cfg, saved=step_module, evaluate=evaluate, after_eval=after_eval,
               unit="images", metric_fields=METRIC_FIELDS,
               fingerprint={k: cfg[k] for k in ("student", "role", "mode", "fusion", "head", "retrieval")},

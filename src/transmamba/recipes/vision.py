@@ -132,34 +132,40 @@ def load_data(dcfg: dict) -> dict:
             "fill": -mean / max(std, 1e-6)}  # a black pixel after normalisation
 
 
-def epoch_batches(n: int, batch_size: int, seed: int):
+def epoch_batches(n: int, batch_size: int, seed: int, group: int = 1):
     """start_step -> iterator of example-index batches "(b,)": epoch after epoch of
-    torch.randperm(n) from one generator seeded with `seed`, each cut into ceil(n / batch_size)
-    batches (the last one smaller); resuming at a step skips the batches before it."""
-    steps_per_epoch = math.ceil(n / batch_size)
+    torch.randperm(n / group) from one generator seeded with `seed`, each cut into
+    ceil(n / batch_size) batches (the last one smaller); resuming at a step skips the batches before
+    it. group > 1 keeps each run of `group` consecutive examples (e.g. twin clips) in one batch."""
+    if n % group or batch_size % group:
+        raise ValueError(f"n ({n}) and batch_size ({batch_size}) must be multiples of group ({group})")
+    n_g, b_g = n // group, batch_size // group
+    steps_per_epoch = math.ceil(n_g / b_g)
+    within = torch.arange(group)
 
     def stream(start: int):
         gen = torch.Generator().manual_seed(int(seed))
         epoch = 0
         while True:
-            order = torch.randperm(n, generator=gen)
-            for i, s in enumerate(range(0, n, batch_size)):
+            order = torch.randperm(n_g, generator=gen)
+            for i, s in enumerate(range(0, n_g, b_g)):
                 if epoch * steps_per_epoch + i >= start:
-                    yield order[s:s + batch_size]
+                    yield (order[s:s + b_g, None] * group + within).flatten()
             epoch += 1
 
     return stream
 
 
-def example_batches(arrays: tuple[torch.Tensor, ...], tcfg: dict, *, fill: float = 0.0, video: bool = False):
+def example_batches(arrays: tuple[torch.Tensor, ...], tcfg: dict, *, fill: float = 0.0, video: bool = False,
+                    group: int = 1):
     """start_step -> iterator of global training batches `tuple(a[idx] for a in arrays)` over
-    `epoch_batches`; with train.augment, arrays[0] (images) is shifted/flipped with a generator
+    `epoch_batches` (`group`: see there); with train.augment, arrays[0] (images) is shifted/flipped with a generator
     seeded by (seed, step), so a resumed run draws the same augmentation."""
     aug = tcfg.get("augment") or {}
     shift, flip = int(aug.get("shift") or 0), bool(aug.get("flip"))
     if (shift or flip) and video:
         raise ValueError("train.augment (shift/flip) is for image datasets; clips would lose their motion labels")
-    idx_stream = epoch_batches(len(arrays[0]), int(tcfg["batch_size"]), int(tcfg["seed"]))
+    idx_stream = epoch_batches(len(arrays[0]), int(tcfg["batch_size"]), int(tcfg["seed"]), group)
 
     def stream(start: int):
         for step, idx in enumerate(idx_stream(start), start):
