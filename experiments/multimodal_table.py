@@ -5,18 +5,31 @@ import sys
 from pathlib import Path
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/multimodal/i17")
-for tdir in sorted(root.glob("grids*")) + sorted(root.glob("clips*")):  # grids, clips, clips-long, ...
-    # clip runs since session 19 also say what a text's top-1 clip gets right (item / direction), and,
-    # with a re-ranker, the same of the first stage alone
-    fmt = lambda d, k: f"{d[k]:.3f}" if k in d else ""
-    print(f"\n{tdir.name}\n\n| run | steps | t2v R@1 | t2v R@5 | v2t R@1 | v2t R@5 | t2v MedR | top-1 item / direction "
-          f"| first stage R@1 (item / direction) | params visual / fusion | wall s |")
+
+
+def fmt(d: dict, k: str) -> str:
+    return f"{d[k]:.3f}" if k in d else ""
+
+
+def facet_names(d: dict) -> tuple[str, str] | None:
+    """Clip runs since session 19 say what a text's top-1 clip gets right: item / direction on clips,
+    items / directions on twin clips (where R@1 below both = the binding was wrong)."""
+    for names in (("item", "direction"), ("items", "directions")):
+        if f"t2v_r1_{names[0]}" in d:
+            return names
+    return None
+
+
+for tdir in sorted(root.glob("grids*")) + sorted(root.glob("clips*")) + sorted(root.glob("twin*")):
+    print(f"\n{tdir.name}\n\n| run | steps | t2v R@1 | t2v R@5 | v2t R@1 | v2t R@5 | t2v MedR | top-1 item(s) / direction(s) "
+          f"| first stage R@1 (item(s) / direction(s)) | params visual / fusion | wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for f in sorted(tdir.glob("*/result.json")):
         d = json.loads(f.read_text())
-        facets = f"{fmt(d, 't2v_r1_item')} / {fmt(d, 't2v_r1_direction')}" if "t2v_r1_item" in d else ""
-        first = (f"{fmt(d, 'dual_t2v_r1')} ({fmt(d, 'dual_t2v_r1_item')} / {fmt(d, 'dual_t2v_r1_direction')})"
-                 if "dual_t2v_r1_item" in d else fmt(d, "dual_t2v_r1"))
+        n = facet_names(d)
+        facets = f"{fmt(d, f't2v_r1_{n[0]}')} / {fmt(d, f't2v_r1_{n[1]}')}" if n else ""
+        first = (f"{fmt(d, 'dual_t2v_r1')} ({fmt(d, f'dual_t2v_r1_{n[0]}')} / {fmt(d, f'dual_t2v_r1_{n[1]}')})"
+                 if n and f"dual_t2v_r1_{n[0]}" in d else fmt(d, "dual_t2v_r1"))
         print(f"| {f.parent.name} | {d['steps']} | {d['t2v_r1']:.3f} | {d['t2v_r5']:.3f} | {d['v2t_r1']:.3f} | "
               f"{d['v2t_r5']:.3f} | {d['t2v_medr']:.0f} | {facets} | {first} | {d['params_visual']} / {d['params_fusion']} "
               f"| {d['elapsed_s']:.0f} |")

@@ -74,3 +74,16 @@ def test_facet_r1_brute_force_and_bounds(seed):
             hits += int(v[-best[1]] == v[i])
         assert got[f"t2v_r1_{name}"] == pytest.approx(hits / n)
         assert got[f"t2v_r1_{name}"] >= r1
+
+
+def test_twin_accuracy_compares_each_query_with_its_twin_only():
+    from transmamba.evaluation.retrieval import twin_accuracy
+
+    s = torch.tensor([[2.0, 1.0, 9.0, 9.0],   # beats its twin (1): a win, whatever the others score
+                      [3.0, 1.0, 0.0, 0.0],   # loses to its twin (0)
+                      [0.0, 0.0, 5.0, 5.0],   # ties its twin (3): one half
+                      [0.0, 0.0, 1.0, 4.0]])  # beats its twin (2)
+    assert twin_accuracy(s) == {"t2v_twin_acc": 2.5 / 4}
+    assert twin_accuracy(s, prefix="dual_t2v")["dual_t2v_twin_acc"] == 2.5 / 4
+    with pytest.raises(ValueError, match="even side"):
+        twin_accuracy(torch.zeros(3, 3))

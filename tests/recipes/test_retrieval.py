@@ -85,6 +85,8 @@ def test_teacher_then_students_through_the_engine(tmp_path, init_vit, task):
         assert ("dual_t2v_r1_" + facets[0] in r) == (fusion != "none") if facets else True
         for f in facets:
             assert r["t2v_r1"] <= r[f"t2v_r1_{f}"]
+        assert ("t2v_twin_acc" in r) == (task == "twin_clips")
+        assert ("dual_t2v_twin_acc" in r) == (task == "twin_clips" and fusion != "none")
 
 
 def test_teacher_refuses_a_fusion(tmp_path, init_vit):

@@ -61,6 +61,17 @@ def facet_r1(scores: torch.Tensor, facets: dict[str, torch.Tensor], prefix: str 
     return out
 
 
+def twin_accuracy(scores: torch.Tensor, prefix: str = "t2v") -> dict:
+    """{"<prefix>_twin_acc": how often query i scores its own item above its twin}, twins being items
+    2k and 2k+1 (a tie counts one half; 0.5 = the twins cannot be told apart)."""
+    n = scores.shape[0]
+    if scores.dim() != 2 or scores.shape[1] != n or n % 2:
+        raise ValueError(f"twin scores must be square with an even side, got {tuple(scores.shape)}")
+    i = torch.arange(n, device=scores.device)
+    own, twin = scores[i, i], scores[i, i ^ 1]
+    return {f"{prefix}_twin_acc": float(((own > twin).float() + 0.5 * (own == twin).float()).mean())}
+
+
 def mean_metrics(rows: list[dict]) -> dict:
     """Key-wise mean of metric dicts (several galleries)."""
     if not rows:

@@ -51,7 +51,8 @@ from transmamba.data.clip_captions import all_clip_captions, caption_facets, mak
 from transmamba.data.fashion_mnist import load_image_dataset, to_tensors
 from transmamba.data.fmnist_grids import make_caption_grids
 from transmamba.data.twin_clips import make_twin_clips, shrink, twin_caption, twin_facets
-from transmamba.evaluation.retrieval import facet_r1, mean_metrics, ranks, recall_curve, retrieval_metrics
+from transmamba.evaluation.retrieval import (facet_r1, mean_metrics, ranks, recall_curve, retrieval_metrics,
+                                             twin_accuracy)
 from transmamba.io.files import atomic_write
 from transmamba.recipes.vision import (DISTILL_DEFAULTS, VISION_RULES, build_distill_run, config_main,
                                        example_batches, steps_of, write_result)
@@ -158,7 +159,7 @@ def build_retrieval_data(cfg: dict, text_encoder=None) -> dict:
     text = cached_text_features(bank, cfg, text_encoder)
     return {"train": train, "test": test, "captions": bank, "text": text, "galleries": galleries,
             "img_size": int(x_tr.shape[-1]), "num_classes": 10, "video": video, "frames": frames,
-            "fill": -mean / max(std, 1e-6), "facets": facets, "group": group}
+            "fill": -mean / max(std, 1e-6), "facets": facets, "group": group, "twins": r["task"] == "twin_clips"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,9 +290,13 @@ def evaluate_retrieval(model: RetrievalModel, data: dict, rerank_k: int, max_k: 
             rows.append(retrieval_metrics(t2v, v2t))
             facets = {k: f[gi] for k, f in (data.get("facets") or {}).items()}
             rows[-1].update(facet_r1(t2v, facets))
+            if data.get("twins"):
+                rows[-1].update(twin_accuracy(t2v))
             if model.fusion != "none":  # the first stage alone (s_dual), to tell the re-ranker's share
                 rows[-1].update({f"dual_{k}": v for k, v in retrieval_metrics(v2t).items() if k.startswith("t2v")})
                 rows[-1].update(facet_r1(v2t, facets, prefix="dual_t2v"))
+                if data.get("twins"):
+                    rows[-1].update(twin_accuracy(v2t, prefix="dual_t2v"))
             curves["t2v"].append(recall_curve(ranks(t2v), max_k))
             curves["v2t"].append(recall_curve(ranks(v2t.transpose(0, 1)), max_k))
     finally:
