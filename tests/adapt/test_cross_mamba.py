@@ -40,6 +40,30 @@ def test_cross_mamba_prefix_equals_concatenated_scan():
     for a, b in zip(torch.autograd.grad(out, [v, t], g), torch.autograd.grad(ref, [v, t], g)):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="text_mask"):
-        m(v, t, torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+        m(v, t, torch.tensor([[1, 1, 1], [1, 1, 1]]))
+    with pytest.raises(ValueError, match="at least one real text token"):
+        m(v, t, torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]))
     with pytest.raises(ValueError, match="text"):
         m(v, torch.randn(3, 4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("lengths", [(4, 1, 2), (3, 3, 4), (2, 4, 1)])
+def test_cross_mamba_prefix_with_padded_text_equals_each_row_alone(lengths):
+    """Right-padded text (as a tokenizer pads) and padding in the middle: each row's output and
+    gradients equal the prefix scan of that row's real tokens alone (lengths 1..4, d_conv = 4)."""
+    torch.manual_seed(2)
+    m = CrossMamba(6, 4, d_state=3, mode="prefix").double()
+    v = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    mask[1] = torch.tensor([True, False, True, True]) if lengths[1] == 3 else mask[1]  # a hole, not only a tail
+    out = m(v, t, mask)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [v, t], g)
+    for i in range(3):
+        keep = mask[i].nonzero().squeeze(1)
+        ref = m(v[i:i + 1], t[i:i + 1, keep])
+        torch.testing.assert_close(out[i:i + 1], ref)
+        want = torch.autograd.grad(ref, [v, t], g[i:i + 1])
+        torch.testing.assert_close(got[0][i], want[0][i])
+        torch.testing.assert_close(got[1][i], want[1][i])  # padded tokens get no gradient, as if absent

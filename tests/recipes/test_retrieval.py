@@ -142,3 +142,20 @@ def test_twin_clip_galleries_hold_twins_and_training_batches_keep_them_together(
     with pytest.raises(ValueError, match="multiples of group"):
         train_retrieval(_cfg(tmp_path / "odd", "twin_clips", "student", init_vit,
                              extra=["--mode", "scratch", "--train.batch_size", "15"]), hashed_text_STAND_IN)
+
+
+def test_prefix_cross_mamba_reranker_trains_and_starts_as_the_first_stage(tmp_path, init_vit):
+    """head.cross_mode prefix: the caption's tokens (padded to the longest) are scanned before the clip."""
+    cfg = _cfg(tmp_path / "p", "twin_clips", "student", init_vit,
+               extra=["--mode", "scratch", "--fusion", "cross_mamba", "--head.cross_mode", "prefix"])
+    data = build_retrieval_data(cfg, hashed_text_STAND_IN)
+    assert not bool(data["text"]["mask"].all())  # captions of different lengths: padding is exercised
+    model = build_retrieval_model(cfg, data)[0]
+    assert model.cross.mode == "prefix"
+    ev = evaluate_retrieval(model, data, rerank_k=5, max_k=6)
+    assert ev["dual_t2v_r1"] == ev["t2v_r1"] and ev["dual_t2v_twin_acc"] == ev["t2v_twin_acc"]
+    r = train_retrieval(cfg, hashed_text_STAND_IN)
+    assert r["steps"] == 3 and all(torch.isfinite(torch.tensor(r["losses"])))
+    with pytest.raises(ValueError, match="cross_mode"):
+        train_retrieval(_cfg(tmp_path / "bad", "twin_clips", "student", init_vit,
+                             extra=["--fusion", "cross_mamba", "--head.cross_mode", "concat"]), hashed_text_STAND_IN)

@@ -12,7 +12,8 @@ Two ways to condition it on text tokens "b m d_text" (`mode`):
   "prefix"    the text, projected to d_model (text_proj), is scanned first by the same mixer; its
               final SSM state and its last d_conv-1 conv inputs start the visual scan:
               h_0^{vis} = h_m^{text}.  Equals scanning concat(text_proj(text), v) and keeping the
-              visual outputs (tested).
+              visual outputs (tested). Padded text (text_mask) is scanned row group by row group,
+              each with only its real tokens, so padding never enters the state.
 """
 
 from __future__ import annotations
@@ -101,8 +102,22 @@ class CrossMamba(nn.Module):
             mod = self.text_mod(self.text_summary(text, text_mask))
             n = self.d_state
             return self._scan(v, mod=(mod[:, :n], mod[:, n:2 * n], mod[:, 2 * n:]))
-        if text_mask is not None and not bool(text_mask.bool().all()):
-            raise ValueError("mode='prefix' scans every text token: pass unpadded text (text_mask all ones)")
+        if text_mask is None or bool(text_mask.bool().all()):
+            return self._prefix(v, text)
+        keep = text_mask.bool()
+        if not bool(keep.any(1).all()):
+            raise ValueError("mode='prefix' needs at least one real text token per row (text_mask)")
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # real tokens first, in order
+        text = text.gather(1, order[..., None].expand_as(text))
+        lengths = keep.sum(1)
+        out = v.new_empty(v.shape)
+        for m in lengths.unique().tolist():  # one scan per text length: no padding in the state
+            rows = torch.nonzero(lengths == m).squeeze(1)
+            out[rows] = self._prefix(v[rows], text[rows, :m])
+        return out
+
+    def _prefix(self, v: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Scan unpadded text "b m d_text", then the visual tokens from its final conv and SSM state."""
         _, conv_state, h = self._scan(self.text_proj(text), final=True)
         return self._scan(v, conv_state=conv_state, ssm_state=h)
 

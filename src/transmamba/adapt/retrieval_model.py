@@ -8,8 +8,9 @@ VisionMamba student (tokens = norm_f(blocks(embed(x))); pool = the student's own
 
 Text-conditioned score (fusion "cross_mamba" or "cross_attention"), for the text -> visual direction:
     g = V(x) + F(n(V(x)), text tokens);   s(t, v) = s_dual(t, v) + w . mean_l n'(g_l) + b
-F = CrossMamba(mode="modulate": the text shifts the scan's B, C, dt) or CrossAttention of (about) the
-same parameter count. w starts at 0, so at init s = s_dual. It is a re-ranker: it scores the top-K
+F = CrossMamba (`cross_mode` "modulate": the mean text vector shifts the scan's B, C, dt; "prefix":
+the text tokens are scanned first, in order, and their state starts the visual scan) or
+CrossAttention of (about) the same parameter count as the CrossMamba. w starts at 0, so at init s = s_dual. It is a re-ranker: it scores the top-K
 visual candidates of each text by s_dual (training: the positive and the K-1 hardest in-batch
 negatives; evaluation: the top K of the gallery).
 """
@@ -47,9 +48,9 @@ def encode_tokens(backbone: nn.Module, x: torch.Tensor, return_directions: bool 
 
 
 def build_fusion(fusion: str, d_model: int, d_text: int, d_state: int = 8, expand: float = 2.0,
-                 num_heads: int = 4) -> nn.Module:
-    """CrossMamba(modulate) or a CrossAttention with d_attn matched to its parameter count."""
-    cm = CrossMamba(d_model, d_text, d_state=d_state, expand=expand, mode="modulate")
+                 num_heads: int = 4, cross_mode: str = "modulate") -> nn.Module:
+    """CrossMamba(cross_mode) or a CrossAttention with d_attn matched to its parameter count."""
+    cm = CrossMamba(d_model, d_text, d_state=d_state, expand=expand, mode=cross_mode)
     if fusion == "cross_mamba":
         return cm
     if fusion == "cross_attention":
@@ -62,7 +63,7 @@ class RetrievalModel(nn.Module):
     """Visual backbone + projections to a shared space + optional text-conditioned re-ranker."""
 
     def __init__(self, backbone: nn.Module, d_text: int, d_embed: int = 128, fusion: str = "none",
-                 d_state: int = 8, expand: float = 2.0, num_heads: int = 4):
+                 d_state: int = 8, expand: float = 2.0, num_heads: int = 4, cross_mode: str = "modulate"):
         super().__init__()
         if fusion not in RETRIEVAL_FUSIONS:
             raise ValueError(f"fusion must be one of {RETRIEVAL_FUSIONS}, got {fusion!r}")
@@ -73,7 +74,7 @@ class RetrievalModel(nn.Module):
         self.scale = LogitScale()
         if fusion != "none":
             self.norm_in = nn.LayerNorm(d)
-            self.cross = build_fusion(fusion, d, d_text, d_state, expand, num_heads)
+            self.cross = build_fusion(fusion, d, d_text, d_state, expand, num_heads, cross_mode)
             self.norm_out = nn.LayerNorm(d)
             self.match = nn.Linear(d, 1)
             nn.init.zeros_(self.match.weight)

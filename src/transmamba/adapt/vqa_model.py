@@ -75,17 +75,6 @@ class VQAModel(nn.Module):
             feats.append(dirs)
         return bb.norm_f(h), feats
 
-    def _cross(self, u: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """CrossMamba on n(v); "prefix" runs once per question length (it scans every text token)."""
-        if self.fusion in ("modulate", "cross_attention"):
-            return self.cross(u, text, mask)
-        lengths = mask.sum(1)
-        out = torch.empty_like(u)
-        for m in lengths.unique().tolist():
-            sel = torch.nonzero(lengths == m).squeeze(1)
-            out[sel] = self.cross(u[sel], text[sel, :m])
-        return out
-
     def readout(self, u: torch.Tensor) -> torch.Tensor:
         """"b l d" -> "b d" (mean) or "b (h d)" (attention pool)."""
         return u.mean(1) if self.pool is None else self.pool(u)
@@ -95,7 +84,7 @@ class VQAModel(nn.Module):
         if self.fusion == "late":
             z = torch.cat([self.readout(v), self.text_proj(masked_mean(text, mask))], dim=-1)
         else:
-            g = v + self._cross(self.norm_in(v), text, mask)
+            g = v + self.cross(self.norm_in(v), text, mask)
             z = self.readout(self.norm_out(g))
         return self.head(z)
 

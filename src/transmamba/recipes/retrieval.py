@@ -25,11 +25,14 @@ Visual side (`role`):
 
 Loss: L = alpha (InfoNCE(dual) + InfoNCE over K candidates of the re-ranker) + (1 - alpha) L_dir,
 alpha = 1 without distillation; the InfoNCE is symmetric with a learned temperature
-(`adapt.contrastive`); the re-ranker (fusion != none, `adapt.retrieval_model`) scores text ->
-visual only. Evaluation (`evaluation.retrieval`): R@1/5/10 and median rank both ways on the test
+(`adapt.contrastive`); the re-ranker (fusion != none, `adapt.retrieval_model`; cross-Mamba in
+`head.cross_mode` modulate or prefix) scores text -> visual only. Evaluation
+(`evaluation.retrieval`): R@1/5/10 and median rank both ways on the test
 galleries; on clips also t2v_r1_item / t2v_r1_direction, how often a text's top-1 clip has the
 right item / the right direction (`facet_r1`); on twin_clips t2v_r1_items / t2v_r1_directions, the
-right two items / the right two directions (R@1 below them = binding errors). out_dir gets metrics.csv, loss.png, recall.png (R@k vs k) and result.json.
+right two items / the right two directions (R@1 below them = binding errors), and
+t2v_twin_acc, how often a text scores its own clip above that clip's twin (0.5 = chance).
+out_dir gets metrics.csv, loss.png, recall.png (R@k vs k) and result.json.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ RETRIEVAL_DEFAULTS = {
                   "n_named": 4, "d_embed": 128, "train_k": 8, "rerank_k": 16, "max_k": 20,
                   "clip": {"frames": 4, "canvas": 35, "speed": 2}},
     "text": {"encoder": "minilm", "cache_dir": "runs/multimodal/text-cache"},
-    "head": {"d_state": 8, "expand": 2.0, "num_heads": 4},
+    "head": {"d_state": 8, "expand": 2.0, "num_heads": 4, "cross_mode": "modulate"},  # cross_mode: modulate | prefix
 }
 METRIC_FIELDS = ["epoch", "task_loss", "nce", "rerank_nce", "distill_loss", "mean_cos", "scale",
                  "test_t2v_r1", "test_t2v_r5", "test_v2t_r1", "test_v2t_r5"]
@@ -78,7 +81,8 @@ def check_config(cfg: dict) -> None:
     check_rules(cfg, {**VISION_RULES, "role": one_of("teacher", "student"), "fusion": one_of(*RETRIEVAL_FUSIONS),
                       "retrieval.task": one_of("grids", "clips", "twin_clips"), "retrieval.train_n": POSITIVE_INT,
                       "retrieval.test_n": POSITIVE_INT, "retrieval.train_k": POSITIVE_INT,
-                      "retrieval.rerank_k": POSITIVE_INT, "distill.alpha": UNIT})
+                      "retrieval.rerank_k": POSITIVE_INT, "distill.alpha": UNIT,
+                      "head.cross_mode": one_of("modulate", "prefix")})
     if cfg["distill"]["kd_weight"]:
         raise ValueError("distill.kd_weight must be 0: the teacher has no logits for retrieval")
     if cfg["role"] == "teacher" and cfg["fusion"] != "none":
@@ -187,7 +191,8 @@ def build_retrieval_model(cfg: dict, data: dict):
         backbone, teacher, dloss, report = build_distill_run(cfg, data)
         backbone.head = nn.Identity()
     model = RetrievalModel(backbone, d_text, int(cfg["retrieval"]["d_embed"]), cfg["fusion"],
-                           d_state=int(h["d_state"]), expand=float(h["expand"]), num_heads=int(h["num_heads"]))
+                           d_state=int(h["d_state"]), expand=float(h["expand"]), num_heads=int(h["num_heads"]),
+                           cross_mode=h["cross_mode"])
     return model, teacher, dloss, report
 
 
