@@ -2,7 +2,7 @@
 # Issue 17 text-video students at 8x the budget of experiments/multimodal_retrieval.sh: 4 epochs of
 # 4000 clips = 252 steps of batch 64 (the clips teacher of that script is the distillation teacher).
 #   [EPOCHS=4] [TRAIN_N=4000] [NAME=clips-long] [CONFIG=configs/multimodal/retrieval-clips.yaml] [TEACHER=$OUT/clips/teacher/vit] \
-#       bash experiments/clips_long.sh [OUT=runs/multimodal/i17] ["mode fusion seed" ...]
+#       [EXTRA="--head.cross_mode prefix"] bash experiments/clips_long.sh [OUT=runs/multimodal/i17] ["mode fusion seed" ...]
 # Runs land in $OUT/$NAME/<mode>-<fusion>-s<seed>; default cells: the 8 listed below
 # (seeds 0 and 1 of scratch, and of TransMamba with each fusion). EPOCHS=8: 504 steps.
 set -u
@@ -21,5 +21,5 @@ for spec in "$@"; do
   D=$OUT/$NAME/$mode-$fusion-s$seed
   [ -f $D/result.json ] || $PY -m transmamba.cli train-retrieval --config $CONFIG \
       --mode $mode --fusion $fusion --train.seed $seed --out_dir $D --teacher $TEACHER \
-      --retrieval.train_n $TRAIN_N --retrieval.test_n 500 --train.epochs $EPOCHS --train.progress false
+      --retrieval.train_n $TRAIN_N --retrieval.test_n 500 --train.epochs $EPOCHS --train.progress false ${EXTRA:-}
 done
