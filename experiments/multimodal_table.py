@@ -22,16 +22,17 @@ def facet_names(d: dict) -> tuple[str, str] | None:
 
 for tdir in sorted(root.glob("grids*")) + sorted(root.glob("clips*")) + sorted(root.glob("twin*")):
     print(f"\n{tdir.name}\n\n| run | steps | t2v R@1 | t2v R@5 | v2t R@1 | v2t R@5 | t2v MedR | top-1 item(s) / direction(s) "
-          f"| first stage R@1 (item(s) / direction(s)) | params visual / fusion | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"| first stage R@1 (item(s) / direction(s)) | twin acc (first stage) | params visual / fusion | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for f in sorted(tdir.glob("*/result.json")):
         d = json.loads(f.read_text())
         n = facet_names(d)
         facets = f"{fmt(d, f't2v_r1_{n[0]}')} / {fmt(d, f't2v_r1_{n[1]}')}" if n else ""
         first = (f"{fmt(d, 'dual_t2v_r1')} ({fmt(d, f'dual_t2v_r1_{n[0]}')} / {fmt(d, f'dual_t2v_r1_{n[1]}')})"
                  if n and f"dual_t2v_r1_{n[0]}" in d else fmt(d, "dual_t2v_r1"))
+        twin = fmt(d, "t2v_twin_acc") + (f" ({fmt(d, 'dual_t2v_twin_acc')})" if "dual_t2v_twin_acc" in d else "")
         print(f"| {f.parent.name} | {d['steps']} | {d['t2v_r1']:.3f} | {d['t2v_r5']:.3f} | {d['v2t_r1']:.3f} | "
-              f"{d['v2t_r5']:.3f} | {d['t2v_medr']:.0f} | {facets} | {first} | {d['params_visual']} / {d['params_fusion']} "
+              f"{d['v2t_r5']:.3f} | {d['t2v_medr']:.0f} | {facets} | {first} | {twin} | {d['params_visual']} / {d['params_fusion']} "
               f"| {d['elapsed_s']:.0f} |")
 
 for vdir in sorted(root.glob("vqa*")):
