@@ -9,19 +9,23 @@ from transmamba.data.twin_clips import make_twin_clips, render_twin_pair, shrink
 
 
 def _images(n=40, side=14, seed=0):
-    """Random uint8 images, each with a unique first row so it can be found again in a frame."""
+    """Random uint8 images (no zeros, so none matches a black patch; distinct with near certainty)."""
     rng = np.random.default_rng(seed)
     imgs = rng.integers(1, 256, (n, side, side), dtype=np.uint8)
     return imgs, np.arange(n) % 10
 
 
+def _matches(frame, imgs):
+    """bool "k y x": image k lies whole in frame with its top-left corner at (y, x)."""
+    win = np.lib.stride_tricks.sliding_window_view(frame, imgs.shape[1:])  # "y x side side"
+    return (win[None] == imgs[:, None, None]).all(axis=(-1, -2))
+
+
 def _find(frame, img):
     """(y, x) of the top-left corner of img in frame (the only exact match)."""
-    s = img.shape[0]
-    hits = [(y, x) for y in range(frame.shape[0] - s + 1) for x in range(frame.shape[1] - s + 1)
-            if (frame[y:y + s, x:x + s] == img).all()]
+    hits = np.argwhere(_matches(frame, img[None])[0])
     assert len(hits) == 1, hits
-    return hits[0]
+    return tuple(int(v) for v in hits[0])
 
 
 def test_shrink_averages_blocks():
@@ -72,14 +76,10 @@ def test_twin_clips_spec_captions_and_facets():
     f = twin_facets(spec)
     assert (f["items"][0::2] == f["items"][1::2]).all() and (f["directions"][0::2] == f["directions"][1::2]).all()
     assert len(set(f["items"].tolist())) > 1
-    def shown(frame):  # which of the images appear whole somewhere in the frame
-        win = np.lib.stride_tricks.sliding_window_view(frame, (14, 14))  # "29 29 14 14"
-        return (win[None] == imgs[:, None, None]).all(axis=(-1, -2)).any(axis=(1, 2))
-
     for i in range(0, 60, 2):  # both twins show the same two images, the items the spec names
-        found = np.flatnonzero(shown(clips[i, 0]))
+        found = np.flatnonzero(_matches(clips[i, 0], imgs).any(axis=(1, 2)))
         assert sorted(labs[found].tolist()) == [spec[i, 0], spec[i, 2]]
-        assert (np.flatnonzero(shown(clips[i + 1, 0])) == found).all()
+        assert (np.flatnonzero(_matches(clips[i + 1, 0], imgs).any(axis=(1, 2))) == found).all()
     cap = twin_caption(spec[0])
     assert DIRECTION_NAMES[spec[0, 1]] in cap and DIRECTION_NAMES[spec[0, 3]] in cap
 

@@ -10,9 +10,9 @@ Text-conditioned score (fusion "cross_mamba" or "cross_attention"), for the text
     g = V(x) + F(n(V(x)), text tokens);   s(t, v) = s_dual(t, v) + w . mean_l n'(g_l) + b
 F = CrossMamba (`cross_mode` "modulate": the mean text vector shifts the scan's B, C, dt; "prefix":
 the text tokens are scanned first, in order, and their state starts the visual scan) or
-CrossAttention of (about) the same parameter count as the CrossMamba. w starts at 0, so at init s = s_dual. It is a re-ranker: it scores the top-K
-visual candidates of each text by s_dual (training: the positive and the K-1 hardest in-batch
-negatives; evaluation: the top K of the gallery).
+CrossAttention of (about) the same parameter count as the CrossMamba. w starts at 0, so at init
+s = s_dual. It is a re-ranker: it scores the top-K visual candidates of each text by s_dual
+(training: the positive and the K-1 hardest in-batch negatives; evaluation: the top K of the gallery).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import numpy as np
 from transmamba.data.clip_captions import DIRECTION_NAMES
 from transmamba.data.fmnist_grids import item_phrase
 from transmamba.data.moving_fmnist import DIRECTIONS
+from transmamba.data.vqa_questions import CLASS_NAMES
 
 N_DIR = len(DIRECTIONS)
 
@@ -49,7 +50,7 @@ def twin_facets(spec: np.ndarray) -> dict[str, np.ndarray]:
     Twins share both facets; only the binding (the full caption) tells them apart."""
     spec = np.asarray(spec)
     lo, hi = np.minimum(spec[:, 1], spec[:, 3]), np.maximum(spec[:, 1], spec[:, 3])
-    return {"items": spec[:, 0] * 10 + spec[:, 2], "directions": lo * N_DIR + hi}
+    return {"items": spec[:, 0] * len(CLASS_NAMES) + spec[:, 2], "directions": lo * N_DIR + hi}
 
 
 def _start(rng: np.random.Generator, direction: int, hi: tuple[int, int], travel: int) -> tuple[int, int]:

@@ -115,6 +115,13 @@ def cached_text_features(texts: list[str], cfg: dict, text_encoder=None) -> dict
     return out
 
 
+def caption_ids(cap_tr: list[str], cap_te: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(bank = the sorted distinct captions of both splits, train ids "n_tr", test ids "n_te")."""
+    bank = sorted(set(cap_tr) | set(cap_te))
+    pos = {c: i for i, c in enumerate(bank)}
+    return bank, np.array([pos[c] for c in cap_tr]), np.array([pos[c] for c in cap_te])
+
+
 def build_retrieval_data(cfg: dict, text_encoder=None) -> dict:
     """Visual tensors and caption ids per split, the caption bank's features, the galleries."""
     r, dcfg = cfg["retrieval"], cfg["data"]
@@ -130,34 +137,24 @@ def build_retrieval_data(cfg: dict, text_encoder=None) -> dict:
         x_tr, _, cap_tr = make_caption_grids(tr_img, tr_lab, int(r["train_n"]), seed=seed, n_named=int(r["n_named"]))
         x_te, _, cap_te = make_caption_grids(te_img, te_lab, int(r["test_n"]), seed=seed + 1,
                                              n_named=int(r["n_named"]), unique=True)
-        bank = sorted(set(cap_tr) | set(cap_te))
-        pos = {c: i for i, c in enumerate(bank)}
-        y_tr = np.array([pos[c] for c in cap_tr])
-        y_te = np.array([pos[c] for c in cap_te])
+        bank, y_tr, y_te = caption_ids(cap_tr, cap_te)
         galleries = [np.arange(len(x_te))]
         video, frames, facets, group = False, 1, None, 1
-    elif r["task"] == "twin_clips":
-        c = r["clip"]
+    else:  # clips / twin_clips: galleries of 80 clips
+        c, n_gal = r["clip"], int(r["n_galleries"])
         kw = dict(frames=int(c["frames"]), canvas=int(c["canvas"]), speed=int(c["speed"]))
-        x_tr, s_tr = make_twin_clips(shrink(tr_img), tr_lab, int(r["train_n"]) // 2, seed=seed, **kw)
-        x_te, s_te = make_twin_clips(shrink(te_img), te_lab, 40 * int(r["n_galleries"]), seed=seed + 1,
-                                     unique=True, **kw)
-        cap_tr, cap_te = [twin_caption(s) for s in s_tr], [twin_caption(s) for s in s_te]
-        bank = sorted(set(cap_tr) | set(cap_te))
-        pos = {c: i for i, c in enumerate(bank)}
-        y_tr, y_te = np.array([pos[c] for c in cap_tr]), np.array([pos[c] for c in cap_te])
-        galleries = [np.arange(g * 80, (g + 1) * 80) for g in range(int(r["n_galleries"]))]
-        video, frames, group = True, int(c["frames"]), 2
-        facets = {k: torch.as_tensor(v) for k, v in twin_facets(s_te).items()}
-    else:
-        c = r["clip"]
-        kw = dict(frames=int(c["frames"]), canvas=int(c["canvas"]), speed=int(c["speed"]))
-        x_tr, y_tr = make_captioned_clips(tr_img, tr_lab, int(r["train_n"]), seed=seed, **kw)
-        x_te, y_te = make_caption_galleries(te_img, te_lab, int(r["n_galleries"]), seed=seed + 1, **kw)
-        bank = all_clip_captions()
-        galleries = [np.arange(g * 80, (g + 1) * 80) for g in range(int(r["n_galleries"]))]
-        video, frames, group = True, int(c["frames"]), 1
-        facets = {k: torch.as_tensor(v) for k, v in caption_facets(y_te).items()}
+        if r["task"] == "twin_clips":
+            x_tr, s_tr = make_twin_clips(shrink(tr_img), tr_lab, int(r["train_n"]) // 2, seed=seed, **kw)
+            x_te, s_te = make_twin_clips(shrink(te_img), te_lab, 40 * n_gal, seed=seed + 1, unique=True, **kw)
+            bank, y_tr, y_te = caption_ids([twin_caption(s) for s in s_tr], [twin_caption(s) for s in s_te])
+            facet_arrays, group = twin_facets(s_te), 2
+        else:
+            x_tr, y_tr = make_captioned_clips(tr_img, tr_lab, int(r["train_n"]), seed=seed, **kw)
+            x_te, y_te = make_caption_galleries(te_img, te_lab, n_gal, seed=seed + 1, **kw)
+            bank, facet_arrays, group = all_clip_captions(), caption_facets(y_te), 1
+        galleries = [np.arange(g * 80, (g + 1) * 80) for g in range(n_gal)]
+        video, frames = True, int(c["frames"])
+        facets = {k: torch.as_tensor(v) for k, v in facet_arrays.items()}
     train = to_tensors(x_tr, y_tr, mean, std)
     test = to_tensors(x_te, y_te, mean, std)
     text = cached_text_features(bank, cfg, text_encoder)
@@ -363,8 +360,8 @@ def train_retrieval(cfg: dict, text_encoder=None) -> dict:
         ev["epoch"] = (at_step - 1) // per_epoch
 
     name = f"retrieval {r['task']} {cfg['role']}" + ("" if cfg["role"] == "teacher" else f" {cfg['mode']}/{cfg['fusion']}")
-    run = Run(name=name, step_module=step_module, batches=example_batches((x_tr, c_tr), tcfg, group=data["group"]), total_steps=total,
-              tcfg=tcfg, out_dir=out, config=cfg, saved=step_module, evaluate=evaluate, after_eval=after_eval,
+    run = Run(name=name, step_module=step_module, batches=example_batches((x_tr, c_tr), tcfg, group=data["group"]),
+              total_steps=total, tcfg=tcfg, out_dir=out, config=cfg, saved=step_module, evaluate=evaluate, after_eval=after_eval,
               unit="images", metric_fields=METRIC_FIELDS,
               fingerprint={k: cfg[k] for k in ("student", "role", "mode", "fusion", "head", "retrieval")},
               device=cfg.get("device", "cpu"))
