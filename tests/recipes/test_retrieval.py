@@ -10,8 +10,9 @@ import torch
 
 from transmamba.config import load_config
 from tiny_fixtures import save_tiny_vit
-from transmamba.recipes.retrieval import (RETRIEVAL_DEFAULTS, build_retrieval_data, build_retrieval_model,
-                                         evaluate_retrieval, hard_candidates, train_retrieval)
+from transmamba.recipes.retrieval import (RETRIEVAL_DEFAULTS, RetrievalStep, build_retrieval_data,
+                                         build_retrieval_model, evaluate_retrieval, hard_candidates,
+                                         train_retrieval)
 
 
 def hashed_text_STAND_IN(texts):
@@ -159,3 +160,29 @@ def test_prefix_cross_mamba_reranker_trains_and_starts_as_the_first_stage(tmp_pa
     with pytest.raises(ValueError, match="cross_mode"):
         train_retrieval(_cfg(tmp_path / "bad", "twin_clips", "student", init_vit,
                              extra=["--fusion", "cross_mamba", "--head.cross_mode", "concat"]), hashed_text_STAND_IN)
+
+
+@pytest.mark.parametrize("stop_grad", [False, True])
+def test_stop_grad_keeps_the_reranker_loss_out_of_the_backbone(tmp_path, init_vit, stop_grad):
+    """head.stop_grad: the backbone and dual head get the gradient of the dual InfoNCE alone; the re-ranker still
+    learns. Without it the re-ranker's loss reaches the backbone (the test can tell the two apart)."""
+    cfg = _cfg(tmp_path / "sg", "twin_clips", "student", init_vit,
+               extra=["--mode", "scratch", "--fusion", "cross_mamba", "--head.cross_mode", "prefix"])
+    data = build_retrieval_data(cfg, hashed_text_STAND_IN)
+    model = build_retrieval_model(cfg, data)[0].double()
+    torch.nn.init.normal_(model.match.weight)  # a trained re-ranker: its score depends on the tokens
+    step = RetrievalStep(model, {k: v.double() if v.is_floating_point() else v for k, v in data["text"].items()},
+                         train_k=4, stop_grad=stop_grad)
+    x, cap = data["train"][0][:16].double(), data["train"][1][:16]
+
+    def grads(which):
+        model.zero_grad()
+        loss, parts = step((x, cap), 0)
+        (loss if which == "all" else parts["nce"]).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    g_all, g_dual = grads("all"), grads("dual")
+    backbone = [n for n in g_dual if n.startswith("backbone.")]
+    assert backbone and g_all["cross.in_proj.weight"].abs().sum() > 0
+    same = all(torch.allclose(g_all[n], g_dual[n], rtol=1e-10, atol=1e-12) for n in backbone)
+    assert same == stop_grad

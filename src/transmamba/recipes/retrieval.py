@@ -26,7 +26,8 @@ Visual side (`role`):
 Loss: L = alpha (InfoNCE(dual) + InfoNCE over K candidates of the re-ranker) + (1 - alpha) L_dir,
 alpha = 1 without distillation; the InfoNCE is symmetric with a learned temperature
 (`adapt.contrastive`); the re-ranker (fusion != none, `adapt.retrieval_model`; cross-Mamba in
-`head.cross_mode` modulate or prefix) scores text -> visual only. Evaluation
+`head.cross_mode` modulate or prefix) scores text -> visual only; with `head.stop_grad` its loss
+trains the re-ranker alone. Evaluation
 (`evaluation.retrieval`): R@1/5/10 and median rank both ways on the test
 galleries; on clips also t2v_r1_item / t2v_r1_direction, how often a text's top-1 clip has the
 right item / the right direction (`facet_r1`); on twin_clips t2v_r1_items / t2v_r1_directions, the
@@ -49,7 +50,7 @@ from torch import nn
 from transmamba.adapt.contrastive import candidate_nce, info_nce
 from transmamba.adapt.distill import teacher_targets
 from transmamba.adapt.retrieval_model import RETRIEVAL_FUSIONS, RetrievalModel
-from transmamba.config import POSITIVE_INT, UNIT, check_config as check_rules, one_of
+from transmamba.config import BOOL, POSITIVE_INT, UNIT, check_config as check_rules, one_of
 from transmamba.data.clip_captions import all_clip_captions, caption_facets, make_caption_galleries, make_captioned_clips
 from transmamba.data.fashion_mnist import load_image_dataset, to_tensors
 from transmamba.data.fmnist_grids import make_caption_grids
@@ -71,7 +72,8 @@ RETRIEVAL_DEFAULTS = {
                   "n_named": 4, "d_embed": 128, "train_k": 8, "rerank_k": 16, "max_k": 20,
                   "clip": {"frames": 4, "canvas": 35, "speed": 2}},
     "text": {"encoder": "minilm", "cache_dir": "runs/multimodal/text-cache"},
-    "head": {"d_state": 8, "expand": 2.0, "num_heads": 4, "cross_mode": "modulate"},  # cross_mode: modulate | prefix
+    # cross_mode: modulate | prefix; stop_grad: the re-ranker's loss trains the re-ranker alone
+    "head": {"d_state": 8, "expand": 2.0, "num_heads": 4, "cross_mode": "modulate", "stop_grad": False},
 }
 METRIC_FIELDS = ["epoch", "task_loss", "nce", "rerank_nce", "distill_loss", "mean_cos", "scale",
                  "test_t2v_r1", "test_t2v_r5", "test_v2t_r1", "test_v2t_r5"]
@@ -82,7 +84,7 @@ def check_config(cfg: dict) -> None:
                       "retrieval.task": one_of("grids", "clips", "twin_clips"), "retrieval.train_n": POSITIVE_INT,
                       "retrieval.test_n": POSITIVE_INT, "retrieval.train_k": POSITIVE_INT,
                       "retrieval.rerank_k": POSITIVE_INT, "distill.alpha": UNIT,
-                      "head.cross_mode": one_of("modulate", "prefix")})
+                      "head.cross_mode": one_of("modulate", "prefix"), "head.stop_grad": BOOL})
     if cfg["distill"]["kd_weight"]:
         raise ValueError("distill.kd_weight must be 0: the teacher has no logits for retrieval")
     if cfg["role"] == "teacher" and cfg["fusion"] != "none":
@@ -204,12 +206,17 @@ def hard_candidates(dual: torch.Tensor, same: torch.Tensor, k: int) -> torch.Ten
 
 
 class RetrievalStep(nn.Module):
-    """loss = alpha (InfoNCE(dual) + InfoNCE over K re-ranked candidates) + (1 - alpha) L_dir."""
+    """loss = alpha (InfoNCE(dual) + InfoNCE over K re-ranked candidates) + (1 - alpha) L_dir.
+
+    stop_grad: the re-ranker's loss sees the backbone's tokens and the first-stage scores detached, so
+    it trains only the re-ranker; the backbone and the dual head learn from the dual InfoNCE and the
+    distillation alone, as with fusion none."""
 
     def __init__(self, model: RetrievalModel, text: dict, *, teacher=None, dloss=None, alpha: float = 1.0,
-                 train_k: int = 8, teacher_window: int = 0):
+                 train_k: int = 8, teacher_window: int = 0, stop_grad: bool = False):
         super().__init__()
         self.model, self.dloss, self.alpha, self.train_k = model, dloss, alpha, train_k
+        self.stop_grad = bool(stop_grad)
         self.teacher_window = int(teacher_window)
         self.__dict__["teacher"] = teacher
         for k in ("tokens", "mask", "pooled"):
@@ -230,9 +237,11 @@ class RetrievalStep(nn.Module):
             cand = hard_candidates(dual, same | eye, self.train_k)  # "b k"
             b, k = cand.shape
             rows = torch.arange(b, device=cap.device)[:, None].expand(b, k)
-            cs = m.cross_scores(tokens[cand.flatten()], self.text_tokens[cap[rows.flatten()]],
+            read = tokens.detach() if self.stop_grad else tokens
+            cs = m.cross_scores(read[cand.flatten()], self.text_tokens[cap[rows.flatten()]],
                                 self.text_mask[cap[rows.flatten()]]).view(b, k)
-            rr = candidate_nce(dual.gather(1, cand) + cs)
+            first = dual.detach() if self.stop_grad else dual
+            rr = candidate_nce(first.gather(1, cand) + cs)
             parts["rerank_nce"] = rr
             task = task + rr
         parts["task_loss"] = task
@@ -345,7 +354,8 @@ def train_retrieval(cfg: dict, text_encoder=None) -> dict:
     model, teacher, dloss, report = build_retrieval_model(cfg, data)
     alpha = float(cfg["distill"]["alpha"]) if dloss is not None else 1.0
     step_module = RetrievalStep(model, data["text"], teacher=teacher, dloss=dloss, alpha=alpha,
-                                train_k=int(r["train_k"]), teacher_window=int(cfg["distill"]["teacher_window"]))
+                                train_k=int(r["train_k"]), teacher_window=int(cfg["distill"]["teacher_window"]),
+                                stop_grad=cfg["head"]["stop_grad"])
     x_tr, c_tr = data["train"]
     total, per_epoch = steps_of(len(x_tr), tcfg)
     tcfg = {**tcfg, "eval_every": per_epoch if tcfg.get("eval_every") is None else tcfg["eval_every"]}
