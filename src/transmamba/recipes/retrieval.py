@@ -26,8 +26,10 @@ Visual side (`role`):
 Loss: L = alpha (InfoNCE(dual) + InfoNCE over K candidates of the re-ranker) + (1 - alpha) L_dir,
 alpha = 1 without distillation; the InfoNCE is symmetric with a learned temperature
 (`adapt.contrastive`); the re-ranker (fusion != none, `adapt.retrieval_model`; cross-Mamba in
-`head.cross_mode` modulate or prefix) scores text -> visual only; with `head.stop_grad` its loss
-trains the re-ranker alone. Evaluation
+`head.cross_mode` modulate or prefix) scores text -> visual only; `head.stop_grad` sets where its
+loss may reach: none = everywhere; scores = not the first-stage (dual) scores it adds to, so the
+dual head learns from the dual InfoNCE alone but the backbone's tokens still learn to serve the
+re-ranker; all = the re-ranker alone. Evaluation
 (`evaluation.retrieval`): R@1/5/10 and median rank both ways on the test
 galleries; on clips also t2v_r1_item / t2v_r1_direction, how often a text's top-1 clip has the
 right item / the right direction (`facet_r1`); on twin_clips t2v_r1_items / t2v_r1_directions, the
@@ -50,7 +52,7 @@ from torch import nn
 from transmamba.adapt.contrastive import candidate_nce, info_nce
 from transmamba.adapt.distill import teacher_targets
 from transmamba.adapt.retrieval_model import RETRIEVAL_FUSIONS, RetrievalModel
-from transmamba.config import BOOL, POSITIVE_INT, UNIT, check_config as check_rules, one_of
+from transmamba.config import POSITIVE_INT, UNIT, check_config as check_rules, one_of
 from transmamba.data.clip_captions import all_clip_captions, caption_facets, make_caption_galleries, make_captioned_clips
 from transmamba.data.fashion_mnist import load_image_dataset, to_tensors
 from transmamba.data.fmnist_grids import make_caption_grids
@@ -72,9 +74,11 @@ RETRIEVAL_DEFAULTS = {
                   "n_named": 4, "d_embed": 128, "train_k": 8, "rerank_k": 16, "max_k": 20,
                   "clip": {"frames": 4, "canvas": 35, "speed": 2}},
     "text": {"encoder": "minilm", "cache_dir": "runs/multimodal/text-cache"},
-    # cross_mode: modulate | prefix; stop_grad: the re-ranker's loss trains the re-ranker alone
-    "head": {"d_state": 8, "expand": 2.0, "num_heads": 4, "cross_mode": "modulate", "stop_grad": False},
+    # cross_mode: modulate | prefix; stop_grad: none | scores | all (what the re-ranker's loss does
+    # not reach: nothing, the first-stage scores, or neither those nor the backbone's tokens)
+    "head": {"d_state": 8, "expand": 2.0, "num_heads": 4, "cross_mode": "modulate", "stop_grad": "none"},
 }
+STOP_GRAD = ("none", "scores", "all")
 METRIC_FIELDS = ["epoch", "task_loss", "nce", "rerank_nce", "distill_loss", "mean_cos", "scale",
                  "test_t2v_r1", "test_t2v_r5", "test_v2t_r1", "test_v2t_r5"]
 
@@ -84,7 +88,7 @@ def check_config(cfg: dict) -> None:
                       "retrieval.task": one_of("grids", "clips", "twin_clips"), "retrieval.train_n": POSITIVE_INT,
                       "retrieval.test_n": POSITIVE_INT, "retrieval.train_k": POSITIVE_INT,
                       "retrieval.rerank_k": POSITIVE_INT, "distill.alpha": UNIT,
-                      "head.cross_mode": one_of("modulate", "prefix"), "head.stop_grad": BOOL})
+                      "head.cross_mode": one_of("modulate", "prefix"), "head.stop_grad": one_of(*STOP_GRAD)})
     if cfg["distill"]["kd_weight"]:
         raise ValueError("distill.kd_weight must be 0: the teacher has no logits for retrieval")
     if cfg["role"] == "teacher" and cfg["fusion"] != "none":
@@ -208,15 +212,19 @@ def hard_candidates(dual: torch.Tensor, same: torch.Tensor, k: int) -> torch.Ten
 class RetrievalStep(nn.Module):
     """loss = alpha (InfoNCE(dual) + InfoNCE over K re-ranked candidates) + (1 - alpha) L_dir.
 
-    stop_grad: the re-ranker's loss sees the backbone's tokens and the first-stage scores detached, so
-    it trains only the re-ranker; the backbone and the dual head learn from the dual InfoNCE and the
-    distillation alone, as with fusion none."""
+    stop_grad: where the re-ranker's loss may not reach. "none": it trains everything, the dual
+    scores it adds to included; "scores": the first-stage scores are detached, so the dual head
+    learns from the dual InfoNCE alone while the backbone's tokens still get the re-ranker's
+    gradient; "all": tokens and scores detached, the re-ranker trains alone and the backbone learns
+    as with fusion none."""
 
     def __init__(self, model: RetrievalModel, text: dict, *, teacher=None, dloss=None, alpha: float = 1.0,
-                 train_k: int = 8, teacher_window: int = 0, stop_grad: bool = False):
+                 train_k: int = 8, teacher_window: int = 0, stop_grad: str = "none"):
         super().__init__()
         self.model, self.dloss, self.alpha, self.train_k = model, dloss, alpha, train_k
-        self.stop_grad = bool(stop_grad)
+        if stop_grad not in STOP_GRAD:
+            raise ValueError(f"stop_grad must be one of {STOP_GRAD}, got {stop_grad!r}")
+        self.stop_grad = stop_grad
         self.teacher_window = int(teacher_window)
         self.__dict__["teacher"] = teacher
         for k in ("tokens", "mask", "pooled"):
@@ -237,10 +245,10 @@ class RetrievalStep(nn.Module):
             cand = hard_candidates(dual, same | eye, self.train_k)  # "b k"
             b, k = cand.shape
             rows = torch.arange(b, device=cap.device)[:, None].expand(b, k)
-            read = tokens.detach() if self.stop_grad else tokens
+            read = tokens.detach() if self.stop_grad == "all" else tokens
             cs = m.cross_scores(read[cand.flatten()], self.text_tokens[cap[rows.flatten()]],
                                 self.text_mask[cap[rows.flatten()]]).view(b, k)
-            first = dual.detach() if self.stop_grad else dual
+            first = dual.detach() if self.stop_grad != "none" else dual
             rr = candidate_nce(first.gather(1, cand) + cs)
             parts["rerank_nce"] = rr
             task = task + rr
