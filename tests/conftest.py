@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# `amp: auto` picks bf16 on CPUs that run it fast (AMX, AVX512-BF16) and fp32 elsewhere; the suite
+# pins fp32 so that it computes the same numbers on every machine (subprocesses inherit it). The
+# tests of the choice itself (tests/hardware) inject the probe and clear the pin.
+os.environ["TRANSMAMBA_AMP"] = "none"
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """The `transmamba` console script: one entry point, subcommands dispatched to their modules.
 
+    transmamba env [--json]                       (CPU/GPU, matmul GFLOP/s, the precision amp auto picks)
     transmamba bench {kernels,lm,convert,distill} [--json] [--quick]
     transmamba train --config configs/lm/<name>.yaml [--key value ...]
     transmamba generate --checkpoint DIR --prompt "..." [--transpoint P]
@@ -77,9 +78,25 @@ def _bench(argv):
         torch.set_num_threads(args.threads)
     kw = {"student": args.student} if args.student else {}
     rows = importlib.import_module(BENCHES[args.what]).run(quick=args.quick, **kw)
-    for r in rows:
-        r.setdefault("threads", torch.get_num_threads())
+    from transmamba.hardware.machine import machine_fields
+
+    machine = machine_fields()  # every row says what it was measured on
+    rows = [{**r, **{k: v for k, v in machine.items() if k not in r}} for r in rows]
     emit(rows, args.json)
+
+
+def _env(argv):
+    p = argparse.ArgumentParser(prog="transmamba env", description="what this machine is and which precision "
+                                "amp auto picks (fp32 / bf16 matmul measured now)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    import json
+
+    from transmamba.hardware.machine import environment, format_environment
+
+    env = environment()
+    print(json.dumps(env) if args.json else format_environment(env))
+    return 0
 
 
 def _teacher(argv):
@@ -168,7 +185,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def _dispatch(argv: list[str]) -> int:
-    commands = ["bench", "teacher", "export", *COMMANDS]
+    commands = ["bench", "env", "teacher", "export", *COMMANDS]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):
@@ -178,6 +195,8 @@ def _dispatch(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "bench":
         _bench(rest)
+    elif cmd == "env":
+        return _env(rest)
     elif cmd == "teacher":
         return _teacher(rest)
     elif cmd == "export":

@@ -245,7 +245,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "train.weight_decay": NONNEG, "train.betas": BETAS, "train.eps": POSITIVE, "train.grad_clip": NONNEG,
     "train.grad_accum": POSITIVE_INT, "train.log_every": PERIOD, "train.eval_every": PERIOD,
     "train.ckpt_every": PERIOD, "train.keep_checkpoints": NONNEG_INT, "train.halt_at_step": POSITIVE_INT | NONE,
-    "train.amp": one_of("none", "bf16"), "train.threads": POSITIVE_INT | NONE, "train.progress": BOOL, "train.retain_heap": BOOL,
+    "train.amp": one_of("auto", "none", "bf16"), "train.threads": POSITIVE_INT | NONE, "train.progress": BOOL, "train.retain_heap": BOOL,
     "train.compile": BOOL, "train.tokens": POSITIVE_INT, "train.batch_size": POSITIVE_INT,
     "train.seq_len": POSITIVE_INT, "train.epochs": POSITIVE_INT, "train.max_steps": POSITIVE_INT | NONE,
     "train.seed": INT, "seed": INT,

@@ -16,7 +16,10 @@ causal-LM directory works), with the teacher side by side and "% of teacher" per
 The default suite took 13.6 minutes on a 2-core CPU for the 145M demo student and its teacher;
 results.json keeps the seconds each part took (`seconds`).
 
-Teacher and student go through the same functions (both as transformers models). `--quick` runs
+Teacher and student go through the same functions (both as transformers models), in the same
+precision: `--amp auto` (the default) runs bf16 autocast where this machine computes bf16 natively
+and faster than fp32 (`transmamba.hardware.precision`), fp32 elsewhere; `none` / `bf16` force one.
+results.json and report.md say which ran and why (`precision`). `--quick` runs
 tiny lengths and few documents (for tests). Written to --out (default DIR/eval): report.md,
 results.json, the PNGs.
 """
@@ -157,7 +160,8 @@ def heat_map(grid: dict, png: Path, title: str) -> Path:
 def write_report(out: Path, results: dict) -> Path:
     s, t = results["student"], results.get("teacher")
     fs, ft = flat_metrics(s), (flat_metrics(t) if t else {})
-    lines = [f"# Evaluation of {results['model']}", "", f"suite: {results['suite']}; teacher: {results.get('teacher_name')}", "",
+    lines = [f"# Evaluation of {results['model']}", "", f"suite: {results['suite']}; teacher: {results.get('teacher_name')}; "
+             f"precision: {results.get('precision', 'none')}", "",
              "| metric | student | teacher | % of teacher |", "|---|---|---|---|"]
     rows = {}
     for name, (v, hib) in fs.items():
@@ -182,24 +186,30 @@ def write_report(out: Path, results: dict) -> Path:
 
 
 def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default", quick: bool = False,
-             out: str | None = None) -> dict:
+             out: str | None = None, amp: str = "auto") -> dict:
     """Evaluate the student (and the teacher) and write the report; returns results.json's content."""
     from transmamba.data.text import split_texts
+    from transmamba.hardware.precision import autocast, resolve_amp
 
     if suite not in SUITES or suite == "quick":
         raise ValueError(f"--suite must be one of {[k for k in SUITES if k != 'quick']}, got {suite!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     spec = SUITES["quick" if quick else suite]
+    device = torch.device("cpu")
+    precision = resolve_amp(amp, device)
     out_dir = Path(out) if out else Path(model_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = split_texts("val")
     model, tok = load_hf_model(model_dir)
     results = {"model": str(model_dir), "suite": "quick" if quick else suite, "teacher_name": teacher,
-               "student": evaluate_model(model, tok, spec, out_dir, texts)}
+               "precision": str(precision)}
+    with autocast(device, precision.amp):
+        results["student"] = evaluate_model(model, tok, spec, out_dir, texts)
     if teacher:
         tmodel, ttok = load_hf_model(teacher)
-        results["teacher"] = evaluate_model(tmodel, ttok, spec, out_dir, texts)
+        with autocast(device, precision.amp):
+            results["teacher"] = evaluate_model(tmodel, ttok, spec, out_dir, texts)
     write_report(out_dir, results)
     return results
 
@@ -212,8 +222,10 @@ def eval_main(argv: list[str] | None = None) -> dict:
     p.add_argument("--suite", default="default", help="default")
     p.add_argument("--quick", action="store_true", help="tiny lengths and few documents (tests)")
     p.add_argument("--out", default=None, help="output directory (default MODEL/eval)")
+    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
+                   help="auto: bf16 where this machine runs it fast (transmamba env), else fp32")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    res = run_eval(args.model, args.teacher, args.suite, args.quick, args.out)
+    res = run_eval(args.model, args.teacher, args.suite, args.quick, args.out, amp=args.amp)
     print(Path(args.out or Path(args.model) / "eval") / "report.md")
     return res

@@ -110,15 +110,18 @@ class _Detokenizer:
 @torch.no_grad()
 def generate_text(model, tok, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
                   top_k: int | None = None, transpoint: int | None = None, schedule=None,
-                  device: str | torch.device = "cpu", streamer: Callable[[str], None] | None = None) -> str:
+                  device: str | torch.device = "cpu", streamer: Callable[[str], None] | None = None,
+                  amp: str = "none") -> str:
     """The prompt followed by `max_new_tokens` sampled tokens, decoded to text.
 
     temperature 0 means greedy decoding; NaN, Inf or negative temperatures, top_k < 1 and
     max_new_tokens < 1 raise ValueError. An empty prompt starts from <|endoftext|>. `streamer`, if
     given, is called with successive pieces of the returned text as tokens are produced (the
-    decoded prompt first); their concatenation is the returned text.
+    decoded prompt first); their concatenation is the returned text. `amp` (auto | none | bf16) is
+    the precision of the model's matmuls (`transmamba.hardware.precision`).
     """
     from transmamba.data.text import encode
+    from transmamba.hardware.precision import autocast
 
     check_sampling(max_new_tokens, temperature, top_k)
     cfg = getattr(model, "cfg", None)
@@ -137,22 +140,23 @@ def generate_text(model, tok, prompt: str, *, max_new_tokens: int = 200, tempera
     tps = transpoints_from_args(n_layers, total, transpoint, schedule)
     temperature = 0.0 if temperature is None else float(temperature)
     out = list(ids)
-    if hasattr(model, "decode"):
-        detok = _Detokenizer(tok, streamer) if streamer is not None else None
-        if detok is not None and ids:
-            detok.push(list(ids))
-        for nxt in model.decode(idx, max_new_tokens, temperature=temperature, top_k=top_k, transpoints=tps):
-            t = int(nxt[0])
-            out.append(t)
+    with autocast(device, amp):
+        if hasattr(model, "decode"):
+            detok = _Detokenizer(tok, streamer) if streamer is not None else None
+            if detok is not None and ids:
+                detok.push(list(ids))
+            for nxt in model.decode(idx, max_new_tokens, temperature=temperature, top_k=top_k, transpoints=tps):
+                t = int(nxt[0])
+                out.append(t)
+                if detok is not None:
+                    detok.push([t])
             if detok is not None:
-                detok.push([t])
-        if detok is not None:
-            detok.close()
-    else:  # a model with only `generate` (no cached step API): the text comes at the end
-        res = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, transpoints=tps)
-        out = res[0, len(start):].tolist()
-        if streamer is not None:
-            streamer(tok.decode(out))
+                detok.close()
+        else:  # a model with only `generate` (no cached step API): the text comes at the end
+            res = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, transpoints=tps)
+            out = res[0, len(start):].tolist()
+            if streamer is not None:
+                streamer(tok.decode(out))
     return tok.decode(out)
 
 
@@ -170,6 +174,8 @@ def generate_main(argv: list[str] | None = None) -> str:
     p.add_argument("--top-k", type=int, default=None, help=">= 1; default: sample from every token")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
+                   help="auto: bf16 autocast where this device runs it fast (transmamba env), else fp32")
     p.add_argument("--tokenizer", default=None, help="override the checkpoint's tokenizer name")
     p.add_argument("--cache-dir", default=None, help="tokenizer cache (default: the checkpoint's data.cache_dir)")
     args = p.parse_args(argv)
@@ -189,7 +195,7 @@ def generate_main(argv: list[str] | None = None) -> str:
         check_tokenizer(tok, model.cfg.vocab_size, f"the model in {args.checkpoint}")
         text = generate_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k, transpoint=args.transpoint,
-                             schedule=args.schedule, device=device,
+                             schedule=args.schedule, device=device, amp=args.amp,
                              streamer=lambda piece: print(piece, end="", flush=True))
         print(flush=True)
         return text
@@ -211,7 +217,7 @@ def generate_main(argv: list[str] | None = None) -> str:
 
     text = generate_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_k=args.top_k, transpoint=args.transpoint,
-                         schedule=args.schedule, device=device, streamer=emit)
+                         schedule=args.schedule, device=device, streamer=emit, amp=args.amp)
     print(flush=True)
     return text
 

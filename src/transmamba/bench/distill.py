@@ -5,13 +5,16 @@ loss of `transmamba convert`) on a batch shaped like the teacher cache's (8 x 25
 log-probabilities, one aligned hidden state per layer). Weights and batch are random: the cost of a
 step does not depend on their values.
 
-    ours = the default recipe: bf16 autocast (fp32 master weights, fp32 SSD state), the chunked
-           head + CE + KL (`ops.head_loss`), freed memory kept for reuse (`training.heap`)
+    ours = the default recipe: `train.amp: auto` (bf16 autocast where this machine runs bf16 fast,
+           `hardware.precision`; fp32 master weights and SSD state), the chunked head + CE + KL
+           (`ops.head_loss`), freed memory kept for reuse (`training.heap`)
     peer = the same step as before these: fp32, full logits with `F.cross_entropy` + `topk_kl`,
            `F.cosine_similarity`, glibc's default heap
 
 Rows: tokens/s of each (best of `rounds` alternating rounds of `steps` steps, after a warm-up
-step each) and the peak extra resident memory of one step (MiB).
+step each) and the peak extra resident memory of one step (MiB). Where auto picks bf16, a third
+side times our step in fp32 (`ours_fp32_ms`, `bf16_speedup` = ours_fp32_ms / ours_ms): what the
+precision alone buys on this machine. `amp_ours` says which precision ran and why.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ def build(student_config: str = STUDENT_CONFIG, batch_size: int = 8, seq_len: in
 
 def step_fn(student, cfg, layer_map, batch, *, amp: str, reference: bool):
     """One optimizer step of the convert recipe's loss, as the engine runs it."""
+    from transmamba.hardware.precision import autocast
     from transmamba.recipes.convert import DistillStep
-    from transmamba.training.engine import autocast
     from transmamba.training.optim import make_optimizer
 
     module = DistillStep(student, cfg, layer_map, torch.arange(student.cfg.d_model), reference=reference)
@@ -72,12 +75,16 @@ def step_fn(student, cfg, layer_map, batch, *, amp: str, reference: bool):
 
 
 def rows(student_config: str = STUDENT_CONFIG, steps: int = 2, rounds: int = 2, batch_size: int = 8) -> list[dict]:
+    from transmamba.hardware.precision import resolve_amp
     from transmamba.training import heap
 
     student, cfg, layer_map, batch = build(student_config, batch_size=batch_size)
     n_tok = batch[0].numel()
-    sides = {"ours": dict(amp=cfg["train"]["amp"], reference=False, heap=cfg["train"]["retain_heap"]),
+    precision = resolve_amp(cfg["train"]["amp"], "cpu")
+    sides = {"ours": dict(amp=precision.amp, reference=False, heap=cfg["train"]["retain_heap"]),
              "peer": dict(amp="none", reference=True, heap=False)}
+    if precision.amp != "none":
+        sides["ours_fp32"] = dict(amp="none", reference=False, heap=cfg["train"]["retain_heap"])
     best = {k: float("inf") for k in sides}
     fns = {k: step_fn(student, cfg, layer_map, batch, amp=v["amp"], reference=v["reference"]) for k, v in sides.items()}
     for _ in range(rounds):
@@ -89,15 +96,17 @@ def rows(student_config: str = STUDENT_CONFIG, steps: int = 2, rounds: int = 2, 
                 fns[k]()
             best[k] = min(best[k], (time.perf_counter() - t0) / steps * 1e3)
     mem = {}
-    for k, v in sides.items():
+    for k, v in list(sides.items())[:2]:
         heap.retain_freed_memory(v["heap"])
         mem[k] = peak_memory_mb(fns[k])
     heap.retain_freed_memory(False)
     return [row("distill step", int(batch[0].shape[1]), best["ours"], best["peer"],
                 tok_per_s_ours=round(n_tok / best["ours"] * 1e3, 1), tok_per_s_peer=round(n_tok / best["peer"] * 1e3, 1),
                 peak_mb_ours=round(mem["ours"], 1), peak_mb_peer=round(mem["peer"], 1), batch=int(batch[0].shape[0]),
-                amp_ours=sides["ours"]["amp"], student=student_config,
-                student_params_m=round(student.num_params(False) / 1e6, 1))]
+                amp_ours=str(precision), student=student_config,
+                student_params_m=round(student.num_params(False) / 1e6, 1),
+                **({"ours_fp32_ms": round(best["ours_fp32"], 3), "bf16_speedup": round(best["ours_fp32"] / best["ours"], 3)}
+                   if "ours_fp32" in best else {}))]
 
 
 def run(quick: bool = False, student: str | None = None) -> list[dict]:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from transmamba.hardware.precision import autocast
+
 
 @torch.no_grad()
 def perplexity(logits_fn: Callable[[torch.Tensor], torch.Tensor], ids: np.ndarray, *, batch_size: int,
@@ -27,7 +29,7 @@ def perplexity(logits_fn: Callable[[torch.Tensor], torch.Tensor], ids: np.ndarra
     total, count = 0.0, 0
     for x, y in eval_batches(ids, batch_size, seq_len, max_windows=n_batches * batch_size):
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+        with autocast(device, amp):
             logits = logits_fn(x)
         total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
         count += y.numel()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from transmamba.hardware.precision import resolve_amp
 from transmamba.hf.cache import TransMambaCache
 from transmamba.hf.configuration_transmamba import TransMambaConfig
 from transmamba.models.lm import LM
@@ -73,6 +74,8 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
         if not config.tie_word_embeddings:
             self._tied_weights_keys = {}
         self.post_init()
+        if self.model.embed.weight.dtype == torch.bfloat16:  # from_pretrained(dtype=torch.bfloat16)
+            resolve_amp("bf16", self.model.embed.weight.device, what="a TransMamba model in bfloat16")
 
     @classmethod
     def from_lm(cls, lm: LM, **config_kwargs) -> "TransMambaForCausalLM":

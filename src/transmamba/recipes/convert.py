@@ -43,7 +43,8 @@ from transmamba.models.lm import LM
 from transmamba.ops.head_loss import head_ce_kl
 from transmamba.modules.schedule import ATTENTION_ONLY, make_schedule
 from transmamba.student import save_hf
-from transmamba.training.engine import ENGINE_DEFAULTS, Run, autocast, fit, is_main_process, main_process_choice
+from transmamba.hardware.precision import autocast
+from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process, main_process_choice
 
 DEFAULTS = {
     "teacher": "smollm2",
@@ -59,7 +60,7 @@ DEFAULTS = {
                "keep_attention": 0, "keep_attention_windows": 4},
     "data": {"tokenizer": "smollm2", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
              "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs"},
-    "train": {**copy.deepcopy(ENGINE_DEFAULTS), "amp": "bf16", "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
+    "train": {**copy.deepcopy(ENGINE_DEFAULTS), "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
               "warmup_steps": 20, "weight_decay": 0.1, "grad_clip": 1.0, "w_kl": 1.0, "w_hidden": 1.0,
               "hidden_mean": True, "w_ce": 0.5, "temperature": 1.0, "log_every": 10, "eval_every": 0,
               "ckpt_every": 0},
@@ -261,7 +262,7 @@ def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, progres
     finally:
         student.schedule = make_schedule(target)
     return {"steps": res["step"], "tokens": res["tokens"], "train_s": res["elapsed_s"], "tok_per_s": res["tok_per_s"],
-            "processes": res["processes"], "amp": res["amp"]}
+            "processes": res["processes"], "amp": res["amp"], "amp_reason": res["amp_reason"]}
 
 
 def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
@@ -329,7 +330,8 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
                "ppl_by_context": ppl_by_context,
                "transpoints": student.transpoints_for(d["seq_len"]), **run}
     t_speed = time.perf_counter()
-    summary |= speed_and_samples(teacher, student, cfg)
+    with autocast(torch.device("cpu"), run["amp"]):  # the precision the training ran in: auto's pick
+        summary |= speed_and_samples(teacher, student, cfg)
     t_end = time.perf_counter()
     # where the command's wall time went, four parts that add up to wall_s: loading, teacher cache and
     # init eval; the training stages (their own seconds: local_train_s, keep_attention_s, train_s);
@@ -343,7 +345,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
 
 
 def speed_and_samples(teacher, student, cfg) -> dict:
-    """Both models, fp32: decoding ms/token and cache MB at each `eval.speed_contexts` context and
+    """Both models, in the caller's precision (convert: its train.amp): decoding ms/token and cache MB at each `eval.speed_contexts` context and
     `eval.speed_batches` batch (caches filled to its size with `eval.speed_synthetic`, else by a
     real prefill), prefill tokens/s at each `eval.prefill_contexts` length (batch 1), and greedy
     continuations. Each speed is the median of `eval.speed_rounds` rounds that alternate student
@@ -357,7 +359,10 @@ def speed_and_samples(teacher, student, cfg) -> dict:
     contexts = ev.get("speed_contexts") or ([ev["speed_context"]] if ev.get("speed_context") else [])
     synthetic = bool(ev.get("speed_synthetic"))
     rounds, n = int(ev["speed_rounds"]), ev["speed_tokens"]
+    from transmamba.hardware.machine import cpu_model
+
     res["speed"], res["speed_rounds"], res["speed_threads"] = [], rounds, torch.get_num_threads()
+    res["cpu"] = cpu_model()
     for C in contexts:
         for B in ev.get("speed_batches") or [1]:
             kw = dict(synthetic=synthetic, batch=int(B))
@@ -450,7 +455,8 @@ def write_report(out: Path, s: dict) -> Path:
         rounds = s.get("speed_rounds", 1)
         prefill_rounds = s.get("prefill_rounds", rounds)
         prefill_note = f"; prefill: {prefill_rounds} round(s)" if s.get("prefill") and prefill_rounds != rounds else ""
-        lines.append(f"\nSpeeds: fp32, {s.get('speed_threads', '?')} thread(s), each the median of "
+        lines.append(f"\nSpeeds: {s.get('amp', 'none')} ({s.get('amp_reason', '')}), {s.get('cpu', '?')}, "
+                     f"{s.get('speed_threads', '?')} thread(s), each the median of "
                      f"{rounds} rounds alternating student and teacher{prefill_note}.")
     if s.get("wall_s") is not None:
         lines.append(f"\nWall time {s['wall_s'] / 60:.1f} min: {s['setup_s']:.0f} s loading, teacher cache and "

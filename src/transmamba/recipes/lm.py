@@ -190,6 +190,7 @@ def train(cfg: dict, *, resume: bool = False, data: TextData | None = None,
         "final_train_loss": res["final_train_loss"], "final_val_loss": ev.get("val_loss"),
         "final_val_ppl": ev.get("val_ppl"), "best_val_loss": res["best"], "tok_per_s": res["tok_per_s"],
         "elapsed_s": res["elapsed_s"], "device": res["device"], "processes": res["processes"], "amp": res["amp"],
+        "amp_reason": res["amp_reason"],
         "out_dir": str(out_dir), "checkpoint": res["checkpoint"], "metrics_csv": res["metrics_csv"],
         "loss_png": res["loss_png"],
     }

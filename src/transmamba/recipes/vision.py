@@ -261,7 +261,8 @@ def classification_run(name: str, step_module: ClassifyStep, data: dict, cfg: di
     return {"steps": res["step"], "test_loss": ev.get("test_loss"), "test_top1": ev.get("test_top1"),
             "train_loss_first": losses[0] if losses else None,
             "train_loss_last": float(np.mean(losses[-10:])) if losses else None, "elapsed_s": round(res["elapsed_s"], 2),
-            "img_per_s": res["img_per_s"], "processes": res["processes"], "amp": res["amp"], "losses": losses}
+            "img_per_s": res["img_per_s"], "processes": res["processes"], "amp": res["amp"],
+            "amp_reason": res["amp_reason"], "losses": losses}
 
 
 def write_result(out_dir: Path, result: dict, cfg: dict) -> None:

@@ -17,11 +17,14 @@ NCCL on GPUs); data parallel (DDP) only: FSDP and DeepSpeed are refused before a
 same steps as N processes with B / N each (tested to 1e-5). Only rank 0 writes files (metrics.csv,
 loss.png, checkpoints, the lock `<out_dir>/.lock`); evaluation runs on rank 0 while the others wait.
 
-Mixed precision: `train.amp: bf16` runs the step module's forward under
-`torch.autocast(dtype=bfloat16)`; parameters, gradients and AdamW state stay fp32 (master
-weights). The SSM kernels keep their state and accumulation in fp32 under autocast (ops/ssd.py,
-ops/memory_converter.py, ops/selective_scan.py: the chunk/inter-chunk recurrences run with autocast
-off). Default is `none`: see docs/results.md for the fp32-vs-bf16 loss curves.
+Mixed precision: `train.amp: auto` (the default) runs bf16 where the device multiplies bf16
+natively and faster than fp32, fp32 elsewhere (`transmamba.hardware.precision.resolve_amp`: the
+CPU's flags and a matmul probe; an AVX2-only CPU runs bf16 ~40x slower than fp32). `bf16` runs
+the step module's forward under `torch.autocast(dtype=bfloat16)` (with a warning where it is slow);
+`none` is fp32. Parameters, gradients and AdamW state stay fp32 (master weights). The SSM kernels
+keep their state and accumulation in fp32 under autocast (ops/ssd.py, ops/memory_converter.py,
+ops/selective_scan.py: the chunk/inter-chunk recurrences run with autocast off). The precision that
+ran and why is in the log line, metrics.csv (column amp) and the summary (amp, amp_reason).
 
 Crash safety: checkpoints are atomic and checksummed (transmamba.io.checkpoint); a checkpoint is
 written only after every step before it passed the finite check; `--resume` continues from the
@@ -42,10 +45,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from transmamba.hardware.precision import autocast, resolve_amp
 from transmamba.io import checkpoint as ckpt
 from transmamba.ops.validate import NumericalError
 from transmamba.training import heap
-from transmamba.training.metrics import MetricsLog, plot_loss_curve
+from transmamba.training.metrics import MetricsLog, plot_loss_curve, read_metrics_header
 from transmamba.training.optim import lr_at, make_optimizer
 from transmamba.training.run_lock import RunLock
 
@@ -64,7 +68,7 @@ ENGINE_DEFAULTS: dict = {
     "ckpt_every": 500,  # 0: no checkpoints
     "keep_checkpoints": 2,  # 0: keep all
     "halt_at_step": None,  # stop early (with a checkpoint); the schedule still follows the full budget
-    "amp": "none",  # none | bf16 (autocast; fp32 master weights)
+    "amp": "auto",  # auto | none | bf16 (autocast; fp32 master weights); auto: bf16 where it is fast
     "threads": None,  # CPU intra-op threads (None: torch's default)
     "progress": True,  # tqdm bar on rank 0
     "compile": False,  # torch.compile the step module
@@ -175,13 +179,6 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
 
 
-def autocast(device: torch.device, amp: str):
-    """bf16 autocast for amp == "bf16", a no-op context for "none"."""
-    if amp not in ("none", "bf16"):
-        raise ValueError(f"train.amp must be 'none' or 'bf16', got {amp!r}")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
-
-
 def _accelerator(device: str):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -223,6 +220,8 @@ def fit(run: Run, *, resume: bool = False) -> dict:
 
 def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resume) -> dict:
     t = run.tcfg
+    precision = main_process_choice(resolve_amp(t.get("amp", "auto"), device))  # every rank runs rank 0's pick
+    amp = precision.amp
     latest = ckpt.latest_checkpoint(root, verify=True)
     if latest is not None and not resume:
         raise FileExistsError(f"{out_dir} already holds checkpoints (newest {latest.name}); pass --resume "
@@ -237,10 +236,12 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
     if main:
         ckpt.clean_partial(root)
     rate_key = RATE_KEYS.get(run.unit, f"{run.unit}_per_s")
-    fields = ["step", run.unit, "train_loss", "lr", "grad_norm", rate_key, "elapsed_s"]
+    fields = ["step", run.unit, "train_loss", "lr", "grad_norm", rate_key, "elapsed_s", "amp"]
     fields += [f for f in run.metric_fields if f not in fields]
     if main and not (resume and latest is not None):
         (out_dir / "metrics.csv").unlink(missing_ok=True)  # a fresh run: rows of an earlier attempt go
+    elif main and (out_dir / "metrics.csv").exists() and "amp" not in read_metrics_header(out_dir / "metrics.csv"):
+        fields.remove("amp")  # resuming a run logged before the amp column existed
     metrics = MetricsLog(out_dir / "metrics.csv", fields) if main else None
     if resume and latest is not None:
         saved_cfg = ckpt.read_config(latest)
@@ -280,7 +281,7 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
     n_params = sum(p.numel() for p in saved.parameters())
     if main:
         _say(f"[{run.name}] {n_params / 1e6:.2f}M params, {run.total_steps} steps, {world} process(es) on "
-             f"{device}, amp {t.get('amp', 'none')}", bar)
+             f"{device}, amp: {precision}", bar)
 
     t_start = time.perf_counter()
     win_t0, win_units, win_loss, win_n = time.perf_counter(), 0, 0.0, 0
@@ -344,7 +345,7 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
                     w = n_micro * world / n_global
                     sync = contextlib.nullcontext() if m == accum - 1 else acc.no_sync(module)
                     with sync:
-                        with autocast(device, t.get("amp", "none")):
+                        with autocast(device, amp):
                             loss, parts = fwd(_to(micro, device), step)
                         acc.backward(loss.float() * w)
                     loss_sum += loss.detach().float() * w
@@ -387,7 +388,7 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
                 train_loss = win_loss / win_n
                 rate = win_units / max(time.perf_counter() - win_t0, 1e-9)
                 row = {"step": step, run.unit: units, "train_loss": train_loss, "lr": lr, "grad_norm": gnorm,
-                       rate_key: rate, **{k: v for k, v in parts_v.items() if k in fields}}
+                       rate_key: rate, **({"amp": amp} if "amp" in fields else {}), **{k: v for k, v in parts_v.items() if k in fields}}
                 if do_eval:
                     ev = evaluate()
                     if ev:
@@ -427,7 +428,8 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
         "name": run.name, "params": n_params, "step": step, "total_steps": run.total_steps, run.unit: units,
         "halted": step < run.total_steps, "final_train_loss": train_loss, "last_eval": last_eval,
         "best": best if math.isfinite(best) else None, rate_key: units / elapsed if elapsed > 0 else None,
-        "elapsed_s": elapsed, "device": str(device), "processes": world, "amp": t.get("amp", "none"),
+        "elapsed_s": elapsed, "device": str(device), "processes": world, "amp": amp,
+        "amp_reason": precision.reason,
         "out_dir": str(out_dir), "checkpoint": str(newest) if newest else None,
         "metrics_csv": str(out_dir / "metrics.csv"), "loss_png": str(png) if png else None, "losses": losses,
     }

@@ -21,8 +21,7 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike, fields: list[str] | None = None):
         self.path = Path(path)
         if self.path.exists() and self.path.stat().st_size > 0:
-            with self.path.open(newline="") as f:
-                header = next(csv.reader(f), None)
+            header = read_metrics_header(self.path)
             if fields is not None and header != list(fields):
                 raise ValueError(f"{self.path} has columns {header}, expected {list(fields)}")
             self.fields = header
@@ -65,6 +64,12 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return repr(v)  # shortest round-trip text: reading back gives the same float
     return str(v)
+
+
+def read_metrics_header(path: str | os.PathLike) -> list[str]:
+    """The column names of a metrics CSV (empty for an empty file)."""
+    with Path(path).open(newline="") as f:
+        return next(csv.reader(f), [])
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
