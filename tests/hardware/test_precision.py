@@ -81,7 +81,9 @@ def test_pin_and_bad_values(unpinned, monkeypatch):
 def test_the_real_probe_measures_and_is_cached(unpinned):
     a = prec.matmul_probe("cpu", n=64)
     assert a.fp32_gflops > 0 and a.bf16_gflops > 0 and math.isclose(a.ratio, a.bf16_gflops / a.fp32_gflops)
-    assert prec.matmul_probe("cpu", n=64) is a  # once per process, device and thread count
+    assert prec.matmul_probe("cpu", n=64) is a  # once per process and device
+    torch.set_num_threads(2)
+    assert prec.matmul_probe("cpu", n=64) is a and torch.get_num_threads() == 2  # one thread, restored
     assert resolve_amp("auto", "cpu").amp in ("none", "bf16")
 
 

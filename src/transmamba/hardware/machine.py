@@ -15,7 +15,7 @@ import subprocess
 
 import torch
 
-from transmamba.hardware.precision import PROBE_N, cpu_flags, matmul_probe, native_bf16, resolve_amp
+from transmamba.hardware.precision import PROBE_N, PROBE_ROUNDS, cpu_flags, matmul_probe, native_bf16, resolve_amp
 
 LIBRARIES = ("torch", "transformers", "accelerate", "safetensors", "tokenizers", "lm_eval", "numpy", "transmamba")
 
@@ -73,8 +73,8 @@ def environment() -> dict:
     out = {**machine_fields(device), "device": str(device), "cores": os.cpu_count(), "machine": platform.machine(),
            "python": platform.python_version(), "native_bf16": native, "bf16_feature": feature,
            "cpu_bf16_flags": sorted(f for f in (flags or ()) if "bf16" in f or f.startswith("amx")),
-           f"fp32_matmul_gflops_{PROBE_N}": round(probe.fp32_gflops, 1),
-           f"bf16_matmul_gflops_{PROBE_N}": round(probe.bf16_gflops, 1),
+           "matmul_probe": f"{PROBE_N}x{PROBE_N}, 1 thread, best of up to {PROBE_ROUNDS} alternating rounds",
+           "fp32_matmul_gflops": round(probe.fp32_gflops, 1), "bf16_matmul_gflops": round(probe.bf16_gflops, 1),
            "bf16_over_fp32": round(probe.ratio, 3), "versions": {k: _version(k.replace("_", "-")) for k in LIBRARIES}}
     if device.type == "cuda":
         out["cpu_bf16_over_fp32"] = round(matmul_probe("cpu").ratio, 3)
