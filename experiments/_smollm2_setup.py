@@ -8,10 +8,11 @@ import torch
 
 from transmamba.adapt.llama_to_switch import calibrate
 from transmamba.data.text import eval_batches, token_ids
-from transmamba.models.hf_llama import load_teacher, teacher_spec
+from transmamba.adapt.hf_families import inspect_teacher
+from transmamba.models.hf_llama import load_teacher
 
 teacher, _ = load_teacher("smollm2")
-spec = teacher_spec(teacher)
+spec = inspect_teacher(teacher)
 train, val = token_ids("train", "smollm2"), token_ids("val", "smollm2")
 starts = np.linspace(0, len(train) - 300, 8).astype(int)
 calib = torch.from_numpy(np.stack([np.asarray(train[s:s + 256], dtype=np.int64) for s in starts]))

@@ -7,11 +7,12 @@ import torch
 
 from transmamba.adapt.llama_to_switch import full_plan, init_from_teacher, switch_config_from_teacher
 from transmamba.data.text import eval_batches, token_ids
-from transmamba.models.hf_llama import load_teacher, teacher_spec
+from transmamba.adapt.hf_families import inspect_teacher
+from transmamba.models.hf_llama import load_teacher
 from transmamba.models.lm import LM
 
 teacher, _ = load_teacher("smollm2")
-spec = teacher_spec(teacher)
+spec = inspect_teacher(teacher)
 student = LM(switch_config_from_teacher(spec)).eval()
 init_from_teacher(student, teacher, full_plan(spec))
 x, y = next(eval_batches(token_ids("val", "smollm2"), 2, 256))

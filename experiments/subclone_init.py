@@ -14,11 +14,12 @@ import torch
 from transmamba.adapt.llama_to_switch import (calibrate, full_plan, init_from_teacher, layer_map_for,
                                               plan_subclone, switch_config_from_teacher)
 from transmamba.data.text import eval_batches, token_ids
-from transmamba.models.hf_llama import load_teacher, teacher_spec
+from transmamba.adapt.hf_families import inspect_teacher
+from transmamba.models.hf_llama import load_teacher
 from transmamba.models.lm import LM
 
 teacher, _ = load_teacher("smollm2")
-spec = teacher_spec(teacher)
+spec = inspect_teacher(teacher)
 train, val = token_ids("train", "smollm2"), token_ids("val", "smollm2")
 starts = np.linspace(0, len(train) - 300, 4).astype(int)
 cal = calibrate(teacher, torch.from_numpy(np.stack([np.asarray(train[s:s + 256], dtype=np.int64) for s in starts])))

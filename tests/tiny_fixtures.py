@@ -1,6 +1,8 @@
 """Tiny stand-ins for real data and models, shared by the tests (not part of the package).
 
 - `tiny_llama`: a random 2-layer HF LlamaForCausalLM (d=32, GQA 4/2 heads of 8, vocab 64).
+- `tiny_tokenizer`: a byte-level BPE trained here on a slice of the training works, with its own
+  vocabulary (not SmolLM2's) and special tokens.
 - `write_idx`: writes uint8 images/labels as (gzipped) IDX files, the Fashion-MNIST format that
   `transmamba.data.fashion_mnist` reads.
 
@@ -35,6 +37,24 @@ def tiny_llama(seed: int = 0, **overrides):
     kw.update(overrides)
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(**kw)).eval()
+
+
+def tiny_tokenizer(vocab_size: int = 320, eos: str = "</s>", bos: str | None = "<s>"):
+    """A fast BPE tokenizer of `vocab_size` tokens trained on the first 300k characters of the
+    training works; its specials are `eos` (and `bos`), so it has no <|endoftext|> unless asked."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from transmamba.data.text import split_texts
+
+    specials = [t for t in (eos, bos) if t]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(["\n".join(split_texts("train"))[:300_000]], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos, bos_token=bos)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = True) -> Path:

@@ -6,12 +6,12 @@ import torch
 from transmamba.adapt.llama_to_switch import (calibrate, full_plan, init_from_teacher, layer_map_for,
                                               plan_subclone, switch_config_from_teacher)
 from tiny_fixtures import tiny_llama
-from transmamba.models.hf_llama import teacher_spec
+from transmamba.adapt.hf_families import inspect_teacher
 from transmamba.models.lm import LM
 
 
 def convert_full(teacher):
-    spec = teacher_spec(teacher)
+    spec = inspect_teacher(teacher)
     student = LM(switch_config_from_teacher(spec))
     init_from_teacher(student, teacher, full_plan(spec))
     return student.eval(), spec
@@ -43,7 +43,7 @@ def test_decoding_of_converted_student_matches_teacher_greedy():
 
 def test_subclone_keeps_the_most_important_units():
     teacher = tiny_llama(num_hidden_layers=3)
-    spec = teacher_spec(teacher)
+    spec = inspect_teacher(teacher)
     cal = calibrate(teacher, torch.randint(0, 64, (2, 24)))
     assert cal.residual.shape == (32,) and len(cal.head_out) == 3 and cal.head_out[0].shape == (4,)
     cfg = switch_config_from_teacher(spec, n_layers=2, d_model=24, n_heads=2, n_kv_heads=1, d_ff=40)
@@ -68,7 +68,7 @@ def test_subclone_keeps_the_most_important_units():
 def test_layer_maps_and_bad_plans():
     assert layer_map_for(4, 30, "first") == [0, 1, 2, 3]
     assert layer_map_for(4, 30, "uniform") == [0, 10, 19, 29]
-    spec = teacher_spec(tiny_llama())
+    spec = inspect_teacher(tiny_llama())
     cal = calibrate(tiny_llama(), torch.randint(0, 64, (1, 8)))
     with pytest.raises(ValueError, match="d_model"):
         plan_subclone(cal, spec, switch_config_from_teacher(spec, d_model=64))

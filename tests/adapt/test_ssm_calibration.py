@@ -9,7 +9,7 @@ from transmamba.adapt.llama_to_switch import full_plan, init_from_teacher, switc
 from transmamba.adapt.ssm_calibration import (DEFAULT_DECAYS, calibrate_mixer, calibrate_ssm_paths, decay_scan,
                                               ssm_inputs)
 from tiny_fixtures import tiny_llama
-from transmamba.models.hf_llama import teacher_spec
+from transmamba.adapt.hf_families import inspect_teacher
 from transmamba.models.lm import LM
 from transmamba.modules.switch import SwitchConfig, SwitchMixer
 
@@ -42,7 +42,7 @@ def test_recovers_the_decay_of_a_known_scan(rope):
 
 def test_calibration_moves_the_ssm_path_towards_attention_and_keeps_the_attention_path():
     teacher = tiny_llama(num_hidden_layers=2)
-    spec = teacher_spec(teacher)
+    spec = inspect_teacher(teacher)
     student = LM(switch_config_from_teacher(spec, switch_gate_bias=True)).eval()
     init_from_teacher(student, teacher, full_plan(spec))
     ids = torch.randint(0, 64, (2, 48))

@@ -56,8 +56,8 @@ def test_cache_contents(model, ids, built):
     assert np.all(np.diff(logp, axis=-1) <= 0)  # most likely first
     for i in (0, 1, 2):  # -1 was normalized to 2 = n_layers
         h = np.load(built / f"hidden_{i}.npy")
-        assert h.shape == (N, L, 32) and h.dtype == np.float16
-        assert np.array_equal(h, o.hidden_states[i].numpy().astype(np.float16))
+        assert h.shape == (N, L, 32) and h.dtype == np.int16  # the bits of bfloat16 values
+        assert torch.equal(torch.from_numpy(h).view(torch.bfloat16), o.hidden_states[i].to(torch.bfloat16))
 
 
 def test_mmap_reload_and_batches(built):
@@ -70,7 +70,7 @@ def test_mmap_reload_and_batches(built):
     assert torch.equal(b["y"], torch.from_numpy(tokens[[3, 7], 1:]).long())
     assert torch.equal(b["topk_idx"], torch.from_numpy(np.load(built / "topk_idx.npy")[[3, 7]]).long())
     assert torch.equal(b["topk_logp"], torch.from_numpy(np.load(built / "topk_logp.npy")[[3, 7]]))
-    assert torch.equal(b["hidden"][2], torch.from_numpy(np.load(built / "hidden_2.npy")[[3, 7]]).float())
+    assert torch.equal(b["hidden"][2], torch.from_numpy(np.load(built / "hidden_2.npy")[[3, 7]]).view(torch.bfloat16).float())
     light = tc.batch([3, 7], hidden=False)  # the same windows without reading the hidden states
     assert light["hidden"] == {} and all(torch.equal(light[k], b[k]) for k in ("x", "y", "topk_idx", "topk_logp"))
     seen = torch.cat([bb["x"] for bb in tc.batches(3, seed=1)])
@@ -161,3 +161,40 @@ def test_topk_kl_matches_ref_values_and_grads(b, l, v, data, T, seed):
     torch.testing.assert_close(s1.grad, s2.grad)
     mask = torch.ones(b, l, v, dtype=torch.bool).scatter(-1, idx, False)
     assert torch.all(s1.grad[mask] == 0)  # only the teacher's top-k receive gradient
+
+
+class _Scaled(torch.nn.Module):
+    """The teacher with its residual stream scaled by `scale` (hidden states past float16's range) or NaN."""
+
+    def __init__(self, model, scale):
+        super().__init__()
+        self.model, self.config, self.scale = model, model.config, scale
+
+    def forward(self, **kw):
+        o = self.model(**kw)
+        o.hidden_states = tuple(h * self.scale for h in o.hidden_states)
+        return o
+
+
+def test_hidden_states_beyond_float16_are_cached_finite(model, ids, tmp_path):
+    """A residual stream of ~1e5 (real teachers reach it; float16 stops at 65504) stays finite, and
+    the token cosine taken on it is finite."""
+    from transmamba.adapt.distill import token_cosine
+
+    out = build_teacher_cache(_Scaled(model, 1e5), ids, tmp_path / "big", seq_len=L, n_windows=N, top_k=K,
+                              hidden_layers=(1, 2), progress=False)
+    h = TeacherCache(out).batch(slice(0, N))["hidden"]
+    assert all(bool(torch.isfinite(v).all()) for v in h.values()) and float(h[2].abs().max()) > 65504
+    assert bool(torch.isfinite(token_cosine(h[2], h[1])).all())
+    out32 = build_teacher_cache(_Scaled(model, 1e5), ids, tmp_path / "f32", seq_len=L, n_windows=N, top_k=K,
+                                hidden_layers=(2,), hidden_dtype="float32", progress=False)
+    torch.testing.assert_close(TeacherCache(out32).batch(slice(0, N))["hidden"][2], h[2], rtol=1e-2, atol=0)
+    with pytest.raises(ValueError, match="hidden_dtype must be one of.*float16 overflows"):
+        build_teacher_cache(model, ids, tmp_path / "f16", seq_len=L, n_windows=N, hidden_dtype="float16")
+
+
+def test_non_finite_teacher_outputs_are_refused_naming_the_layer(model, ids, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"hidden_states\[1\] is not finite.*windows 0..3.*nothing is cached"):
+        build_teacher_cache(_Scaled(model, float("nan")), ids, tmp_path / "nan", seq_len=L, n_windows=N, top_k=K,
+                            hidden_layers=(1,), batch_size=4, progress=False)
+    assert not (tmp_path / "nan").exists()

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from transmamba.data.text import load_tokenizer
 from transmamba.student import load_model
 from tiny_fixtures import run_tiny_convert, tiny_llama
 
@@ -14,6 +15,7 @@ from tiny_fixtures import run_tiny_convert, tiny_llama
 def teacher_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("teacher")
     tiny_llama(vocab_size=49152, tie_word_embeddings=True).save_pretrained(d)
+    load_tokenizer("smollm2").save_pretrained(d)  # the teacher's own tokenizer (data.tokenizer: teacher)
     return d
 
 
@@ -180,7 +182,6 @@ def test_keep_attention_beyond_the_depth_is_refused_before_any_work(tmp_path, te
 def test_speeds_are_medians_of_rounds_alternating_student_and_teacher(monkeypatch):
     """A drift of the machine's speed hits both models alike: each round runs the student, then the
     teacher, and each speed is the median over the rounds."""
-    import transmamba.data.text as text
     import transmamba.evaluation.speed as speed
     from transmamba.recipes.convert import DEFAULTS, speed_and_samples
 
@@ -194,9 +195,8 @@ def test_speeds_are_medians_of_rounds_alternating_student_and_teacher(monkeypatc
 
     monkeypatch.setattr(speed, "decode_speed", fake("student"))
     monkeypatch.setattr(speed, "teacher_decode_speed", fake("teacher"))
-    monkeypatch.setattr(text, "load_tokenizer", lambda *a: None)
     ev = DEFAULTS["eval"] | {"speed_contexts": [8], "speed_batches": [2], "speed_rounds": 3, "prompts": []}
-    res = speed_and_samples(None, torch.nn.Linear(1, 1), {"eval": ev, "data": DEFAULTS["data"]})
+    res = speed_and_samples(None, torch.nn.Linear(1, 1), {"eval": ev, "data": DEFAULTS["data"]}, None)
     assert calls == [("student", 8, 2), ("teacher", 8, 2)] * 3
     assert res["speed_rounds"] == 3
     assert res["speed"][0]["student_tok_s"] == pytest.approx(2 * 1e3 / 20.0)  # the median round

@@ -62,6 +62,16 @@ def check_keep_attention(k: int, n_layers: int) -> None:
         raise ValueError(f"recipe.keep_attention must be in [0, {n_layers}] (the student's layers), got {k}")
 
 
+def check_switching(k: int, transpoints: list[int], seq_len: int) -> None:
+    """Refuse keep_attention = k when fewer than k layers switch within seq_len tokens: the others'
+    switch costs would all be 0 and the choice among them arbitrary."""
+    switched = [i for i, P in enumerate(transpoints) if P < seq_len]
+    if k and len(switched) < k:
+        raise ValueError(f"recipe.keep_attention {k}: at data.seq_len {seq_len} only {len(switched)} layer(s) switch "
+                         f"(TransPoints {sorted(set(transpoints))}), so the switch costs of the others are all 0 and "
+                         f"choosing among them would be arbitrary; use a data.seq_len above the TransPoints")
+
+
 def costliest(costs: list[float], k: int) -> list[int]:
     """The k layers of largest cost, ascending layer order (ties: the lower layer first)."""
     check_keep_attention(k, len(costs))

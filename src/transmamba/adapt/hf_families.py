@@ -20,7 +20,8 @@ Families (model_type) and what each needs of the student:
     gemma      embeddings * sqrt(d), (1 + w) RMSNorm (folded into w at conversion), GeGLU (gelu tanh)
     gemma2     + pre/post norms around attention and MLP, attention and final-logit soft-capping,
                query scaling query_pre_attn_scalar^-1/2, alternating sliding/global layers
-    gemma3_text + per-head q/k (1 + w) RMSNorm, a local RoPE base on sliding layers
+    gemma3_text + per-head q/k (1 + w) RMSNorm, a local RoPE base on sliding layers; its config's
+               attn_logit_softcapping is ignored, as transformers' Gemma 3 attention ignores it
     phi3       fused qkv_proj and gate_up_proj (split at conversion)
     olmo2      post-norms only, q/k RMSNorm over the full projection
     smollm3    layers without RoPE (no_rope_layers)
@@ -276,7 +277,9 @@ def inspect_teacher(config) -> TeacherSpec:
         norm_offset=1.0 if gemma else 0.0, embed_scale=config.hidden_size ** 0.5 if gemma else 1.0,
         pre_norms=mt != "olmo2", post_norms=mt in ("gemma2", "gemma3_text", "olmo2"),
         attn_scale=float(config.query_pre_attn_scalar) ** -0.5 if mt in ("gemma2", "gemma3_text") else None,
-        attn_softcap=d.get("attn_logit_softcapping") if mt in ("gemma2", "gemma3_text") else None,
+        # transformers' Gemma 3 attention never applies attn_logit_softcapping (Gemma 2's does): the
+        # teacher is what its forward computes, so neither does the student
+        attn_softcap=d.get("attn_logit_softcapping") if mt == "gemma2" else None,
         final_softcap=d.get("final_logit_softcapping") if mt in ("gemma2", "gemma3_text") else None,
         fused=mt == "phi3", exact_up_to=d.get("max_position_embeddings") if "dynamic" in rope_types else None,
         max_position_embeddings=d.get("max_position_embeddings"))

@@ -38,8 +38,9 @@ def switch_config_from_teacher(spec, *, n_layers: int | None = None, d_model: in
                                n_heads: int | None = None, n_kv_heads: int | None = None,
                                d_ff: int | None = None, layer_map: list[int] | str | None = None,
                                **overrides) -> LMConfig:
-    """An LMConfig for a Switch student of the teacher, cut as asked. `spec`: a `TeacherSpec`
-    (`adapt.hf_families.inspect_teacher`) or the legacy Llama dict of `models.hf_llama.teacher_spec`.
+    """An LMConfig for a Switch student of the teacher, cut as asked. `spec`: the `TeacherSpec` of
+    `adapt.hf_families.inspect_teacher` (the only form that carries every family option: a plain
+    dict, as `models.hf_llama.teacher_spec` gives, is refused).
 
     Defaults give the full-size, lossless student: identity conv without activation, RoPE with the
     teacher's theta, the teacher's eps, vocabulary and tying, no parameter balancing, and every
@@ -47,19 +48,22 @@ def switch_config_from_teacher(spec, *, n_layers: int | None = None, d_model: in
     options (RoPE on/off, base, table, window). layer_map: a list, "uniform"/"first", or None
     (uniform).
     """
+    if not isinstance(spec, TeacherSpec):
+        raise TypeError(f"switch_config_from_teacher needs the TeacherSpec of adapt.hf_families.inspect_teacher("
+                        f"config), got a {type(spec).__name__}: a plain dict lacks the RoPE tables, biases, norms "
+                        f"and windows of most families and gave silently wrong students")
     n_layers = n_layers or spec["n_layers"]
     kw = dict(vocab_size=spec["vocab"], d_model=d_model or spec["d_model"], n_layers=n_layers,
               arch="transmamba", n_heads=n_heads or spec["n_heads"], n_kv_heads=n_kv_heads or spec["n_kv_heads"],
               head_dim=spec["head_dim"], d_ff=d_ff or spec["d_ff"], balance_params=False,
               rope_theta=spec["rope_theta"], switch_rope=True, conv_activation=None, conv_init_identity=True,
               norm_eps=spec["rms_eps"], tie_embeddings=spec["tie_embeddings"], schedule="attention")
-    if isinstance(spec, TeacherSpec):
-        if not isinstance(layer_map, list):
-            layer_map = layer_map_for(n_layers, spec.n_layers, layer_map or "uniform")
-        per_layer = [spec.layer_options(t) for t in layer_map]
-        kw.update(switch_options=spec.switch_options(), switch_layer_options=per_layer if any(per_layer) else [],
-                  pre_norms=spec.pre_norms, post_norms=spec.post_norms, mlp_act=spec.hidden_act,
-                  mlp_bias=spec.mlp_bias, embed_scale=spec.embed_scale, final_softcap=spec.final_softcap)
+    if not isinstance(layer_map, list):
+        layer_map = layer_map_for(n_layers, spec.n_layers, layer_map or "uniform")
+    per_layer = [spec.layer_options(t) for t in layer_map]
+    kw.update(switch_options=spec.switch_options(), switch_layer_options=per_layer if any(per_layer) else [],
+              pre_norms=spec.pre_norms, post_norms=spec.post_norms, mlp_act=spec.hidden_act,
+              mlp_bias=spec.mlp_bias, embed_scale=spec.embed_scale, final_softcap=spec.final_softcap)
     kw.update(overrides)
     return LMConfig(**kw)
 
@@ -132,8 +136,12 @@ def _pick_heads(head_imp: torch.Tensor, n_kv: int, n_kv_s: int, n_q_s: int):
     return q, kv
 
 
-def plan_subclone(cal: Calibration, spec, cfg: LMConfig) -> SubclonePlan:
-    """Importance-ranked dims, heads and neurons for a student of config `cfg`."""
+def check_student_fits(spec, cfg: LMConfig) -> None:
+    """ValueError naming the field where a student of config `cfg` cannot be cut from the teacher
+    (head_dim, head grouping, d_model, n_kv_heads, d_ff, vocabulary): checked before any teacher work."""
+    if cfg.vocab_size != spec["vocab"]:
+        raise ValueError(f"student vocab_size={cfg.vocab_size} must equal the teacher's {spec['vocab']} (the "
+                         f"distillation compares their logits token by token)")
     if cfg.head_dim != spec["head_dim"]:
         raise ValueError(f"student head_dim={cfg.head_dim} must equal the teacher's {spec['head_dim']} (RoPE pairs)")
     if cfg.n_heads % cfg.n_kv_heads or cfg.n_heads // cfg.n_kv_heads > spec["n_heads"] // spec["n_kv_heads"]:
@@ -143,6 +151,11 @@ def plan_subclone(cal: Calibration, spec, cfg: LMConfig) -> SubclonePlan:
                        ("d_ff", cfg.d_ff, spec["d_ff"])):
         if s > t:
             raise ValueError(f"student {name}={s} is larger than the teacher's {t}")
+
+
+def plan_subclone(cal: Calibration, spec, cfg: LMConfig) -> SubclonePlan:
+    """Importance-ranked dims, heads and neurons for a student of config `cfg` (`check_student_fits`)."""
+    check_student_fits(spec, cfg)
     heads = [_pick_heads(h, spec["n_kv_heads"], cfg.n_kv_heads, cfg.n_heads) for h in cal.head_out]
     return SubclonePlan(dims=top_k_indices(cal.residual, cfg.d_model), q_heads=[q for q, _ in heads],
                         kv_heads=[kv for _, kv in heads], neurons=[top_k_indices(n, cfg.d_ff) for n in cal.neurons])

@@ -6,9 +6,14 @@ once over fixed windows of the token stream and what the losses need is stored:
     tokens.npy     (n, l+1)    int32   the windows; x = tokens[:, :-1], y = tokens[:, 1:]
     topk_idx.npy   (n, l, k)   int32   the teacher's k most likely next tokens, most likely first
     topk_logp.npy  (n, l, k)   float32 their log-probabilities log p(v | x_<=t) (full-vocab softmax)
-    hidden_<i>.npy (n, l, d)   dtype   hidden_states[i] of the HF model (0 = token embeddings,
+    hidden_<i>.npy (n, l, d)   bf16    hidden_states[i] of the HF model (0 = token embeddings,
                                        i in 1..N-1 = residual stream after block i, N = after the
-                                       final RMSNorm, N = number of layers)
+                                       final RMSNorm, N = number of layers); bfloat16 stored as
+                                       its int16 bits (numpy has no bfloat16), or float32
+
+Hidden states are stored in bfloat16 (fp32's range: a residual stream of 1e5 cannot overflow, as
+it did in float16) or float32, and every batch is checked finite before it is written: a teacher
+that produces NaN/Inf is refused naming the layer and window, never cached.
     meta.json                          shapes, settings, fingerprints of the ids and the teacher
 
 The directory is written under a temporary name and renamed when complete, so an interrupted
@@ -32,7 +37,8 @@ from tqdm.auto import tqdm
 from transmamba.io.files import atomic_dir, remove_stale_tmp
 from transmamba.ops.validate import check_dim, check_tensor
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hidden states in bfloat16 (int16 bits) or float32, never float16
+HIDDEN_DTYPES = {"bfloat16": (np.int16, torch.bfloat16), "float32": (np.float32, torch.float32)}
 
 
 def window_starts(n_tokens: int, seq_len: int, n_windows: int) -> np.ndarray:
@@ -67,12 +73,12 @@ def _fingerprint_model(model) -> str:
 
 def build_teacher_cache(model, ids: np.ndarray, out_dir: str | os.PathLike, *, seq_len: int,
                         n_windows: int, top_k: int = 32, hidden_layers: Sequence[int] = (),
-                        batch_size: int = 8, dtype=np.float16, overwrite: bool = False,
+                        batch_size: int = 8, hidden_dtype: str = "bfloat16", overwrite: bool = False,
                         progress: bool = True) -> Path:
     """Run the teacher over `n_windows` windows (`window_starts`) of `ids`, store its outputs.
 
     For every position t of a window x: topk over v of log p(v | x_<=t) = logits_v - logsumexp(logits),
-    and the requested hidden_states[i] "(l, d)" in `dtype`. An existing complete cache built with
+    and the requested hidden_states[i] "(l, d)" in `hidden_dtype` ("bfloat16" | "float32"). An existing complete cache built with
     the same settings, ids and teacher is kept and its path returned; one with other settings
     raises FileExistsError unless `overwrite`.
     """
@@ -93,12 +99,15 @@ def build_teacher_cache(model, ids: np.ndarray, out_dir: str | os.PathLike, *, s
         layers.append(i % (n_layers + 1))
     layers = sorted(set(layers))
     starts = window_starts(ids.shape[0], seq_len, n_windows)
-    dtype = np.dtype(dtype)
+    if hidden_dtype not in HIDDEN_DTYPES:
+        raise ValueError(f"hidden_dtype must be one of {sorted(HIDDEN_DTYPES)}, got {hidden_dtype!r} "
+                         f"(float16 overflows on real residual streams)")
+    np_dtype, torch_dtype = HIDDEN_DTYPES[hidden_dtype]
 
     out = Path(out_dir)
     remove_stale_tmp(out)  # temporaries of a build that was killed
     meta = {"format": FORMAT_VERSION, "n_windows": n_windows, "seq_len": seq_len, "top_k": top_k,
-            "hidden_layers": layers, "hidden_dtype": dtype.name, "d_model": config.hidden_size,
+            "hidden_layers": layers, "hidden_dtype": hidden_dtype, "d_model": config.hidden_size,
             "vocab": vocab, "n_layers": n_layers, "ids_sha1": _fingerprint_ids(ids),
             "teacher": _fingerprint_model(model),
             "teacher_name": str(getattr(config, "name_or_path", "") or "")}
@@ -121,7 +130,7 @@ def build_teacher_cache(model, ids: np.ndarray, out_dir: str | os.PathLike, *, s
         tokens[:] = np.asarray(ids[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
         topk_idx = mm("topk_idx.npy", (n, seq_len, top_k), np.int32)
         topk_logp = mm("topk_logp.npy", (n, seq_len, top_k), np.float32)
-        hidden = {i: mm(f"hidden_{i}.npy", (n, seq_len, d), dtype) for i in layers}
+        hidden = {i: mm(f"hidden_{i}.npy", (n, seq_len, d), np_dtype) for i in layers}
         device = next(model.parameters()).device
         with torch.inference_mode(), tqdm(total=n, unit="win", desc="teacher cache", disable=not progress) as bar:
             for s in range(0, n, batch_size):
@@ -129,11 +138,18 @@ def build_teacher_cache(model, ids: np.ndarray, out_dir: str | os.PathLike, *, s
                 x = torch.from_numpy(np.asarray(tokens[s:e, :-1], dtype=np.int64)).to(device)
                 o = model(input_ids=x, output_hidden_states=bool(layers), use_cache=False)
                 logp = torch.log_softmax(o.logits.float(), dim=-1)
+                where = f"teacher {meta['teacher_name'] or config.model_type!r}, windows {s}..{e - 1}"
+                if not bool(torch.isfinite(logp).all()):
+                    raise FloatingPointError(f"the teacher's logits are not finite ({where}); nothing is cached")
                 v, i = logp.topk(top_k, dim=-1)
                 topk_logp[s:e] = v.cpu().numpy()
                 topk_idx[s:e] = i.to(torch.int32).cpu().numpy()
                 for li in layers:
-                    hidden[li][s:e] = o.hidden_states[li].float().cpu().numpy().astype(dtype)
+                    h = o.hidden_states[li].float().to(torch_dtype)
+                    if not bool(torch.isfinite(h).all()):
+                        raise FloatingPointError(f"hidden_states[{li}] is not finite in {hidden_dtype} ({where}); "
+                                                 f"nothing is cached")
+                    hidden[li][s:e] = (h.view(torch.int16) if hidden_dtype == "bfloat16" else h).cpu().numpy()
                 del o, logp
                 bar.update(e - s)
         for a in (tokens, topk_idx, topk_logp, *hidden.values()):
@@ -193,10 +209,17 @@ class TeacherCache:
             raise ValueError(f"index out of range for a cache of {len(self)} windows: {index.tolist()}")
         t = lambda a, dt: torch.from_numpy(np.asarray(a[index])).to(device=device, dtype=dt)  # noqa: E731
         tok = t(self.tokens, torch.int64)
+        stored = self.meta["hidden_dtype"]
+
+        def h_of(a):
+            if stored == "bfloat16":  # int16 bits of bfloat16 values
+                return torch.from_numpy(np.asarray(a[index])).view(torch.bfloat16).to(device=device, dtype=hidden_dtype)
+            return t(a, hidden_dtype)
+
         return {"x": tok[:, :-1], "y": tok[:, 1:],
                 "topk_idx": t(self.topk_idx, torch.int64),
                 "topk_logp": t(self.topk_logp, torch.float32),
-                "hidden": {i: t(h, hidden_dtype) for i, h in self.hidden.items()} if hidden else {}}
+                "hidden": {i: h_of(h) for i, h in self.hidden.items()} if hidden else {}}
 
     def batches(self, batch_size: int, *, seed: int | None = None, device="cpu",
                 drop_last: bool = False, hidden_dtype: torch.dtype = torch.float32) -> Iterator[dict]:

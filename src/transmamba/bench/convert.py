@@ -27,16 +27,17 @@ STUDENT_CONFIG = "configs/convert/smollm2-switch-wide.yaml"
 
 
 def build_pair(student_config: str = STUDENT_CONFIG):
+    from transmamba.adapt.hf_families import inspect_teacher
     from transmamba.adapt.llama_to_switch import switch_config_from_teacher
     from transmamba.config import load_config
     from transmamba.recipes.convert import DEFAULTS
-    from transmamba.models.hf_llama import load_teacher, teacher_spec
+    from transmamba.models.hf_llama import load_teacher
     from transmamba.models.lm import LM
 
     teacher, _ = load_teacher("smollm2")
     cfg = load_config(student_config, defaults=DEFAULTS)
     torch.manual_seed(0)
-    student = LM(switch_config_from_teacher(teacher_spec(teacher), **cfg["student"])).eval()
+    student = LM(switch_config_from_teacher(inspect_teacher(teacher.config), **cfg["student"])).eval()
     return teacher, student
 
 

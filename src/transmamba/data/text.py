@@ -6,7 +6,10 @@ not even as a neighbouring window: `VAL_WORKS` = Hamlet (tragedy), Twelfth Night
 Henry V (history) and The Tempest (romance); the other 38 works are the training split.
 
 Token streams: the works of a split, in name order, each tokenized on its own and joined by the
-`<|endoftext|>` id, cached as one .npy per (tokenizer, split) and memory-mapped on reload.
+document separator (`<|endoftext|>` where the tokenizer has it, else its eos token), cached as one
+.npy per (tokenizer, split) and memory-mapped on reload. `token_ids` takes a tokenizer by name or a
+tokenizer object (e.g. a teacher's own), the latter cached under a hash of its vocabulary and rules
+(`tokenizer_key`).
 
 Tokenizers (`load_tokenizer`):
 - "smollm2": SmolLM2's byte-level BPE (49152 tokens), read from the GGUF that ships in the
@@ -109,6 +112,35 @@ def _load_tokenizer(name: str, cache_dir: str):
     return AutoTokenizer.from_pretrained(final)
 
 
+def teacher_tokenizer(setting: str, teacher_tok, vocab_size: int, teacher_name: str,
+                      cache_dir: str | os.PathLike = "cache/text"):
+    """The tokenizer a conversion uses for its data, evaluation, samples and saved student.
+
+    `setting` "teacher" (the default): the teacher's own (`teacher_tok`, from its directory or GGUF);
+    a name (`load_tokenizer`) overrides it only with the same vocabulary (token -> id) as the
+    teacher's. Refused by name, before any work: a teacher without a tokenizer and no name given, a
+    different vocabulary, or a tokenizer with more ids than the teacher's `vocab_size` embeddings.
+    """
+    if setting == "teacher":
+        if teacher_tok is None:
+            raise ValueError(f"teacher {teacher_name} holds no tokenizer (save one beside its config.json, or set "
+                             f"data.tokenizer to a tokenizer of the same vocabulary)")
+        tok = teacher_tok
+    else:
+        tok = load_tokenizer(setting, cache_dir)
+        if teacher_tok is not None and tok.get_vocab() != teacher_tok.get_vocab():
+            a, b = tok.get_vocab(), teacher_tok.get_vocab()
+            diff = sorted(set(a.items()) ^ set(b.items()), key=str)[:3]
+            raise ValueError(f"data.tokenizer {setting!r} ({len(tok)} tokens) does not have the vocabulary of "
+                             f"teacher {teacher_name}'s own tokenizer ({len(teacher_tok)} tokens; first "
+                             f"differences {diff}); use data.tokenizer teacher")
+    if len(tok) > vocab_size:
+        which = "its own tokenizer" if setting == "teacher" else f"data.tokenizer {setting!r}"
+        raise ValueError(f"teacher {teacher_name} has {vocab_size} token embeddings, but {which} has {len(tok)} "
+                         f"ids: ids >= {vocab_size} would index past the embedding table")
+    return tok
+
+
 def _train_bpe(vocab_size: int):
     """Byte-level BPE of `vocab_size` tokens (id 0 = <|endoftext|>) trained on the training works."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -126,6 +158,22 @@ def _train_bpe(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOT, bos_token=EOT, unk_token=None)
 
 
+def tokenizer_key(tok) -> str:
+    """A short hash of a fast tokenizer's whole definition (vocabulary, merges, normalizer, specials)."""
+    return hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest()[:12]
+
+
+def document_separator(tok) -> int:
+    """The id that joins documents: <|endoftext|> where the vocabulary has it, else the eos token."""
+    sep = tok.get_vocab().get(EOT)
+    if sep is None:
+        sep = tok.eos_token_id
+    if sep is None:
+        raise ValueError(f"the tokenizer ({type(tok).__name__}, {len(tok)} tokens) has neither {EOT!r} nor an "
+                         f"eos token to separate documents with")
+    return int(sep)
+
+
 def encode(tok, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, without special tokens, through the Rust tokenizer (no length warning)."""
     return [e.ids for e in tok.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)]
@@ -137,19 +185,21 @@ def _split_key(split: str) -> str:
     return hashlib.sha1(json.dumps([names, list(VAL_WORKS)]).encode()).hexdigest()[:8]
 
 
-def token_ids(split: str, tokenizer_name: str, cache_dir: str | os.PathLike = "cache/text") -> np.ndarray:
-    """One token stream for a split: works joined by <|endoftext|>, uint16 when the vocabulary fits.
+def token_ids(split: str, tokenizer, cache_dir: str | os.PathLike = "cache/text") -> np.ndarray:
+    """One token stream for a split: works joined by the document separator, uint16 when the
+    vocabulary fits. `tokenizer`: a name (`load_tokenizer`) or a fast tokenizer object.
 
-    Cached as `cache_dir/ids-<tokenizer>-<split>-<hash of the split>.npy` (written atomically) and
-    returned memory-mapped, read-only, shape (n,).
+    Cached as `cache_dir/ids-<name or tok-<tokenizer_key>>-<split>-<hash of the split>.npy` (written
+    atomically) and returned memory-mapped, read-only, shape (n,).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"ids-{tokenizer_name}-{split}-{_split_key(split)}.npy"
+    name = tokenizer if isinstance(tokenizer, str) else f"tok-{tokenizer_key(tokenizer)}"
+    path = cache_dir / f"ids-{name}-{split}-{_split_key(split)}.npy"
     if not path.exists():
-        tok = load_tokenizer(tokenizer_name, cache_dir)
-        sep = tok.convert_tokens_to_ids(EOT)
+        tok = load_tokenizer(tokenizer, cache_dir) if isinstance(tokenizer, str) else tokenizer
+        sep = document_separator(tok)
         dtype = np.uint16 if len(tok) <= np.iinfo(np.uint16).max + 1 else np.int32
         parts = []
         for i, ids in enumerate(encode(tok, split_texts(split))):

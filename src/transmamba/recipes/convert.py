@@ -1,7 +1,11 @@
 """`transmamba convert`: a pretrained causal LM -> a TransMamba-Switch student, end to end.
 
     teacher (SmolLM2-135M, or a local HF dir / GGUF file of a family `adapt.hf_families` accepts;
-             anything else is refused before any work)
+             anything else is refused before any work) and ITS tokenizer (`data.tokenizer: teacher`;
+             a named one only with the same vocabulary), used for the data, cache, evaluation, samples
+             and saved with the student
+      -> the lossless gate (`adapt.teacher_check.lossless_gate`): the full-size conversion must
+         reproduce the teacher's logits at data.seq_len (and past any sliding window), or nothing runs
       -> calibrate on real text, subclone dims/heads/neurons, layered init of the first n layers
       -> teacher outputs (top-k log-probs + the aligned hidden states) cached once on disk, mmapped
       -> distill:  loss = w_kl * KL_topk(teacher || student) + w_hidden * sum_i w_i (1 - cos_i) + w_ce * CE
@@ -30,11 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from transmamba.adapt.attention_layers import check_keep_attention, costliest, switch_costs
+from transmamba.adapt.attention_layers import check_keep_attention, check_switching, costliest, switch_costs
 from transmamba.adapt.layer_local import LayerLocalStep, check_cached
 from transmamba.adapt.distill import adaptive_layer_loss, token_cosine, token_cosine_ref
-from transmamba.adapt.llama_to_switch import (calibrate, init_from_teacher, layer_map_for, plan_subclone,
-                                              switch_config_from_teacher)
+from transmamba.adapt.llama_to_switch import (calibrate, check_student_fits, init_from_teacher, layer_map_for,
+                                              plan_subclone, switch_config_from_teacher)
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
 from transmamba.adapt.teacher_cache import TeacherCache, build_teacher_cache, topk_kl
 from transmamba.config import NONE, NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, dump_yaml, load_config
@@ -58,7 +62,7 @@ DEFAULTS = {
                "adaptive": True, "anneal_frac": 0.0, "anneal_mode": "together", "ssm_calib": True,
                "local_tokens": 0, "local_train": "block", "local_lr": None,
                "keep_attention": 0, "keep_attention_windows": 4},
-    "data": {"tokenizer": "smollm2", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
+    "data": {"tokenizer": "teacher", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
              "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs"},
     "train": {**copy.deepcopy(ENGINE_DEFAULTS), "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
               "warmup_steps": 20, "weight_decay": 0.1, "grad_clip": 1.0, "w_kl": 1.0, "w_hidden": 1.0,
@@ -74,6 +78,13 @@ DEFAULTS = {
 def _student_config(spec: dict, cfg: dict):
     s = dict(cfg["student"])
     return switch_config_from_teacher(spec, layer_map=cfg["recipe"]["layer_map"], **s)
+
+
+def teacher_info(name: str, teacher) -> dict:
+    """What every message, report and summary says of the teacher: name, model_type, parameters."""
+    label = "SmolLM2-135M-Instruct" if name == "smollm2" else Path(str(name)).name
+    return {"name": label, "path": str(name), "model_type": teacher.config.model_type,
+            "params": sum(p.numel() for p in teacher.parameters())}
 
 
 def _teacher_ppl(teacher, val_ids, seq_len, batch_size, n_batches, cache_file: Path) -> dict:
@@ -265,29 +276,55 @@ def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, progres
             "processes": res["processes"], "amp": res["amp"], "amp_reason": res["amp_reason"]}
 
 
+def check_before_work(cfg: dict, teacher, spec, tok, who: dict) -> dict:
+    """Everything that can refuse a conversion, before the data, the teacher cache or training:
+    the student's shape against the teacher's, keep_attention against the TransPoints within
+    data.seq_len, and the lossless gate. Returns the gate's result."""
+    from transmamba.adapt.teacher_check import lossless_gate
+    from transmamba.modules.schedule import make_schedule
+
+    d, rec = cfg["data"], cfg["recipe"]
+    scfg = _student_config(spec, cfg)
+    try:
+        check_student_fits(spec, scfg)
+    except ValueError as e:
+        raise ValueError(f"teacher {who['name']}: {e}") from None
+    k = int(rec["keep_attention"])
+    check_keep_attention(k, scfg.n_layers)
+    if k:
+        check_switching(k, make_schedule(scfg.schedule).transpoints(scfg.n_layers, int(d["seq_len"]), None),
+                        int(d["seq_len"]))
+    return lossless_gate(teacher, tok, int(d["seq_len"]), who["name"])
+
+
 def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     """Run the whole pipeline for a resolved config; returns the summary (also in summary.json)."""
-    from transmamba.data.text import token_ids
+    from transmamba.data.text import teacher_tokenizer, token_ids, tokenizer_key
     from transmamba.adapt.hf_families import inspect_teacher
+    from transmamba.adapt.teacher_cache import FORMAT_VERSION
     from transmamba.models.hf_llama import load_teacher
 
     t_start = time.perf_counter()
     check_config(cfg, CONVERT_RULES)
     check_keep_attention(int(cfg["recipe"]["keep_attention"]), int(cfg["student"]["n_layers"]))
-    teacher, _ = load_teacher(cfg["teacher"], check=inspect_teacher)  # refuses before reading weights
+    teacher, teacher_tok = load_teacher(cfg["teacher"], check=inspect_teacher)  # refuses before reading weights
     spec = inspect_teacher(teacher.config)
+    who = teacher_info(cfg["teacher"], teacher)
+    d = cfg["data"]
+    tok = teacher_tokenizer(d["tokenizer"], teacher_tok, spec.vocab, who["name"], d["cache_dir"])
+    gate = check_before_work(cfg, teacher, spec, tok, who)
     out = Path(cfg["out_dir"]) / cfg["name"]
     out.mkdir(parents=True, exist_ok=True)
-    d = cfg["data"]
-    train_ids = token_ids("train", d["tokenizer"], d["cache_dir"])
-    val_ids = token_ids("val", d["tokenizer"], d["cache_dir"])
+    train_ids = token_ids("train", tok, d["cache_dir"])
+    val_ids = token_ids("val", tok, d["cache_dir"])
     student, layer_map, dims = build_student(teacher, spec, cfg, train_ids)
-    tc_dir = Path(d["teacher_cache_dir"]) / f"{cfg['teacher'].replace('/', '_')}-L{d['seq_len']}-n{d['cache_windows']}-k{d['top_k']}-h{'_'.join(map(str, layer_map))}"
+    tkey = f"{str(cfg['teacher']).replace('/', '_')}-tok{tokenizer_key(tok)}"
+    tc_dir = Path(d["teacher_cache_dir"]) / f"{tkey}-L{d['seq_len']}-n{d['cache_windows']}-k{d['top_k']}-h{'_'.join(map(str, layer_map))}-f{FORMAT_VERSION}"
     build_teacher_cache(teacher, train_ids, tc_dir, seq_len=d["seq_len"], n_windows=d["cache_windows"],
                         top_k=d["top_k"], hidden_layers=[m + 1 for m in layer_map], progress=progress)
     cache = TeacherCache(tc_dir)
     ev = cfg["eval"]
-    teacher_ppl_file = Path(d["teacher_cache_dir"]) / f"teacher_ppl_{cfg['teacher'].replace('/', '_')}.json"
+    teacher_ppl_file = Path(d["teacher_cache_dir"]) / f"teacher_ppl_{tkey}.json"
     teacher_eval = _teacher_ppl(teacher, val_ids, d["seq_len"], ev["batch_size"], ev["batches"], teacher_ppl_file)
 
     def ppl(seq_len=d["seq_len"], n_batches=ev["batches"], **kw):
@@ -314,24 +351,23 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
         te_c = _teacher_ppl(teacher, val_ids, int(Lc), ev["batch_size"], n_b, teacher_ppl_file)
         ppl_by_context[str(int(Lc))] = {"student": st_c["val_ppl"], "teacher": te_c["val_ppl"]}
     sweep = {int(P): ppl(transpoints=[int(P)] * student.cfg.n_layers)["val_ppl"] for P in ev["transpoints"]}
-    run_cfg = {"model": student.cfg.to_dict(), "data": {"tokenizer": d["tokenizer"], "cache_dir": d["cache_dir"]},
-               "convert": cfg}
-    from transmamba.data.text import load_tokenizer
-
-    save_hf(student, out / "student", load_tokenizer(d["tokenizer"], d["cache_dir"]),
-            run_info={**run_cfg, "steps": run["steps"], "val_ppl": final["val_ppl"],
-                      "teacher_val_ppl": teacher_eval["val_ppl"]})
+    run_cfg = {"model": student.cfg.to_dict(), "data": {"tokenizer": d["tokenizer"], "cache_dir": d["cache_dir"],
+                                                        "tokenizer_key": tokenizer_key(tok)},
+               "convert": cfg, "teacher": who}
+    save_hf(student, out / "student", tok, run_info={**run_cfg, "steps": run["steps"], "val_ppl": final["val_ppl"],
+                                                     "teacher_val_ppl": teacher_eval["val_ppl"]})
     if (out / "loss.png").exists():
         (out / "loss.png").replace(out / "loss_curve.png")
     summary = {"name": cfg["name"], "teacher_val_ppl": teacher_eval["val_ppl"], "init_val_ppl": init_eval["val_ppl"],
                "val_ppl": final["val_ppl"], "val_tokens": final["val_tokens"], "student_params": student.num_params(False),
                "student_non_embedding_params": student.num_params(), "transpoint_sweep_ppl": sweep,
-               "teacher_params": sum(p.numel() for p in teacher.parameters()), "seq_len": d["seq_len"],
+               "teacher_params": who["params"], "teacher": who, "tokenizer": {"setting": d["tokenizer"],
+               "key": tokenizer_key(tok), "size": len(tok)}, "lossless_check": gate, "seq_len": d["seq_len"],
                "ppl_by_context": ppl_by_context,
                "transpoints": student.transpoints_for(d["seq_len"]), **run}
     t_speed = time.perf_counter()
     with autocast(torch.device("cpu"), run["amp"]):  # the precision the training ran in: auto's pick
-        summary |= speed_and_samples(teacher, student, cfg)
+        summary |= speed_and_samples(teacher, student, cfg, tok)
     t_end = time.perf_counter()
     # where the command's wall time went, four parts that add up to wall_s: loading, teacher cache and
     # init eval; the training stages (their own seconds: local_train_s, keep_attention_s, train_s);
@@ -344,7 +380,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     return summary
 
 
-def speed_and_samples(teacher, student, cfg) -> dict:
+def speed_and_samples(teacher, student, cfg, tok) -> dict:
     """Both models, in the caller's precision (convert: its train.amp): decoding ms/token and cache MB at each `eval.speed_contexts` context and
     `eval.speed_batches` batch (caches filled to its size with `eval.speed_synthetic`, else by a
     real prefill), prefill tokens/s at each `eval.prefill_contexts` length (batch 1), and greedy
@@ -352,7 +388,6 @@ def speed_and_samples(teacher, student, cfg) -> dict:
     and teacher, so that a drift of a shared machine's speed hits both alike; prefill takes
     `eval.prefill_rounds` rounds (None: as many), as one round of a long prefill is seconds long."""
     from transmamba.evaluation.speed import alternating_medians, decode_speed, teacher_decode_speed, time_ms
-    from transmamba.data.text import load_tokenizer
 
     ev, res = cfg["eval"], {}
     student.eval()
@@ -380,7 +415,6 @@ def speed_and_samples(teacher, student, cfg) -> dict:
                 [lambda: (time_ms(lambda: student(idx), reps=1, warmup=0),),
                  lambda: (time_ms(lambda: teacher(idx, use_cache=False), reps=1, warmup=0),)], res["prefill_rounds"])
         res["prefill"].append({"context": int(L), "student_tok_s": L / t_s * 1e3, "teacher_tok_s": L / t_t * 1e3})
-    tok = load_tokenizer(cfg["data"]["tokenizer"], cfg["data"]["cache_dir"])
     samples = []
     for prompt in ev["prompts"]:
         ids = torch.tensor([tok.encode(prompt)])
@@ -433,7 +467,12 @@ def write_report(out: Path, s: dict) -> Path:
              f"Student: TransMamba-Switch, {s['student_params'] / 1e6:.1f}M parameters (teacher "
              f"{s['teacher_params'] / 1e6:.1f}M), {_schedule_words(s['transpoints'])}; {local}{s['tokens']} "
              f"end-to-end distillation tokens in {train_s:.0f} s ({s.get('amp', 'none')}).", "",
-             "| metric | teacher (SmolLM2-135M) | student | student / teacher |", "|---|---|---|---|"]
+             f"Teacher: {s['teacher']['name']} ({s['teacher']['model_type']}, {s['teacher']['params'] / 1e6:.1f}M "
+             f"parameters), tokenizer of {s['tokenizer']['size']} tokens "
+             f"({s['tokenizer']['setting']}); the conversion checked lossless at {s['lossless_check']['seq_len']} "
+             f"tokens (max logit diff {s['lossless_check']['rel_logit_diff']:.1g} x the logits' scale, "
+             f"{s['lossless_check']['dtype']}).", "",
+             f"| metric | teacher ({s['teacher']['name']}) | student | student / teacher |", "|---|---|---|---|"]
     for L, v in s["ppl_by_context"].items():
         lines.append(f"| held-out ppl, {L}-token windows | {v['teacher']:.2f} | {v['student']:.2f} | "
                      f"{v['student'] / v['teacher']:.2f}x |")
