@@ -289,8 +289,7 @@ def check_before_work(cfg: dict, teacher, spec, tok, who: dict) -> dict:
         check_student_fits(spec, scfg)
     except ValueError as e:
         raise ValueError(f"teacher {who['name']}: {e}") from None
-    k = int(rec["keep_attention"])
-    check_keep_attention(k, scfg.n_layers)
+    k = int(rec["keep_attention"])  # (0 <= k <= n_layers was checked before the teacher was loaded)
     if k:
         check_switching(k, make_schedule(scfg.schedule).transpoints(scfg.n_layers, int(d["seq_len"]), None),
                         int(d["seq_len"]))
