@@ -21,7 +21,7 @@ warning naming the measured ratio.
 
     p = resolve_amp("auto", torch.device("cpu"))
     p.amp     -> "bf16" | "none"  (what runs)
-    str(p)    -> "bf16 (AVX512-BF16, bf16 matmul 2.3x fp32)" / "none (AVX2: bf16 matmul 0.02x fp32)"
+    str(p)    -> "bf16 (AVX512-BF16, bf16 matmul 2.3x fp32)" / "none (AVX2, no native bf16: bf16 matmul 0.02x fp32)"
     with autocast(device, "auto"): ...
 """
 

@@ -317,7 +317,8 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     train_ids = token_ids("train", tok, d["cache_dir"])
     val_ids = token_ids("val", tok, d["cache_dir"])
     student, layer_map, dims = build_student(teacher, spec, cfg, train_ids)
-    tkey = f"{str(cfg['teacher']).replace('/', '_')}-tok{tokenizer_key(tok)}"
+    tok_key = tokenizer_key(tok)
+    tkey = f"{str(cfg['teacher']).replace('/', '_')}-tok{tok_key}"
     tc_dir = Path(d["teacher_cache_dir"]) / f"{tkey}-L{d['seq_len']}-n{d['cache_windows']}-k{d['top_k']}-h{'_'.join(map(str, layer_map))}-f{FORMAT_VERSION}"
     build_teacher_cache(teacher, train_ids, tc_dir, seq_len=d["seq_len"], n_windows=d["cache_windows"],
                         top_k=d["top_k"], hidden_layers=[m + 1 for m in layer_map], progress=progress)
@@ -351,7 +352,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
         ppl_by_context[str(int(Lc))] = {"student": st_c["val_ppl"], "teacher": te_c["val_ppl"]}
     sweep = {int(P): ppl(transpoints=[int(P)] * student.cfg.n_layers)["val_ppl"] for P in ev["transpoints"]}
     run_cfg = {"model": student.cfg.to_dict(), "data": {"tokenizer": d["tokenizer"], "cache_dir": d["cache_dir"],
-                                                        "tokenizer_key": tokenizer_key(tok)},
+                                                        "tokenizer_key": tok_key},
                "convert": cfg, "teacher": who}
     save_hf(student, out / "student", tok, run_info={**run_cfg, "steps": run["steps"], "val_ppl": final["val_ppl"],
                                                      "teacher_val_ppl": teacher_eval["val_ppl"]})
@@ -361,7 +362,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
                "val_ppl": final["val_ppl"], "val_tokens": final["val_tokens"], "student_params": student.num_params(False),
                "student_non_embedding_params": student.num_params(), "transpoint_sweep_ppl": sweep,
                "teacher_params": who["params"], "teacher": who, "tokenizer": {"setting": d["tokenizer"],
-               "key": tokenizer_key(tok), "size": len(tok)}, "lossless_check": gate, "seq_len": d["seq_len"],
+               "key": tok_key, "size": len(tok)}, "lossless_check": gate, "seq_len": d["seq_len"],
                "ppl_by_context": ppl_by_context,
                "transpoints": student.transpoints_for(d["seq_len"]), **run}
     t_speed = time.perf_counter()
@@ -379,8 +380,9 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
 
 
 def speed_and_samples(teacher, student, cfg, tok) -> dict:
-    """Both models, fp32 (an architecture comparison: under bf16 autocast this CPU decodes the HF
-    teacher slower than in fp32 and our student faster, which would flatter the student): decoding ms/token and cache MB at each `eval.speed_contexts` context and
+    """Both models, fp32 (an architecture comparison: under bf16 autocast an AVX512-BF16 CPU decodes
+    the HF teacher slower than in fp32 and our student faster, which would flatter the student):
+    decoding ms/token and cache MB at each `eval.speed_contexts` context and
     `eval.speed_batches` batch (caches filled to its size with `eval.speed_synthetic`, else by a
     real prefill), prefill tokens/s at each `eval.prefill_contexts` length (batch 1), and greedy
     continuations. Each speed is the median of `eval.speed_rounds` rounds that alternate student

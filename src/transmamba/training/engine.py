@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from transmamba.hardware.precision import autocast, resolve_amp
+from transmamba.hardware.precision import resolve_amp
 from transmamba.io import checkpoint as ckpt
 from transmamba.ops.validate import NumericalError
 from transmamba.training import heap
@@ -345,7 +345,7 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
                     w = n_micro * world / n_global
                     sync = contextlib.nullcontext() if m == accum - 1 else acc.no_sync(module)
                     with sync:
-                        with autocast(device, amp):
+                        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):  # resolved once above
                             loss, parts = fwd(_to(micro, device), step)
                         acc.backward(loss.float() * w)
                     loss_sum += loss.detach().float() * w
