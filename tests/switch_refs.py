@@ -1,5 +1,5 @@
 """Slow references of one Switch mixer written from its weights with the ops' sequential references
-(float64-friendly), shared by the Switch option tests and experiments/teacher_families.py:
+(float64-friendly), shared by the Switch option tests and experiments/teacher_families/teacher_families.py:
 `qkv_ref` (the projections, conv and q/k norms), `attention_ref` (P >= L) and `ssm_ref` (P = 0:
 a pure Mamba-2 layer with C = normed q, B = normed k, x = v, the z gate and D)."""
 
