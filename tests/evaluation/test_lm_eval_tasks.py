@@ -11,7 +11,7 @@ from transmamba.models.lm import LM, LMConfig
 
 
 def test_batched_requests_score_as_one_at_a_time(tmp_path):
-    tok = load_tokenizer("smollm2", tmp_path / "tok")
+    tok = load_tokenizer("smollm2")  # the shared cache/text: read from the GGUF once per machine
     torch.manual_seed(0)
     lm = LM(LMConfig(vocab_size=len(tok), d_model=16, n_layers=2, n_heads=1, head_dim=16, d_state=16, chunk_size=8,
                      schedule={"name": "per_layer", "P": [0, 12]}))

@@ -176,7 +176,7 @@ def test_pipeline_with_the_smollm2_tokenizer(tmp_path):
     from transmamba.data.text import load_tokenizer
     from transmamba.student import save_hf
 
-    tok = load_tokenizer("smollm2", tmp_path / "tok")
+    tok = load_tokenizer("smollm2")  # the shared cache/text: read from the GGUF once per machine
     torch.manual_seed(0)
     lm = LM(LMConfig(**{**TINY, "vocab_size": len(tok), "d_model": 16, "n_heads": 1}, schedule=CROSSING)).eval()
     save_hf(lm, tmp_path / "student", tok)
@@ -214,7 +214,7 @@ def test_generate_cli_reads_an_hf_student(tmp_path, capsys):
     from transmamba.data.text import load_tokenizer
     from transmamba.student import save_hf
 
-    tok = load_tokenizer("smollm2", tmp_path / "tok")
+    tok = load_tokenizer("smollm2")  # the shared cache/text: read from the GGUF once per machine
     torch.manual_seed(0)
     save_hf(LM(LMConfig(**{**TINY, "vocab_size": len(tok), "d_model": 16, "n_heads": 1})), tmp_path / "s", tok)
     assert main(["generate", "--checkpoint", str(tmp_path / "s"), "--prompt", "ROMEO:", "--max-new-tokens", "3",

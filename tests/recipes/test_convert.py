@@ -146,6 +146,7 @@ def test_shipped_convert_configs_pass_the_rules(name):
     assert cfg["train"]["amp"] == "auto"
 
 
+@pytest.mark.slow  # the real SmolLM2 teacher and student (~35 s): make test-slow, CI
 def test_bench_distill_quick_row_schema():
     """One tiny round of `bench distill` (batch 2): both sides run and the row has the schema."""
     from transmamba.bench.distill import rows
