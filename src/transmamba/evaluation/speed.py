@@ -25,7 +25,6 @@ from typing import Callable
 import torch
 
 from transmamba.models.hf_llama import LLAMA_FAMILY, teacher_spec
-from transmamba.modules.cache import KVCache, SSMCache, SwitchCache
 
 
 def time_ms(fn: Callable[[], object], reps: int = 5, warmup: int = 1, max_s: float = 20.0) -> float:
@@ -67,35 +66,20 @@ def cache_nbytes(caches) -> int:
 
 
 def fill_caches(model, caches, context: int, batch: int = 1) -> None:
-    """Make an LM's caches look as if `context` tokens had been consumed (by `batch` rows).
-    Switch layers with TransPoint <= context get an SSM state, the others `context` KV entries;
-    Mamba layers a conv and SSM state; attention layers `context` keys and values.
-    Contents are random; sizes and positions are exact."""
+    """Make an LM's caches look as if `context` tokens had been consumed (by `batch` rows): each
+    layer's mixer fills its own cache (`fill_cache`: Switch layers with TransPoint <= context get an
+    SSM state, the others `context` KV entries; Mamba layers a conv and SSM state; attention layers
+    `context` keys and values). Contents are random; sizes and positions are exact. A cache that is
+    not its mixer's (`cache_cls`), or a mixer without `fill_cache`, is a TypeError."""
     for block, c in zip(model.blocks, caches):
         mix = block.mixer
-        if isinstance(c, SwitchCache):
-            if context >= c.transpoint:
-                c.ssm_state = torch.randn(batch, mix.h, mix.p, mix.n)
-                c.k = c.v = c.dt = None
-            else:  # keep the capacity allocate_caches gave (max_len), as a real prefill does
-                T = max(context, 0 if c.k is None else c.k.shape[1])
-                c.k, c.v = torch.randn(batch, T, mix.g, mix.n), torch.randn(batch, T, mix.g, mix.p)
-                c.dt = torch.rand(batch, T, mix.h)
-            c.pos = context
-        elif isinstance(c, SSMCache):
-            c.conv_state = torch.randn(batch, *c.conv_state.shape[1:])
-            c.ssm_state = torch.randn(batch, *c.ssm_state.shape[1:])
-            c.seqlen = context
-        elif isinstance(c, KVCache):
-            if c.max_len is not None and context > c.max_len:
-                raise ValueError(f"fill_caches: context {context} > the KV cache's max_len {c.max_len}")
-            T = context if c.max_len is None else c.max_len
-            c.k = torch.randn(batch, c.k.shape[1], T, c.k.shape[3])
-            c.v = torch.randn(batch, c.v.shape[1], T, c.v.shape[3])
-            c.length = context
-        else:
+        fill = getattr(mix, "fill_cache", None)
+        cache_cls = getattr(mix, "cache_cls", None)
+        if fill is None or cache_cls is None or not isinstance(c, cache_cls):
             raise TypeError(f"fill_caches: unknown cache {type(c).__name__} (layer kind "
-                            f"{getattr(block, 'kind', '?')!r}); use synthetic=False")
+                            f"{getattr(block, 'kind', '?')!r}, whose {type(mix).__name__} cannot fill it); "
+                            f"use synthetic=False")
+        fill(c, context, batch)
 
 
 def kv_fillable(config, context: int) -> bool:

@@ -1,12 +1,12 @@
 """`TransMambaConfig`: the Hugging Face config of every LM architecture `transmamba.models.lm` builds.
 
 One field per `LMConfig` field, under the same name (Switch with any schedule, Mamba-2, hybrid,
-Transformer, and the options of the converted HF teacher families: pre/post norms, q/k norm,
-soft-caps, per-layer Switch options ...), so `config.json` reads like our own model config; the
-usual transformers names are aliases (`hidden_size` = d_model, `num_hidden_layers` = n_layers,
-`num_attention_heads` = n_heads, `num_key_value_heads` = n_kv_heads, `intermediate_size` = d_ff,
-`max_position_embeddings` = max_seq_len, `rms_norm_eps` = norm_eps), and LMConfig's
-`tie_embeddings` is transformers' `tie_word_embeddings`.
+Transformer, any other registered mixer kind as `arch`, and the options of the converted HF teacher
+families: pre/post norms, q/k norm, soft-caps, per-layer Switch options ...), so `config.json` reads
+like our own model config; the usual transformers names are aliases (`hidden_size` = d_model,
+`num_hidden_layers` = n_layers, `num_attention_heads` = n_heads, `num_key_value_heads` = n_kv_heads,
+`intermediate_size` = d_ff, `max_position_embeddings` = max_seq_len, `rms_norm_eps` = norm_eps), and
+LMConfig's `tie_embeddings` is transformers' `tie_word_embeddings`.
 
 `TransMambaConfig.from_lm_config(cfg)` / `config.to_lm_config()` convert both ways exactly (a test
 checks that the fields cover LMConfig's, so a new LMConfig field cannot be forgotten here).

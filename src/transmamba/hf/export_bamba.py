@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -174,33 +175,17 @@ def bamba_plan(lm: LM) -> dict:
     for bad, what in model_refusals:
         if bad:
             raise ValueError(f"model: {what} has no Bamba counterpart")
-    kinds = _switch_kinds(lm)
+    roles = _switch_kinds(lm)
     attn, ssm = {}, {}  # layer -> the shape that must agree across layers
-    mlp, act = {}, {}
+    mlp = {}
     for i, block in enumerate(lm.blocks):
         m = block.mixer
         mlp[i] = block.mlp.gate_proj.out_features
-        if isinstance(m, CausalSelfAttention):
-            attn[i] = dict(heads=m.n_heads, kv_heads=m.n_kv_heads, head_dim=m.head_dim, rope=True,
-                           rope_theta=float(m.rope_theta))
-        elif isinstance(m, SwitchMixer) and kinds[i] == "attention":
-            _check_switch_attention(i, m)
-            attn[i] = dict(heads=m.h, kv_heads=m.g, head_dim=m.n, rope=bool(m.cfg.rope),
-                           rope_theta=float(m.cfg.rope_theta) if m.cfg.rope else None)
-        elif isinstance(m, SwitchMixer) and kinds[i] == "ssm":
-            _check_switch_ssm(i, m, cfg.d_model)
-            ssm[i] = dict(n_heads=m.h, d_head=m.p, d_state=m.n, n_groups=m.h, d_conv=m.cfg.d_conv,
-                          expand=m.h * m.p // cfg.d_model, chunk_size=m.cfg.chunk_size,
-                          time_step_limit=(0.0, float("inf")))
-            act[i] = "silu"
-        elif isinstance(m, Mamba2):
-            _check_mamba2(i, m)
-            ssm[i] = dict(n_heads=m.nheads, d_head=m.headdim, d_state=m.d_state, n_groups=m.ngroups,
-                          d_conv=m.d_conv, expand=m.d_inner // m.d_model, chunk_size=m.chunk_size,
-                          time_step_limit=tuple(float(x) for x in m.dt_limit))
-            act[i] = "silu"
-        else:
-            raise ValueError(f"layer {i}: a {type(m).__name__} mixer has no Bamba counterpart")
+        layout = BAMBA_LAYOUTS.get(block.kind)
+        if layout is None:
+            raise ValueError(f"layer {i}: a {type(m).__name__} mixer (kind {block.kind!r}) has no Bamba counterpart")
+        bamba_kind, shape = layout.plan(i, m, roles[i], cfg.d_model)
+        (attn if bamba_kind == "attention" else ssm)[i] = shape
         if block.mlp.gate_proj.in_features != cfg.d_model:
             raise ValueError(f"layer {i}: MLP input width differs from d_model")
     d_ff = _agree("MLP width (intermediate_size)", mlp)
@@ -256,6 +241,69 @@ def _switch_attention_weights(m: SwitchMixer, prefix: str) -> dict[str, torch.Te
             prefix + "o_proj.weight": m.out_proj.weight.detach()}
 
 
+# ------------------------------------------------------------------------------ per mixer kind
+# How each mixer kind (`Block.kind`, `transmamba.modules.registry`) maps onto a Bamba layer. This is
+# per type by nature (each kind's weights rewritten into Bamba's own layout), so the table lives
+# here, with the rest of the Bamba mapping, rather than in the mixer registry: a new mixer kind
+# exports only once someone writes its entry; until then it is refused by name.
+#   plan(i, mixer, role, d_model) -> ("attention" | "ssm", the shape that must agree across layers),
+#       after the kind's checks (a ValueError naming layer i and the feature);
+#       role: a Switch layer's "attention" / "ssm" (`_switch_kinds`), None for other kinds
+#   weights(mixer, "model.layers.{i}.", role) -> its BambaForCausalLM state dict entries
+#       (role: "attention" or "ssm", as the plan placed the layer)
+
+def _attention_plan(i: int, m: CausalSelfAttention, role, d_model: int) -> tuple[str, dict]:
+    return "attention", dict(heads=m.n_heads, kv_heads=m.n_kv_heads, head_dim=m.head_dim, rope=True,
+                             rope_theta=float(m.rope_theta))
+
+
+def _attention_weights(m: CausalSelfAttention, prefix: str, role: str) -> dict[str, torch.Tensor]:
+    return {prefix + "self_attn." + k: t.detach() for k, t in m.state_dict().items()}
+
+
+def _mamba2_plan(i: int, m: Mamba2, role, d_model: int) -> tuple[str, dict]:
+    _check_mamba2(i, m)
+    return "ssm", dict(n_heads=m.nheads, d_head=m.headdim, d_state=m.d_state, n_groups=m.ngroups,
+                       d_conv=m.d_conv, expand=m.d_inner // m.d_model, chunk_size=m.chunk_size,
+                       time_step_limit=tuple(float(x) for x in m.dt_limit))
+
+
+def _mamba2_weights(m: Mamba2, prefix: str, role: str) -> dict[str, torch.Tensor]:
+    sd = {prefix + "mamba." + k: t.detach() for k, t in m.state_dict().items()}
+    if m.D is None:  # Bamba always adds D x
+        sd[prefix + "mamba.D"] = torch.zeros_like(m.A_log.detach())
+    return sd
+
+
+def _switch_plan(i: int, m: SwitchMixer, role, d_model: int) -> tuple[str, dict]:
+    if role == "attention":
+        _check_switch_attention(i, m)
+        return "attention", dict(heads=m.h, kv_heads=m.g, head_dim=m.n, rope=bool(m.cfg.rope),
+                                 rope_theta=float(m.cfg.rope_theta) if m.cfg.rope else None)
+    _check_switch_ssm(i, m, d_model)
+    return "ssm", dict(n_heads=m.h, d_head=m.p, d_state=m.n, n_groups=m.h, d_conv=m.cfg.d_conv,
+                       expand=m.h * m.p // d_model, chunk_size=m.cfg.chunk_size,
+                       time_step_limit=(0.0, float("inf")))
+
+
+def _switch_weights(m: SwitchMixer, prefix: str, role: str) -> dict[str, torch.Tensor]:
+    if role == "attention":
+        return _switch_attention_weights(m, prefix + "self_attn.")
+    return _switch_ssm_weights(m, prefix + "mamba.")
+
+
+class BambaLayout(NamedTuple):
+    plan: Callable[..., tuple[str, dict]]
+    weights: Callable[..., dict[str, torch.Tensor]]
+
+
+BAMBA_LAYOUTS = {  # mixer kind -> its Bamba mapping
+    "attention": BambaLayout(_attention_plan, _attention_weights),
+    "mamba2": BambaLayout(_mamba2_plan, _mamba2_weights),
+    "transmamba": BambaLayout(_switch_plan, _switch_weights),
+}
+
+
 def bamba_state_dict(lm: LM, plan: dict) -> dict[str, torch.Tensor]:
     """BambaForCausalLM's state dict for `lm` (after `bamba_plan` accepted it)."""
     sd = {"model.embed_tokens.weight": lm.embed.weight.detach(),
@@ -269,17 +317,7 @@ def bamba_state_dict(lm: LM, plan: dict) -> dict[str, torch.Tensor]:
         sd[p + "pre_ff_layernorm.weight"] = block.norm2.weight.detach()
         for name, t in block.mlp.state_dict().items():
             sd[p + "feed_forward." + name] = t.detach()
-        m = block.mixer
-        if isinstance(m, CausalSelfAttention):
-            sd.update({p + "self_attn." + k: t.detach() for k, t in m.state_dict().items()})
-        elif isinstance(m, Mamba2):
-            sd.update({p + "mamba." + k: t.detach() for k, t in m.state_dict().items()})
-            if m.D is None:  # Bamba always adds D x
-                sd[p + "mamba.D"] = torch.zeros_like(m.A_log.detach())
-        elif i in attn:
-            sd.update(_switch_attention_weights(m, p + "self_attn."))
-        else:
-            sd.update(_switch_ssm_weights(m, p + "mamba."))
+        sd.update(BAMBA_LAYOUTS[block.kind].weights(block.mixer, p, "attention" if i in attn else "ssm"))
     return {k: v.contiguous().clone() for k, v in sd.items()}
 
 

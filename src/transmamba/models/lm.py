@@ -7,6 +7,8 @@ arch = "mamba2":       every mixer is a Mamba-2 (SSD) mixer
 arch = "hybrid":       Mamba-2 mixers with one attention layer in `hybrid_attn_every` (the last of each group)
 arch = "transmamba":   every mixer is a TransMamba-Switch mixer; each layer's TransPoint comes from
                        the schedule (`transmamba.modules.schedule`), per call
+arch = another kind:   every mixer of that registered kind (`transmamba.modules.registry`, which
+                       also builds each layer's mixer: `build_mixer`)
 
 Options for converted Transformer families (`transmamba.adapt.hf_families`; defaults: the block above):
     pre_norms / post_norms   RMSNorm before each branch / on each branch's output before the residual
@@ -34,16 +36,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from transmamba.modules.attention import CausalSelfAttention
-from transmamba.modules.mamba2 import Mamba2
+from transmamba.modules import attention, mamba2, switch  # noqa: F401  (the built-in mixer kinds register on import)
 from transmamba.modules.mlp import SwiGLU
 from transmamba.modules.norm import RMSNorm
-from transmamba.modules.switch import SwitchConfig, SwitchMixer
+from transmamba.modules.registry import mixer_kinds, mixer_spec
 from transmamba.ops import validate
 from transmamba.ops.padding import check_pad
 from transmamba.modules.schedule import make_schedule
 
 ARCHS = ("transformer", "mamba2", "hybrid", "transmamba")
+# arch -> the mixer kind of every layer (hybrid: `LMConfig.layer_kind`)
+ARCH_KINDS = {"transformer": "attention", "mamba2": "mamba2", "transmamba": "transmamba"}
+
+
+def arch_names() -> tuple[str, ...]:
+    """The valid `LMConfig.arch` values: ARCHS, then every other registered mixer kind
+    (`transmamba.modules.registry`), each an arch whose every layer is of that kind."""
+    served = set(ARCH_KINDS.values())
+    return ARCHS + tuple(k for k in mixer_kinds() if k not in served)
 
 
 @dataclass
@@ -83,8 +93,8 @@ class LMConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch not in arch_names():
+            raise ValueError(f"arch must be one of {arch_names()}, got {self.arch!r}")
         if self.d_ff is None:
             self.d_ff = 64 * round(8 * self.d_model / 3 / 64)
         make_schedule(self.schedule)  # fail early on a bad schedule
@@ -108,7 +118,7 @@ class LMConfig:
     def layer_kind(self, i: int) -> str:
         if self.arch == "hybrid":
             return "attention" if i % self.hybrid_attn_every == self.hybrid_attn_every - 1 else "mamba2"
-        return {"transformer": "attention", "mamba2": "mamba2", "transmamba": "transmamba"}[self.arch]
+        return ARCH_KINDS.get(self.arch, self.arch)  # another registered kind: every layer of it
 
 
 def _n_params(m: nn.Module) -> int:
@@ -116,19 +126,8 @@ def _n_params(m: nn.Module) -> int:
 
 
 def build_mixer(cfg: LMConfig, kind: str, layer: int | None = None) -> nn.Module:
-    if kind == "attention":
-        return CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, rope_theta=cfg.rope_theta)
-    if kind == "mamba2":
-        return Mamba2(cfg.d_model, d_state=cfg.d_state, headdim=cfg.head_dim, expand=cfg.expand,
-                      d_conv=cfg.d_conv, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
-    kw = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-              d_conv=cfg.d_conv, conv_activation=cfg.conv_activation, conv_init_identity=cfg.conv_init_identity,
-              rope=cfg.switch_rope, rope_theta=cfg.rope_theta, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps,
-              gate_bias=cfg.switch_gate_bias)
-    kw.update(cfg.switch_options)
-    if cfg.switch_layer_options and layer is not None:
-        kw.update(cfg.switch_layer_options[layer])
-    return SwitchMixer(SwitchConfig(**kw))
+    """The mixer of kind `kind` for layer `layer` (None: not tied to a layer), from the registry."""
+    return mixer_spec(kind).build(cfg, layer)
 
 
 class Block(nn.Module):
@@ -137,9 +136,11 @@ class Block(nn.Module):
     def __init__(self, cfg: LMConfig, kind: str, d_ff: int, layer: int | None = None):
         super().__init__()
         self.kind = kind
+        spec = mixer_spec(kind)
+        self.takes_transpoint = spec.takes_transpoint
         norm = (lambda: RMSNorm(cfg.d_model, cfg.norm_eps))  # noqa: E731
         self.norm1 = norm() if cfg.pre_norms else nn.Identity()
-        self.mixer = build_mixer(cfg, kind, layer)
+        self.mixer = spec.build(cfg, layer)
         self.norm2 = norm() if cfg.pre_norms else nn.Identity()
         self.mlp = SwiGLU(cfg.d_model, d_ff, bias=cfg.mlp_bias, act=cfg.mlp_act)
         if cfg.post_norms:
@@ -152,7 +153,7 @@ class Block(nn.Module):
 
     def _transpoint_kw(self, transpoint) -> dict:
         """The TransPoint as a keyword for the mixers that take one (TransMamba-Switch)."""
-        return {"transpoint": transpoint} if self.kind == "transmamba" else {}
+        return {"transpoint": transpoint} if self.takes_transpoint else {}
 
     def forward(self, x, transpoint=None, cache=None, pad=None):
         kw = self._transpoint_kw(transpoint)

@@ -15,14 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from transmamba.modules.cache import KVCache
+from transmamba.modules.registry import register_mixer
 from transmamba.ops.decode_attention import DECODE_DTYPES, decode_attention
 from transmamba.ops.padding import check_pad, key_padding_mask
 from transmamba.ops.rope import apply_rope, rope_cos_sin
 from transmamba.ops.validate import check_all_finite, check_dim, check_tensor
 
 
+@register_mixer("attention")
 class CausalSelfAttention(nn.Module):
     """Llama-style attention: "b l d_model" -> "b l d_model"; `step` decodes one token."""
+
+    cache_cls = KVCache
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None,
                  head_dim: int | None = None, rope_theta: float = 10000.0, bias: bool = False,
@@ -44,12 +48,30 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, self.n_kv_heads * head_dim, **kw)
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, **kw)
 
+    @classmethod
+    def from_lm_config(cls, cfg, layer: int | None = None) -> "CausalSelfAttention":
+        """The attention mixer of an LM layer (`transmamba.models.lm.LMConfig`: d_model, n_heads,
+        n_kv_heads, head_dim, rope_theta; every layer alike)."""
+        return cls(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, rope_theta=cfg.rope_theta)
+
     def allocate_cache(self, batch: int, max_len: int | None = None, *, device=None,
                        dtype=None) -> KVCache:
         """Empty KV cache "b kv_heads L head_dim": preallocated to max_len, or growing if None."""
         w = self.q_proj.weight
         return KVCache.allocate(batch, self.n_kv_heads, self.head_dim, max_len,
                                 device=device or w.device, dtype=dtype or w.dtype)
+
+    @staticmethod
+    def fill_cache(cache: KVCache, context: int, batch: int = 1) -> None:
+        """Make `cache` look as if `context` tokens had been consumed by `batch` rows: `context`
+        random keys and values (the preallocated capacity kept). A preallocated cache shorter than
+        the context is a ValueError."""
+        if cache.max_len is not None and context > cache.max_len:
+            raise ValueError(f"fill_caches: context {context} > the KV cache's max_len {cache.max_len}")
+        T = context if cache.max_len is None else cache.max_len
+        cache.k = torch.randn(batch, cache.k.shape[1], T, cache.k.shape[3])
+        cache.v = torch.randn(batch, cache.v.shape[1], T, cache.v.shape[3])
+        cache.length = context
 
     def _qkv(self, x: torch.Tensor, start: int):
         """Projected, rotated q "b h l d" and k, v "b hk l d" for positions start .. start+l-1."""

@@ -21,11 +21,13 @@ from torch import nn
 
 from transmamba.modules.cache import Mamba2Cache
 from transmamba.modules.norm import GatedRMSNorm
+from transmamba.modules.registry import register_mixer
 from transmamba.modules.ssm_mixer import A_from_log, SSMMixer, sample_dt_bias
 from transmamba.ops.padding import check_pad, padded_positions
 from transmamba.ops.ssd import ssd_chunked, ssd_step
 
 
+@register_mixer("mamba2")
 class Mamba2(SSMMixer):
     """Mamba-2 mixer: "b l d_model" -> "b l d_model"; `step` decodes one token "b d_model".
 
@@ -68,6 +70,13 @@ class Mamba2(SSMMixer):
 
     cache_cls = Mamba2Cache
 
+    @classmethod
+    def from_lm_config(cls, cfg, layer: int | None = None) -> "Mamba2":
+        """The Mamba-2 mixer of an LM layer (`transmamba.models.lm.LMConfig`: d_model, d_state,
+        head_dim, expand, d_conv, chunk_size, norm_eps; every layer alike)."""
+        return cls(cfg.d_model, d_state=cfg.d_state, headdim=cfg.head_dim, expand=cfg.expand,
+                   d_conv=cfg.d_conv, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
+
     # ------------------------------------------------------------------------------ helpers
     def _dt(self, dt: torch.Tensor) -> torch.Tensor:
         """softplus(dt + dt_bias), clamped to dt_limit when it is not (0, inf)."""
@@ -89,6 +98,14 @@ class Mamba2(SSMMixer):
         """Zero conv state "b conv_dim (d_conv-1)" and SSM state "b h p n" (max_len is unused)."""
         ssm_shape = (self.nheads, self.headdim, self.d_state)
         return self._zero_cache(batch, self.conv_dim, ssm_shape, device, dtype)
+
+    @staticmethod
+    def fill_cache(cache: Mamba2Cache, context: int, batch: int = 1) -> None:
+        """Make `cache` look as if `context` tokens had been consumed by `batch` rows (random conv
+        and SSM states, of the sizes they always have)."""
+        cache.conv_state = torch.randn(batch, *cache.conv_state.shape[1:])
+        cache.ssm_state = torch.randn(batch, *cache.ssm_state.shape[1:])
+        cache.seqlen = context
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, cache: Mamba2Cache | None = None, pad=None) -> torch.Tensor:

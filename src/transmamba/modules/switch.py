@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from transmamba.modules.cache import SwitchCache
+from transmamba.modules.registry import register_mixer
 from transmamba.modules.ssm_mixer import A_from_log, sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
 from transmamba.ops.decode_attention import DECODE_DTYPES, decode_attention
@@ -102,7 +103,10 @@ class SwitchConfig:
             raise ValueError(f"attn_softcap must be > 0 or None, got {self.attn_softcap}")
 
 
+@register_mixer("transmamba", takes_transpoint=True)
 class SwitchMixer(nn.Module):
+    cache_cls = SwitchCache
+
     def __init__(self, cfg: SwitchConfig, *, device=None, dtype=None):
         super().__init__()
         self.cfg = cfg
@@ -124,6 +128,20 @@ class SwitchMixer(nn.Module):
             self.q_norm_weight = nn.Parameter(torch.ones(n if cfg.qk_norm == "head" else h * n, **fk))
             self.k_norm_weight = nn.Parameter(torch.ones(n if cfg.qk_norm == "head" else g * n, **fk))
         self.reset_ssm_parameters()
+
+    @classmethod
+    def from_lm_config(cls, cfg, layer: int | None = None) -> "SwitchMixer":
+        """The Switch mixer of LM layer `layer` (`transmamba.models.lm.LMConfig`): the shared shape
+        fields, switch_rope -> rope, switch_gate_bias -> gate_bias, then `switch_options` and this
+        layer's `switch_layer_options` entry (layer None: none) override them."""
+        kw = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+                  d_conv=cfg.d_conv, conv_activation=cfg.conv_activation,
+                  conv_init_identity=cfg.conv_init_identity, rope=cfg.switch_rope, rope_theta=cfg.rope_theta,
+                  chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps, gate_bias=cfg.switch_gate_bias)
+        kw.update(cfg.switch_options)
+        if cfg.switch_layer_options and layer is not None:
+            kw.update(cfg.switch_layer_options[layer])
+        return cls(SwitchConfig(**kw))
 
     @torch.no_grad()
     def reset_ssm_parameters(self):
@@ -366,6 +384,19 @@ class SwitchMixer(nn.Module):
             cache.v = torch.empty(batch, cap, self.g, self.p, device=device, dtype=dtype)
             cache.dt = torch.empty(batch, cap, self.h, device=device, dtype=dtype)
         return cache
+
+    def fill_cache(self, cache: SwitchCache, context: int, batch: int = 1) -> None:
+        """Make `cache` look as if `context` tokens had been consumed by `batch` rows: an SSM state
+        if context reaches the TransPoint (KV cache freed), else `context` KV entries (at least the
+        capacity allocate_cache gave, as a real prefill keeps it). Random contents."""
+        if context >= cache.transpoint:
+            cache.ssm_state = torch.randn(batch, self.h, self.p, self.n)
+            cache.k = cache.v = cache.dt = None
+        else:  # keep the capacity allocate_caches gave (max_len), as a real prefill does
+            T = max(context, 0 if cache.k is None else cache.k.shape[1])
+            cache.k, cache.v = torch.randn(batch, T, self.g, self.n), torch.randn(batch, T, self.g, self.p)
+            cache.dt = torch.rand(batch, T, self.h)
+        cache.pos = context
 
     @staticmethod
     def _cache_append(cache: SwitchCache, k, v, dt):
