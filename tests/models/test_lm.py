@@ -96,3 +96,15 @@ def test_bad_input():
         m(torch.tensor([[1, 500]]))
     with pytest.raises(ValueError, match="arch"):
         LMConfig(arch="rnn")
+
+
+def test_set_schedule_persists_in_the_config_or_only_for_training():
+    lm = LM(LMConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, head_dim=8, d_state=8, chunk_size=4,
+                     schedule={"name": "per_layer", "P": [0, 4]}))
+    lm.set_schedule({"name": "fixed", "P": 2}, persist=False)  # e.g. annealing: the saved config keeps its target
+    assert lm.transpoints_for(8) == [2, 2] and lm.cfg.schedule == {"name": "per_layer", "P": [0, 4]}
+    lm.set_schedule({"name": "fixed", "P": 3})
+    assert lm.transpoints_for(8) == [3, 3] and lm.cfg.schedule == {"name": "fixed", "P": 3}
+    with pytest.raises(ValueError):
+        lm.set_schedule({"name": "no-such-schedule"})
+    assert lm.cfg.schedule == {"name": "fixed", "P": 3}  # a refused spec changes nothing

@@ -213,6 +213,15 @@ class LM(nn.Module):
         n = _n_params(self)
         return n - self.embed.weight.numel() if non_embedding else n
 
+    def set_schedule(self, spec, *, persist: bool = True) -> None:
+        """Take the TransPoint schedule `spec` (a name, an int P or a spec dict: `make_schedule`)
+        from now on. persist: also record it in `cfg`, which a saved model keeps; False for a
+        schedule used only while training (an annealed one), so the config keeps its target."""
+        schedule = make_schedule(spec)
+        if persist:
+            self.cfg.schedule = spec
+        self.schedule = schedule
+
     def transpoints_for(self, seq_len: int, step: int | None = None) -> list[int]:
         """Per-layer TransPoints from the schedule (step=None: the evaluation setting)."""
         return self.schedule.transpoints(self.cfg.n_layers, seq_len, step)

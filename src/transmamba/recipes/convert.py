@@ -45,7 +45,7 @@ from transmamba.config import NONE, NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULE
 from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
 from transmamba.models.lm import LM
 from transmamba.ops.head_loss import head_ce_kl
-from transmamba.modules.schedule import ATTENTION_ONLY, make_schedule
+from transmamba.modules.schedule import ATTENTION_ONLY
 from transmamba.student import save_hf
 from transmamba.hardware.precision import autocast
 from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process, main_process_choice
@@ -239,8 +239,7 @@ def keep_attention_layers(student, cache: TeacherCache, cfg) -> dict:
                              lambda z, ti, tl: topk_kl(z, ti, tl, T=T))
     student.train(was_training)
     layers = main_process_choice(costliest(costs, k))  # (k <= n_layers was checked before any work)
-    student.cfg.schedule = {"name": "hybrid", "base": student.cfg.schedule, "attention_layers": layers}
-    student.schedule = make_schedule(student.cfg.schedule)
+    student.set_schedule({"name": "hybrid", "base": student.cfg.schedule, "attention_layers": layers})
     return {"attention_layers": layers, "switch_costs": costs, "keep_attention_s": time.perf_counter() - t0}
 
 
@@ -252,8 +251,8 @@ def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, progres
     steps = max(1, math.ceil(int(t["tokens"]) / (bs * L)))
     target = student.cfg.schedule
     if rec["anneal_frac"] > 0:
-        student.schedule = make_schedule({"name": "annealed", "target": target, "mode": rec["anneal_mode"],
-                                          "steps": max(1, int(rec["anneal_frac"] * steps))})
+        student.set_schedule({"name": "annealed", "target": target, "mode": rec["anneal_mode"],
+                              "steps": max(1, int(rec["anneal_frac"] * steps))}, persist=False)
     ev_cfg = cfg["eval"]
 
     def evaluate(m):
@@ -271,7 +270,7 @@ def distill(student, cache: TeacherCache, cfg, layer_map, dims, val_ids, progres
     try:
         res = fit(run, resume=resume)
     finally:
-        student.schedule = make_schedule(target)
+        student.set_schedule(target)
     return {"steps": res["step"], "tokens": res["tokens"], "train_s": res["elapsed_s"], "tok_per_s": res["tok_per_s"],
             "processes": res["processes"], "amp": res["amp"], "amp_reason": res["amp_reason"]}
 
