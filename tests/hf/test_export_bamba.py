@@ -90,6 +90,9 @@ REFUSALS = [
     ("embed_scale", dict(arch="mamba2", embed_scale=2.0), "model: embed_scale"),
     ("mlp_widths", dict(arch="hybrid", hybrid_attn_every=2), "MLP width (intermediate_size)"),
     ("gelu_with_ssm", dict(arch="mamba2", mlp_act="gelu"), "model: mlp_act='gelu' with SSM layers"),
+    ("head_level", {**SWITCH, "schedule": {"name": "head_hybrid", "base": SWITCH["schedule"], "kept_heads": [[2, 3]],
+                                           "n_kv_heads": [4, 2, 4, 2]}},
+     "layer 2: head-level TransPoints (layer 2"),
 ]
 
 

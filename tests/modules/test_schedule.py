@@ -80,3 +80,45 @@ def test_hybrid_layer_out_of_range_is_named():
     s = make_schedule({"name": "hybrid", "base": 8, "attention_layers": [1, 6]})
     with pytest.raises(ValueError, match=r"attention_layers \[6\] out of range for 4 layers"):
         s.transpoints(4, 32)
+
+
+def test_head_hybrid_keeps_the_listed_kv_heads_on_attention():
+    spec = {"name": "head_hybrid", "base": {"name": "fixed", "P": 128}, "kept_heads": [[0, 1], [2, 0], [2, 2]],
+            "n_kv_heads": 3}
+    s = make_schedule(spec)
+    A = ATTENTION_ONLY
+    assert s.transpoints(4, 1024) == [[128, A, 128], 128, [A, 128, A], 128]
+    assert make_schedule(s.to_dict()).transpoints(4, 1024) == s.transpoints(4, 1024)  # the saved config
+    every = make_schedule({**spec, "kept_heads": [[1, 0], [1, 1], [1, 2]]})  # all heads kept: one int
+    assert every.transpoints(3, 64) == [128, A, 128]
+    per_layer_g = make_schedule({**spec, "kept_heads": [[1, 3]], "n_kv_heads": [2, 4]})  # GQA differs by layer
+    assert per_layer_g.transpoints(2, 64) == [128, [128, 128, 128, A]]
+    assert make_schedule({"name": "head_hybrid", "base": 8}).transpoints(2, 64) == [8, 8]  # nothing kept: the base
+
+
+def test_head_hybrid_anneals_and_nests_per_head():
+    heads = {"name": "head_hybrid", "base": {"name": "per_layer", "P": [0, 64]}, "kept_heads": [[0, 0]],
+             "n_kv_heads": 2}
+    annealed = make_schedule({"name": "annealed", "target": heads, "steps": 100})
+    assert annealed.transpoints(2, 256, step=0) == [256, 256]  # every head at the sequence length: one int
+    assert annealed.transpoints(2, 256, step=50) == [[256, 128], 160]  # a kept head: P = the length (as hybrid)
+    assert annealed.transpoints(2, 256) == [[ATTENTION_ONLY, 0], 64]
+    layers = make_schedule({"name": "hybrid", "base": heads, "attention_layers": [1]})
+    assert layers.transpoints(2, 256) == [[ATTENTION_ONLY, 0], ATTENTION_ONLY]
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"kept_heads": [[0, 1]]}, "n_kv_heads .* is required"),
+    ({"kept_heads": [[0, -1]], "n_kv_heads": 2}, r"\[layer, kv_head\] pairs"),
+    ({"kept_heads": [3], "n_kv_heads": 2}, r"\[layer, kv_head\] pairs"),
+    ({"kept_heads": [[0, 1]], "n_kv_heads": 0}, "n_kv_heads must be"),
+    ({"base": "nope"}, "unknown schedule")])
+def test_head_hybrid_bad_specs_are_named(spec, match):
+    with pytest.raises(ValueError, match=match):
+        make_schedule({"name": "head_hybrid", **spec})
+
+
+def test_head_hybrid_heads_out_of_range_are_named():
+    s = make_schedule({"name": "head_hybrid", "base": 8, "kept_heads": [[1, 2], [5, 0]], "n_kv_heads": 2})
+    with pytest.raises(ValueError, match=r"kept_heads \[\[1, 2\], \[5, 0\]\] out of range for 4 layers"):
+        s.transpoints(4, 32)

@@ -53,11 +53,15 @@ def alternating_medians(measures: list[Callable[[], tuple]], rounds: int) -> lis
 
 
 def cache_nbytes(caches) -> int:
-    """Bytes of every tensor held by the layer caches (dataclasses of tensors)."""
+    """Bytes of every tensor held by the layer caches (dataclasses of tensors; a cache with its own
+    `nbytes()`, such as a Switch layer's with head groups, counts itself)."""
     total = 0
     for c in caches:
         if not dataclasses.is_dataclass(c):
             raise TypeError(f"caches must hold dataclass caches (from allocate_caches), got {type(c).__name__}")
+        if callable(getattr(c, "nbytes", None)):
+            total += c.nbytes()
+            continue
         for f in dataclasses.fields(c):
             t = getattr(c, f.name)
             if isinstance(t, torch.Tensor):

@@ -6,7 +6,8 @@ the prompt and `LM.step` per token:
 
 - a TransMamba-Switch layer keeps the KV prefix (RoPE'd keys, values, dt) before its TransPoint P;
   the step that reaches P converts it with the Memory converter into the SSM state and frees it,
-  so once every layer has crossed P the cache no longer grows (`nbytes()` is constant);
+  so once every layer has crossed P the cache no longer grows (`nbytes()` is constant); with
+  head-level TransPoints each group of KV heads does so at its own P (kept heads keep their K/V);
 - a Mamba-2 layer keeps its conv and SSM state; an attention layer its growing KV cache.
 
 The TransPoints are chosen when the cache is made (the schedule's evaluation setting for the
@@ -26,11 +27,16 @@ from transformers.cache_utils import Cache
 
 
 def _map_tensors(obj, fn):
-    """Apply fn to every tensor field of one of our dataclass caches, in place."""
+    """Apply fn to every tensor field of one of our dataclass caches, in place (and to the caches
+    it holds in a list field: a Switch layer's head groups with head-level TransPoints)."""
     for f in fields(obj):
         t = getattr(obj, f.name)
         if isinstance(t, torch.Tensor):
             setattr(obj, f.name, fn(t))
+        elif isinstance(t, list):
+            for sub in t:
+                if is_dataclass(sub):
+                    _map_tensors(sub, fn)
 
 
 class TransMambaCache(Cache):

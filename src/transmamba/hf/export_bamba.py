@@ -36,7 +36,8 @@ What maps (ours -> Bamba):
 
 What is refused (ValueError "layer i: ..."):
     a Switch layer with 0 < P < some length, or a P that depends on the length (TransPoints are
-    read from the schedule at several lengths); on an attention layer a conv that is not the
+    read from the schedule at several lengths); head-level TransPoints (a layer whose KV heads
+    switch at different P: `head_hybrid`); on an attention layer a conv that is not the
     identity; on an SSM layer a conv activation other than silu or n_kv_heads < n_heads (B per kv
     head but C per query head: Bamba's B and C share n_groups); qk_norm, sliding_window,
     attn_scale other than head_dim^-1/2, attn_softcap, RoPE tables (rope_inv_freq,
@@ -79,6 +80,12 @@ def _switch_kinds(lm: LM) -> list[str | None]:
         return kinds
     per_len = {L: lm.transpoints_for(L) for L in _probe_lengths(lm)}
     for i in range(lm.cfg.n_layers):
+        heads = {L: tp[i] for L, tp in per_len.items() if isinstance(tp[i], (list, tuple))}
+        if heads:
+            L, P = next(iter(heads.items()))
+            raise ValueError(f"layer {i}: head-level TransPoints (layer {i}: KV heads with different TransPoints, "
+                             f"L={L}: P={list(P)}) have no Bamba counterpart: a Bamba layer is all attention or all "
+                             "Mamba; only layer-wise hybrids export to Bamba")
         ps = {L: int(tp[i]) for L, tp in per_len.items()}
         if all(P == 0 for P in ps.values()):
             kinds[i] = "ssm"

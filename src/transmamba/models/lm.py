@@ -43,6 +43,7 @@ from transmamba.modules.registry import mixer_kinds, mixer_spec
 from transmamba.ops import validate
 from transmamba.ops.padding import check_pad
 from transmamba.modules.schedule import make_schedule
+from transmamba.modules.head_transpoints import HeadTransPoints, layer_transpoint
 
 ARCHS = ("transformer", "mamba2", "hybrid", "transmamba")
 # arch -> the mixer kind of every layer (hybrid: `LMConfig.layer_kind`)
@@ -223,7 +224,8 @@ class LM(nn.Module):
         self.schedule = schedule
 
     def transpoints_for(self, seq_len: int, step: int | None = None) -> list[int]:
-        """Per-layer TransPoints from the schedule (step=None: the evaluation setting)."""
+        """Per-layer TransPoints from the schedule (step=None: the evaluation setting): an int per
+        layer, or for a layer with head-level TransPoints a list of one int per KV head."""
         return self.schedule.transpoints(self.cfg.n_layers, seq_len, step)
 
     def _check_idx(self, idx):
@@ -237,23 +239,28 @@ class LM(nn.Module):
     def row_transpoints(self, total_len: int, pad=None, transpoints=None, step: int | None = None) -> list:
         """Per-layer TransPoints for a batch of `total_len` positions: ints without padding; with
         pad "b", one int64 tensor "b" per layer: row r's TransPoint is the one of the row alone
-        (length total_len - pad[r], from the schedule, or `transpoints` given as ints) plus pad[r]."""
+        (length total_len - pad[r], from the schedule, or `transpoints` given as ints) plus pad[r].
+        A layer with head-level TransPoints (a list of one int per KV head) gets a `HeadTransPoints`,
+        with pad an int64 tensor "b g" (each row's heads shifted by its padding)."""
         if isinstance(transpoints, int):
             transpoints = [transpoints] * self.cfg.n_layers
         if pad is None:
-            return list(transpoints) if transpoints is not None else self.transpoints_for(total_len, step)
+            tps = list(transpoints) if transpoints is not None else self.transpoints_for(total_len, step)
+            return [layer_transpoint(P) for P in tps]
         rows = []
         for r in pad.tolist():
             tps = transpoints if transpoints is not None else self.transpoints_for(max(total_len - r, 0), step)
-            rows.append([int(P) + r for P in tps])
+            rows.append([layer_transpoint(P).shifted(r) if isinstance(layer_transpoint(P), HeadTransPoints)
+                         else int(P) + r for P in tps])
         return [torch.tensor([row[i] for row in rows], dtype=torch.long, device=pad.device)
                 for i in range(self.cfg.n_layers)]
 
     def forward(self, idx, targets=None, transpoints=None, caches=None, return_hidden: bool = False, pad=None):
         """idx "b l" -> (logits "b l V", loss or None[, hidden states list]).
 
-        transpoints: per-layer list (or one int) for TransMamba-Switch layers; None: the schedule's
-        evaluation setting. caches: from `allocate_caches` (prefill; continue with `step`).
+        transpoints: per-layer list (or one int) for TransMamba-Switch layers, an entry a list of one
+        int per KV head for head-level TransPoints; None: the schedule's evaluation setting.
+        caches: from `allocate_caches` (prefill; continue with `step`).
         pad: None or "b" left-padding counts: each row then equals the row alone (its TransPoints
         shifted by its padding, see `row_transpoints`; with caches, give pad to `allocate_caches`).
         """
@@ -283,7 +290,7 @@ class LM(nn.Module):
         x = self.embed_tokens(idx)
         hidden = [x] if return_hidden else None
         for i, block in enumerate(self.blocks):
-            x = block(x, transpoints[i], None if caches is None else caches[i], pad)
+            x = block(x, layer_transpoint(transpoints[i]), None if caches is None else caches[i], pad)
             if return_hidden:
                 hidden.append(x)
         return x, hidden
@@ -295,7 +302,7 @@ class LM(nn.Module):
         if not 0 <= start <= self.cfg.n_layers:
             raise ValueError(f"blocks_from: start {start} outside [0, {self.cfg.n_layers}]")
         for i in range(start, self.cfg.n_layers):
-            x = self.blocks[i](x, transpoints[i], None, None)
+            x = self.blocks[i](x, layer_transpoint(transpoints[i]), None, None)
         return x
 
     # ------------------------------------------------------------------------------ decoding

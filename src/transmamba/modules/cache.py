@@ -6,6 +6,9 @@
   (written in place) or growing by concatenation (`max_len=None`).
 - `SwitchCache` (TransMamba-Switch): a KV cache (keys, values and dt "b T *") until the layer's
   TransPoint, then the SSM state "b h p n" the Memory converter makes of it (the KV cache freed).
+  With head-level TransPoints (`transmamba.modules.head_transpoints`) it holds one sub-cache per
+  group of KV heads of equal TransPoint (`groups`), each with that group's K/V/dt or SSM state only,
+  so a group's K/V is freed when its heads cross their P.
 
 Every mixer makes its own with `allocate_cache(batch, max_len=None, *, device=None, dtype=None)`
 (the Switch mixer also takes `transpoint=`).
@@ -19,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from transmamba.modules.head_transpoints import HeadTransPoints
 
 
 @dataclass
@@ -98,16 +103,22 @@ class KVCache:
 @dataclass
 class SwitchCache:
     """Decoding state of a `SwitchMixer`: tokens before `transpoint` are held in the KV cache
-    (k, v, dt, growing by doubling up to the TransPoint); from the TransPoint on, ssm_state."""
+    (k, v, dt, growing by doubling up to the TransPoint); from the TransPoint on, ssm_state.
+
+    Head-level TransPoints (KV heads with different P): `groups` holds one SwitchCache per group of
+    KV heads of equal P (its `heads`, its own `transpoint`, k/v/dt/ssm_state of those heads only, an
+    empty conv_state "b 0 (k-1)"); this cache then keeps only the layer's conv_state, pos and pad."""
 
     conv_state: torch.Tensor  # "b c (k-1)"
-    transpoint: int | torch.Tensor  # an int, or one per row "b" (int64)
+    transpoint: object  # an int, one per row "b" (int64), a HeadTransPoints or one per row and KV head "b g"
     pos: int = 0  # tokens consumed so far
     k: torch.Tensor | None = None  # "b T g n" (RoPE'd if rope), capacity T >= pos
     v: torch.Tensor | None = None  # "b T g p"
     dt: torch.Tensor | None = None  # "b T h"
     ssm_state: torch.Tensor | None = None  # "b h p n", set once pos >= transpoint
     pad: torch.Tensor | None = None  # "b" left padding of the prompt (int64), None: no padding
+    groups: list | None = None  # head-level TransPoints: one SwitchCache per group of KV heads
+    heads: tuple | None = None  # of a group's sub-cache: its KV heads
 
     @property
     def batch(self) -> int:
@@ -116,14 +127,19 @@ class SwitchCache:
     @property
     def min_transpoint(self) -> int:
         P = self.transpoint
+        if isinstance(P, HeadTransPoints):
+            return min(P.P)
         return (int(P.min()) if P.numel() else 0) if isinstance(P, torch.Tensor) else P
 
     @property
     def max_transpoint(self) -> int:
         P = self.transpoint
+        if isinstance(P, HeadTransPoints):
+            return max(P.P)
         return (int(P.max()) if P.numel() else 0) if isinstance(P, torch.Tensor) else P
 
     def nbytes(self) -> int:
-        """Bytes held by the tensors of this cache."""
+        """Bytes held by the tensors of this cache (and of its head groups' sub-caches)."""
         ts = (self.conv_state, self.k, self.v, self.dt, self.ssm_state)
-        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+        own = sum(t.numel() * t.element_size() for t in ts if t is not None)
+        return own + sum(g.nbytes() for g in self.groups or ())

@@ -5,8 +5,10 @@ positions t >= P (see `transmamba.modules.switch`). A schedule decides P for eve
 possibly as a function of the sequence length and of the training step, so TransPoints can move
 during training and inference.
 
-Every schedule answers `transpoints(n_layers, seq_len, step=None) -> list[int]`; `step=None` is the
-evaluation setting (deterministic). P >= seq_len means "attention only", P = 0 means "SSM only".
+Every schedule answers `transpoints(n_layers, seq_len, step=None) -> list`, one entry per layer: an
+int, or (head-level TransPoints, `head_hybrid`) a list of one int per KV head of that layer, whose
+heads do not all agree (`transmamba.modules.head_transpoints`); `step=None` is the evaluation
+setting (deterministic). P >= seq_len means "attention only", P = 0 means "SSM only".
 
 Select by name from config or CLI with `make_schedule`:
     "attention" | "ssm" | "staggered" | {"name": "fixed", "P": 128} | {"name": "per_layer", "P": [...]}
@@ -14,6 +16,7 @@ Select by name from config or CLI with `make_schedule`:
     {"name": "random", "choices": [0, 128, 256], "eval": 128} | {"name": "staggered", "period": 8, "span": 1024}
     {"name": "annealed", "target": "staggered", "steps": 500, "mode": "together" | "layerwise"}
     {"name": "hybrid", "base": {"name": "fixed", "P": 128}, "attention_layers": [3, 17]}
+    {"name": "head_hybrid", "base": "staggered", "kept_heads": [[3, 0], [17, 2]], "n_kv_heads": 4}
 """
 
 from __future__ import annotations
@@ -172,8 +175,12 @@ class Annealed(Schedule):
             else:
                 raise ValueError(f"annealing mode must be 'together' or 'layerwise', got {self.mode!r}")
             frac = min(max(frac, 0.0), 1.0)
-            lo = min(t, seq_len)
-            out.append(t if frac == 0 else round(lo + (seq_len - lo) * frac))
+
+            def anneal(t):
+                lo = min(t, seq_len)
+                return t if frac == 0 else round(lo + (seq_len - lo) * frac)
+
+            out.append(_per_head_or_int([anneal(p) for p in t]) if isinstance(t, list) else anneal(t))
         return out
 
 
@@ -202,9 +209,72 @@ class Hybrid(Schedule):
         return [ATTENTION_ONLY if i in keep else P for i, P in enumerate(tp)]
 
 
+def _per_head_or_int(P: list[int]) -> int | list[int]:
+    """A layer's per-head TransPoints, as one int when every head agrees."""
+    return P[0] if len(set(P)) == 1 else P
+
+
+def _is_index(i) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool) and i >= 0
+
+
+@dataclass
+class HeadHybrid(Schedule):
+    """A head-level hybrid: the KV heads in `kept_heads` ([layer, kv_head] pairs) never switch
+    (attention at every position, with their query heads, and their K/V cache kept); every other
+    head follows `base`. A layer with kept heads gets a list of its n_kv_heads TransPoints (one per
+    KV head; an int if every head agrees), the others base's int. n_kv_heads: the KV heads per
+    layer (an int, or one per layer), needed as soon as a head is kept.
+    `transmamba.modules.switch.SwitchMixer` runs each group of heads of equal P on its own."""
+
+    base: dict | str | int = "staggered"
+    kept_heads: list = field(default_factory=list)
+    n_kv_heads: int | list[int] | None = None
+    name = "head_hybrid"
+
+    def __post_init__(self):
+        make_schedule(self.base)  # fail early on a bad base
+        bad = [x for x in self.kept_heads
+               if not isinstance(x, (list, tuple)) or len(x) != 2 or not all(_is_index(i) for i in x)]
+        if bad:
+            raise ValueError(f"head_hybrid schedule: kept_heads must be [layer, kv_head] pairs of indices >= 0, "
+                             f"got {bad}")
+        g = self.n_kv_heads
+        if g is None and self.kept_heads:
+            raise ValueError("head_hybrid schedule: n_kv_heads (the KV heads per layer) is required with kept_heads")
+        if g is not None and not (_is_index(g) and g > 0 or isinstance(g, list) and g
+                                  and all(_is_index(x) and x > 0 for x in g)):
+            raise ValueError(f"head_hybrid schedule: n_kv_heads must be an int > 0 or one per layer, got {g!r}")
+        self.kept_heads = [list(x) for x in self.kept_heads]
+
+    def _heads_of(self, layer: int, n_layers: int) -> int:
+        g = self.n_kv_heads
+        if isinstance(g, list):
+            if len(g) != n_layers:
+                raise ValueError(f"head_hybrid schedule: n_kv_heads lists {len(g)} layers, the model has {n_layers}")
+            return g[layer]
+        return g
+
+    def transpoints(self, n_layers, seq_len, step=None):
+        out_of_range = [x for x in self.kept_heads if x[0] >= n_layers or x[1] >= self._heads_of(x[0], n_layers)]
+        if out_of_range:
+            raise ValueError(f"head_hybrid schedule: kept_heads {out_of_range} out of range for {n_layers} layers "
+                             f"of n_kv_heads={self.n_kv_heads}")
+        tp = list(make_schedule(self.base).transpoints(n_layers, seq_len, step))
+        for layer in sorted({x[0] for x in self.kept_heads}):
+            g = self._heads_of(layer, n_layers)
+            P = list(tp[layer]) if isinstance(tp[layer], list) else [tp[layer]] * g
+            for lay, head in self.kept_heads:
+                if lay == layer:
+                    P[head] = ATTENTION_ONLY
+            tp[layer] = _per_head_or_int(P)
+        return tp
+
+
 SCHEDULES: dict[str, type[Schedule]] = {
     cls.name: cls
-    for cls in (Fixed, PerLayer, ByDepth, Fraction, RandomChoice, Attention, SSM, Staggered, Annealed, Hybrid)
+    for cls in (Fixed, PerLayer, ByDepth, Fraction, RandomChoice, Attention, SSM, Staggered, Annealed, Hybrid,
+                HeadHybrid)
 }
 
 

@@ -36,6 +36,14 @@ i // (h / g). dt, A_log (and D, off by default as in the paper) are per head.
 Decoding (`step`): before P the cache is a KV cache (RoPE'd keys, values and dt); when generation
 reaches P the converter turns it into the SSM state "b h p n" and the KV cache is freed, so memory
 stops growing past P.
+
+Head-level TransPoints (`transmamba.modules.head_transpoints`): P may be given per KV head (a
+`HeadTransPoints` of n_kv_heads ints, or an int64 tensor "b g"). KV head j with its query heads
+attends before P_j and runs the SSM from P_j, its state at P_j converted from its own prefix K, V,
+dt. The heads are grouped by equal P and each group is gathered and run on its own (a kept group,
+P beyond the sequence, costs only its own attention), then scattered back before out_proj; the
+cache holds one sub-cache per group, so a group's K/V is freed when its heads cross. Heads that all
+agree run the layer-wide code (bit for bit the int / per-row result).
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from transmamba.modules.cache import SwitchCache
+from transmamba.modules.head_transpoints import (HeadTransPoints, check_head_transpoints, collapse, head_groups,
+                                                 is_head_level, same_transpoint)
 from transmamba.modules.registry import register_mixer
 from transmamba.modules.ssm_mixer import A_from_log, sample_dt_bias
 from transmamba.ops.conv1d import causal_conv1d, causal_conv1d_step
@@ -231,10 +241,11 @@ class SwitchMixer(nn.Module):
                                                enable_gqa=self.g != self.h)
         return rearrange(o, "b h l d -> b l h d")
 
-    def _gate_out(self, y, z):
-        """SSM output "b l h p" through the gated RMSNorm (one group per kv head)."""
-        y = gated_rms_norm(y.flatten(-2), z, self.norm_weight, group_size=self.h * self.p // self.g,
-                           eps=self.cfg.norm_eps)
+    def _gate_out(self, y, z, norm_weight=None):
+        """SSM output "b l h p" through the gated RMSNorm (one group per kv head; norm_weight: that
+        of these heads, None: every head's)."""
+        y = gated_rms_norm(y.flatten(-2), z, self.norm_weight if norm_weight is None else norm_weight,
+                           group_size=self.h * self.p // self.g, eps=self.cfg.norm_eps)
         return y
 
     # ------------------------------------------------------------------------------ forward
@@ -242,8 +253,9 @@ class SwitchMixer(nn.Module):
         """u "b l d" -> "b l d".
 
         transpoint: an int >= 0, or an integer tensor "b" of entries >= 0 (one P per row; with a
-        cache, the cache's own), or None for the layer's scheduled `cfg.transpoint` (or the cache's);
-        anything else is a ValueError. pad: None or "b" left-padding counts (with a cache, given at
+        cache, the cache's own), or per KV head a `HeadTransPoints` (n_kv_heads ints) or an integer
+        tensor "b g" (one per row and KV head), or None for the layer's scheduled `cfg.transpoint`
+        (or the cache's); anything else is a ValueError. pad: None or "b" left-padding counts (with a cache, given at
         its first forward and kept in it): padded positions contribute nothing (conv inputs and
         x = v zeroed, keys masked), so each row equals the row alone with its TransPoint shifted by
         its padding (the caller shifts it). With a cache, u continues after the cache's `pos` tokens and the cache is
@@ -275,7 +287,20 @@ class SwitchMixer(nn.Module):
             v = v.masked_fill(is_pad[..., None, None], 0)
         dt, A = self._dt_A(dt_raw)
         self._check_finite(q, k, v, dt)
+        if is_head_level(P):  # KV heads with different TransPoints: each group of heads on its own
+            y = self._mix_heads(q, k, v, dt, A, z, P, cache, pos0, pad)
+        else:
+            y = self._mix(q, k, v, dt, A, z, P, cache, pos0, pad, self.D, self.norm_weight)
+        if cache is not None:
+            cache.pos = pos0 + L
+        return self.out_proj(y)
 
+    def _mix(self, q, k, v, dt, A, z, P, cache, pos0, pad, D, norm_weight):
+        """The layer (or a group of its KV heads, with their query heads) at TransPoint P (an int or
+        a per-row tensor "b"): q "b L h n", k/v "b L g *", dt "b L h", A "h", z "b L (h p)", D "h" |
+        None, norm_weight "(h p)" of those heads -> y "b L (h p)" before out_proj. With a cache (of
+        those heads), its KV cache / SSM state is read and updated (not its pos)."""
+        b, L = q.shape[0], q.shape[1]
         if isinstance(P, torch.Tensor) and b == 0:
             s_lo = s_hi = 0
         elif isinstance(P, torch.Tensor):  # one TransPoint per row: both paths over the overlap
@@ -284,7 +309,7 @@ class SwitchMixer(nn.Module):
             s_lo = s_hi = min(max(P - pos0, 0), L)
         pieces = []
         if s_hi > 0:  # attention on local positions [0, s_hi)
-            positions = torch.arange(pos0, pos0 + s_hi, device=u.device)
+            positions = torch.arange(pos0, pos0 + s_hi, device=q.device)
             k_att = self._rope(k[:, :s_hi], positions)
             q_att = self._rope(q[:, :s_hi], positions)
             K, V = k_att, v[:, :s_hi]
@@ -298,44 +323,98 @@ class SwitchMixer(nn.Module):
         if s_lo < L:  # SSM on local positions [s_lo, L), from the exact state at pos0 + s_lo
             state = self._state_at_switch(cache, k, v, dt, A, s_lo, pos0)
             y_ssm = ssd_chunked(self.expand_heads(v[:, s_lo:]), dt[:, s_lo:], A, self.expand_heads(k[:, s_lo:]),
-                                q[:, s_lo:], chunk_size=self.cfg.chunk_size, D=self.D,
+                                q[:, s_lo:], chunk_size=self.cfg.chunk_size, D=D,
                                 initial_state=state, return_final_state=cache is not None)
             if cache is not None:
                 y_ssm, cache.ssm_state = y_ssm
                 if s_hi < L:  # past every row's TransPoint the KV cache is freed
                     cache.k = cache.v = cache.dt = None
-            pieces.append(self._gate_out(y_ssm, z[:, s_lo:]))
+            pieces.append(self._gate_out(y_ssm, z[:, s_lo:], norm_weight))
 
         if isinstance(P, torch.Tensor) and s_lo < s_hi:  # per-row choice on the overlap
             y_att, y_ssm = pieces
-            t = torch.arange(pos0, pos0 + L, device=u.device)
+            t = torch.arange(pos0, pos0 + L, device=q.device)
             use_att = t[None, :] < P[:, None]  # "b l"
             y_att = F.pad(y_att, (0, 0, 0, L - s_hi))
             y_ssm = F.pad(y_ssm, (0, 0, s_lo, 0))
             y = torch.where(use_att[..., None], y_att, y_ssm)
         else:
             y = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+        return y
+
+    # ------------------------------------------------------------------------------ head-level TransPoints
+    def _head_parts(self, P, cache):
+        """[(kv_heads, P_group, sub-cache or None)]: the groups of KV heads of equal TransPoint."""
         if cache is not None:
-            cache.pos = pos0 + L
-        return self.out_proj(y)
+            return [(c.heads, c.transpoint, c) for c in cache.groups]
+        return [(heads, pg, None) for heads, pg in head_groups(P)]
+
+    def _query_heads(self, kv_heads) -> list[int]:
+        """The query (= SSM) heads of these KV heads: head i reads KV head i // (h / g)."""
+        r = self.h // self.g
+        return [j * r + i for j in kv_heads for i in range(r)]
+
+    @staticmethod
+    def _take(t, dim: int, idx: list[int]):
+        """t's entries `idx` along dim: a view when they are a contiguous range, else a gather."""
+        if idx == list(range(idx[0], idx[0] + len(idx))):
+            return t if len(idx) == t.shape[dim] else t.narrow(dim, idx[0], len(idx))
+        return t.index_select(dim, torch.tensor(idx, device=t.device))
+
+    def _head_params(self, A, qh: list[int]):
+        """A, D, norm_weight of the query heads qh."""
+        D = None if self.D is None else self._take(self.D, 0, qh)
+        return self._take(A, 0, qh), D, self._take(self.norm_weight.view(self.h, self.p), 0, qh).flatten()
+
+    def _scatter_heads(self, ys: list, order: list[int]):
+        """Per-group outputs "b l h_g p" (heads `order`) -> "b l (h p)" in head order."""
+        y = torch.cat(ys, 2) if len(ys) > 1 else ys[0]
+        if order != list(range(self.h)):
+            inv = [0] * self.h
+            for i, hd in enumerate(order):
+                inv[hd] = i
+            y = y.index_select(2, torch.tensor(inv, device=y.device))
+        return y.flatten(-2)
+
+    def _mix_heads(self, q, k, v, dt, A, z, P, cache, pos0, pad):
+        """Head-level TransPoints: each group of KV heads of equal P (with its query heads) gathered
+        and run on its own (`_mix`: attention before its P, the SSM from its P with the state the
+        Memory converter makes of that group's prefix), then scattered back into head order."""
+        ys, order = [], []
+        zh = z.unflatten(-1, (self.h, self.p))
+        for heads, pg, sub in self._head_parts(P, cache):
+            kv, qh = list(heads), self._query_heads(heads)
+            A_g, D_g, w_g = self._head_params(A, qh)
+            y = self._mix(self._take(q, 2, qh), self._take(k, 2, kv), self._take(v, 2, kv), self._take(dt, 2, qh),
+                          A_g, self._take(zh, 2, qh).flatten(-2), pg, sub, pos0, pad, D_g, w_g)
+            if sub is not None:
+                sub.pos = pos0 + q.shape[1]
+            ys.append(y.unflatten(-1, (len(qh), self.p)))
+            order += qh
+        return self._scatter_heads(ys, order)
 
     @staticmethod
     def _check_finite(q, k, v, dt) -> None:
         check_all_finite(**{"q (= C)": q, "k (= B, K)": k, "v (= x, V)": v, "dt": dt})
 
     def _resolve_transpoint(self, transpoint, cache, b):
-        """The TransPoint of this call: an int >= 0, or an int64 tensor "b" (checked, see
-        `check_transpoint`); None gives the cache's (or `cfg.transpoint` without a cache)."""
+        """The TransPoint of this call: an int >= 0, an int64 tensor "b" (checked, see
+        `check_transpoint`), or per KV head (a HeadTransPoints or an int64 tensor "b g", heads not
+        all equal); None gives the cache's (or `cfg.transpoint` without a cache)."""
         if transpoint is None:
             return cache.transpoint if cache is not None else self.cfg.transpoint
-        P = check_transpoint(transpoint, b)
-        if cache is not None:
-            same = (torch.equal(P, cache.transpoint) if isinstance(P, torch.Tensor) and isinstance(cache.transpoint, torch.Tensor)
-                    else (not isinstance(P, torch.Tensor) and not isinstance(cache.transpoint, torch.Tensor)
-                          and P == cache.transpoint))
-            if not same:
-                raise ValueError(f"transpoint={P} differs from the cache's transpoint={cache.transpoint}")
+        P = self._check_transpoint(transpoint, b)
+        if cache is not None and not same_transpoint(P, cache.transpoint):
+            raise ValueError(f"transpoint={P} differs from the cache's transpoint={cache.transpoint}")
         return P
+
+    def _check_transpoint(self, transpoint, b):
+        """`check_transpoint`, or a per-head P (a HeadTransPoints of n_kv_heads entries or an
+        integer tensor "b g", `check_head_transpoints`) with every head equal collapsed to the
+        layer-wide int / per-row tensor (so it runs exactly the layer-wide code)."""
+        if isinstance(transpoint, HeadTransPoints) or (isinstance(transpoint, torch.Tensor) and transpoint.dim() == 2):
+            return collapse(check_head_transpoints(transpoint, b, self.g))
+        return check_transpoint(transpoint, b)
 
     @staticmethod
     def _resolve_pad(pad, cache, b):
@@ -368,34 +447,57 @@ class SwitchMixer(nn.Module):
                        transpoint: int | torch.Tensor | None = None, pad=None) -> SwitchCache:
         """Empty cache: conv state "b c (d_conv-1)" and, with max_len, KV buffers preallocated to
         min(max_len, TransPoint) tokens (None: they grow by doubling). transpoint: an int >= 0, an
-        integer tensor "b" (one per row: both paths run while rows differ), or None for the layer's
-        `cfg.transpoint`; pad: "b" left padding of the prompt (or give it to the first forward);
+        integer tensor "b" (one per row: both paths run while rows differ), per KV head (a
+        HeadTransPoints or a tensor "b g": one sub-cache per group of heads of equal P, each with
+        buffers up to its own P), or None for the layer's `cfg.transpoint`; pad: "b" left padding
+        of the prompt (or give it to the first forward);
         device and dtype default to in_proj's."""
         w = self.in_proj.weight
         device, dtype = device or w.device, dtype or w.dtype
-        P = self.cfg.transpoint if transpoint is None else check_transpoint(transpoint, batch)
-        P_max = int(P.max()) if isinstance(P, torch.Tensor) and P.numel() else (0 if isinstance(P, torch.Tensor) else P)
-        cap = min(max_len, P_max) if max_len else 0
+        P = self.cfg.transpoint if transpoint is None else self._check_transpoint(transpoint, batch)
+        if is_head_level(P):  # one sub-cache per group of KV heads of equal P (the conv state stays here)
+            cache = SwitchCache(conv_state=torch.zeros(batch, self.d_qkv, self.cfg.d_conv - 1, device=device,
+                                                       dtype=dtype),
+                                transpoint=P.to(device) if isinstance(P, torch.Tensor) else P,
+                                pad=None if pad is None else check_pad(pad, batch).to(device))
+            cache.groups = []
+            for heads, pg in head_groups(P):
+                sub = SwitchCache(conv_state=torch.zeros(batch, 0, self.cfg.d_conv - 1, device=device, dtype=dtype),
+                                  transpoint=pg.to(device) if isinstance(pg, torch.Tensor) else pg, heads=heads)
+                self._kv_buffers(sub, batch, max_len, len(heads), device, dtype)
+                cache.groups.append(sub)
+            return cache
         cache = SwitchCache(conv_state=torch.zeros(batch, self.d_qkv, self.cfg.d_conv - 1, device=device, dtype=dtype),
                             transpoint=P.to(device) if isinstance(P, torch.Tensor) else P,
                             pad=None if pad is None else check_pad(pad, batch).to(device))
-        if cap:
-            cache.k = torch.empty(batch, cap, self.g, self.n, device=device, dtype=dtype)
-            cache.v = torch.empty(batch, cap, self.g, self.p, device=device, dtype=dtype)
-            cache.dt = torch.empty(batch, cap, self.h, device=device, dtype=dtype)
+        self._kv_buffers(cache, batch, max_len, self.g, device, dtype)
         return cache
+
+    def _kv_buffers(self, cache: SwitchCache, batch: int, max_len, g: int, device, dtype) -> None:
+        """KV buffers of g KV heads (and their query heads' dt) preallocated to min(max_len, the
+        cache's largest TransPoint) tokens (none without max_len: they grow by doubling)."""
+        cap = min(max_len, cache.max_transpoint) if max_len else 0
+        if cap:
+            cache.k = torch.empty(batch, cap, g, self.n, device=device, dtype=dtype)
+            cache.v = torch.empty(batch, cap, g, self.p, device=device, dtype=dtype)
+            cache.dt = torch.empty(batch, cap, g * (self.h // self.g), device=device, dtype=dtype)
 
     def fill_cache(self, cache: SwitchCache, context: int, batch: int = 1) -> None:
         """Make `cache` look as if `context` tokens had been consumed by `batch` rows: an SSM state
         if context reaches the TransPoint (KV cache freed), else `context` KV entries (at least the
-        capacity allocate_cache gave, as a real prefill keeps it). Random contents."""
-        if context >= cache.transpoint:
-            cache.ssm_state = torch.randn(batch, self.h, self.p, self.n)
-            cache.k = cache.v = cache.dt = None
-        else:  # keep the capacity allocate_caches gave (max_len), as a real prefill does
-            T = max(context, 0 if cache.k is None else cache.k.shape[1])
-            cache.k, cache.v = torch.randn(batch, T, self.g, self.n), torch.randn(batch, T, self.g, self.p)
-            cache.dt = torch.rand(batch, T, self.h)
+        capacity allocate_cache gave, as a real prefill keeps it). Random contents. With head-level
+        TransPoints each group of KV heads does so at its own TransPoint."""
+        for sub in cache.groups if cache.groups is not None else [cache]:
+            g = self.g if sub.heads is None else len(sub.heads)
+            h = g * (self.h // self.g)
+            if context >= sub.max_transpoint:
+                sub.ssm_state = torch.randn(batch, h, self.p, self.n)
+                sub.k = sub.v = sub.dt = None
+            else:  # keep the capacity allocate_caches gave (max_len), as a real prefill does
+                T = max(context, 0 if sub.k is None else sub.k.shape[1])
+                sub.k, sub.v = torch.randn(batch, T, g, self.n), torch.randn(batch, T, g, self.p)
+                sub.dt = torch.rand(batch, T, h)
+            sub.pos = context
         cache.pos = context
 
     @staticmethod
@@ -430,6 +532,30 @@ class SwitchMixer(nn.Module):
         q, k, v = self.split_qkv(qkv[:, None])
         dt, A = self._dt_A(dt_raw[:, None])
         self._check_finite(q, k, v, dt)
+        state_dtype = torch.promote_types(u_t.dtype, torch.float32)
+        pos = cache.pos
+        if cache.groups is None:
+            y = self._step_mix(q, k, v, dt, A, z, cache, cache.pad, self.D, self.norm_weight, state_dtype)
+        else:  # head-level TransPoints: each group of KV heads on its own (see _mix_heads)
+            ys, order = [], []
+            zh = z.unflatten(-1, (self.h, self.p))
+            for heads, _, sub in self._head_parts(None, cache):
+                kv, qh = list(heads), self._query_heads(heads)
+                A_g, D_g, w_g = self._head_params(A, qh)
+                y = self._step_mix(self._take(q, 2, qh), self._take(k, 2, kv), self._take(v, 2, kv),
+                                   self._take(dt, 2, qh), A_g, self._take(zh, 1, qh).flatten(-2), sub, cache.pad,
+                                   D_g, w_g, state_dtype)
+                sub.pos = pos + 1
+                ys.append(y.unflatten(-1, (len(qh), self.p)))
+                order += qh
+            y = self._scatter_heads([t[:, None] for t in ys], order)[:, 0]
+        cache.pos = pos + 1
+        return self.out_proj(y)
+
+    def _step_mix(self, q, k, v, dt, A, z, cache, pad, D, norm_weight, state_dtype):
+        """One decoding step of the layer (or of a group of its KV heads with their query heads, and
+        that group's cache): q "b 1 h n", k/v "b 1 g *", dt "b 1 h", z "b (h p)" -> y "b (h p)"
+        before out_proj; the cache's KV cache / SSM state updated (not its pos)."""
         pos = cache.pos
         P = cache.transpoint
         y_ssm = y_att = None
@@ -437,16 +563,16 @@ class SwitchMixer(nn.Module):
             if cache.ssm_state is None:  # crossing the (first) TransPoint: convert the KV cache
                 cache.ssm_state = self._state_at_switch(cache, k[:, :0], v[:, :0], dt[:, :0], A, 0, pos)
                 if cache.ssm_state is None:
-                    cache.ssm_state = torch.zeros(u_t.shape[0], self.h, self.p, self.n, device=u_t.device,
-                                                  dtype=torch.promote_types(u_t.dtype, torch.float32))
+                    cache.ssm_state = torch.zeros(q.shape[0], dt.shape[-1], self.p, self.n, device=q.device,
+                                                  dtype=state_dtype)
             y_ssm, cache.ssm_state = ssd_step(cache.ssm_state, self.expand_heads(v)[:, 0], dt[:, 0], A,
-                                              self.expand_heads(k)[:, 0], q[:, 0], D=self.D, check=False)
-            y_ssm = self._gate_out(y_ssm[:, None], z[:, None])[:, 0]
+                                              self.expand_heads(k)[:, 0], q[:, 0], D=D, check=False)
+            y_ssm = self._gate_out(y_ssm[:, None], z[:, None], norm_weight)[:, 0]
         if pos < cache.max_transpoint:  # attention over the KV cache (for every row before its P)
-            pos_t = torch.tensor([pos], device=u_t.device)
+            pos_t = torch.tensor([pos], device=q.device)
             k_att = self._rope(k, pos_t)
             self._cache_append(cache, k_att, v, dt)
-            y_att = self._attend(self._rope(q, pos_t), cache.k[:, :pos + 1], cache.v[:, :pos + 1], pos, cache.pad)
+            y_att = self._attend(self._rope(q, pos_t), cache.k[:, :pos + 1], cache.v[:, :pos + 1], pos, pad)
             y_att = y_att[:, 0].flatten(-2)
         if y_att is None:
             y = y_ssm
@@ -456,5 +582,4 @@ class SwitchMixer(nn.Module):
             y = torch.where((pos < P)[:, None], y_att, y_ssm)
         if cache.ssm_state is not None and cache.max_transpoint <= pos + 1:
             cache.k = cache.v = cache.dt = None  # every row is past its TransPoint: free the KV cache
-        cache.pos = pos + 1
-        return self.out_proj(y)
+        return y
