@@ -165,3 +165,126 @@ def test_check_config_names_key_range_and_value():
         check_config({"train": {"lr": float("inf")}}, TRAIN_RULES)
     with pytest.raises(ValueError, match=r"'train.eval_every' must be an integer >= 1, or 0 for off"):
         check_config({"train": {"eval_every": True}}, TRAIN_RULES)
+
+
+# ------------------------------------------------------------------ hostile configs (issue 41, group 1)
+class TestHostileConfigsThroughTheCLI:
+    """Each bad config is one `error:` line naming the key or file, exit 2, before any work:
+    nothing is written (the data loader is replaced so that a case reaching it is seen)."""
+
+    MODEL = {"arch": "transmamba", "vocab_size": 32, "d_model": 16, "n_layers": 2, "n_heads": 2, "head_dim": 8,
+             "d_state": 8, "chunk_size": 8, "max_seq_len": 16, "schedule": {"name": "fixed", "P": 5}}
+    TRAIN = {"tokens": 128, "batch_size": 4, "seq_len": 16, "lr": 1e-2, "warmup_steps": 1, "eval_every": 0,
+             "eval_batches": 1, "ckpt_every": 0, "progress": False}
+
+    @pytest.fixture(autouse=True)
+    def _no_data(self, monkeypatch):
+        import transmamba.recipes.lm as lm_recipe
+
+        def refuse(cfg):
+            raise AssertionError("the run reached the data loader")
+
+        monkeypatch.setattr(lm_recipe, "load_text_data", refuse)
+
+    def _tiny(self, model=None, train=None, **top):
+        return yaml.safe_dump({"device": "cpu", **top, "model": {**self.MODEL, **(model or {})},
+                               "train": {**self.TRAIN, **(train or {})}})
+
+    def _refused(self, capsys, tmp_path, text=None, raw=None, name="c.yaml"):
+        from transmamba import cli
+
+        f = tmp_path / name
+        if raw is not None:
+            f.write_bytes(raw)
+        elif text is not None:
+            f.write_text(text)
+        out = tmp_path / "out"
+        rc = cli.main(["train", "--config", str(f), "--out_dir", str(out)])
+        _, err = capsys.readouterr()
+        assert rc == 2, err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+        assert not out.exists()
+        return lines[0][len("error: "):]
+
+    def test_empty_file_is_refused_by_name(self, capsys, tmp_path):
+        msg = self._refused(capsys, tmp_path, "# only a comment\n")
+        assert f"config file {tmp_path / 'c.yaml'} is empty" in msg
+
+    def test_model_given_a_list(self, capsys, tmp_path):
+        msg = self._refused(capsys, tmp_path, "model: [1, 2]\n")
+        assert msg.startswith("config key 'model' is a section") and "got list [1, 2]" in msg
+
+    def test_section_given_a_scalar(self, capsys, tmp_path):
+        msg = self._refused(capsys, tmp_path, "train: 3\n")
+        assert msg.startswith("config key 'train' is a section") and "got int 3" in msg
+
+    def test_base_naming_itself(self, capsys, tmp_path):
+        msg = self._refused(capsys, tmp_path, "base: c.yaml\nseed: 1\n")
+        assert "`base:` chain is a cycle" in msg and str(tmp_path / "c.yaml") in msg
+
+    def test_base_cycle_of_two_files(self, capsys, tmp_path):
+        (tmp_path / "a.yaml").write_text("base: c.yaml\nseed: 2\n")
+        msg = self._refused(capsys, tmp_path, "base: a.yaml\nseed: 1\n")
+        assert "cycle" in msg and str(tmp_path / "a.yaml") in msg
+
+    def test_duplicate_key_names_key_file_and_lines(self, capsys, tmp_path):
+        msg = self._refused(capsys, tmp_path, "seed: 1\nmodel:\n  d_model: 16\n  d_model: 32\n")
+        assert msg == (f"config file {tmp_path / 'c.yaml'}: duplicate key 'd_model' at line 4 (first given at "
+                       f"line 3); a key may appear once per mapping")
+
+    def test_non_utf8_file_is_named(self, capsys, tmp_path):
+        msg = self._refused(capsys, tmp_path, raw=b"seed: 1\nname: caf\xe9\n")
+        assert msg.startswith(f"config file {tmp_path / 'c.yaml'} is not UTF-8") and "line 2" in msg
+
+    @pytest.mark.parametrize("model, train, top, key", [
+        ({"arch": "mamba2", "expand": 0}, {}, {}, "'model.expand' must be an integer >= 1, got 0"),
+        ({"arch": "hybrid", "hybrid_attn_every": 0}, {}, {}, "'model.hybrid_attn_every' must be an integer >= 1"),
+        ({"init_std": float("nan")}, {}, {}, "'model.init_std' must be a finite number >= 0, got nan"),
+        ({"norm_eps": -1e-5}, {}, {}, "'model.norm_eps' must be a finite number > 0"),
+        ({"rope_theta": 0}, {}, {}, "'model.rope_theta' must be a finite number > 0, got 0"),
+        ({"schedule": {"name": "fixed", "P": -5}}, {}, {}, "'model.schedule' ({'P': -5, 'name': 'fixed'}) is not a "
+                                                          "valid schedule: it gives TransPoint -5 for layer 0"),
+        ({"max_seq_len": -1}, {}, {}, "'model.max_seq_len' must be an integer >= 1, got -1"),
+        ({}, {"lr": 1e-3, "min_lr": 1e-2}, {}, "'train.min_lr' (0.01) must not exceed 'train.lr' (0.001)"),
+    ])
+    def test_bad_value_names_its_key(self, capsys, tmp_path, model, train, top, key):
+        msg = self._refused(capsys, tmp_path, self._tiny(model, train, **top))
+        assert msg.startswith(f"config key {key}"), msg
+
+    def test_cuda_on_a_machine_without_cuda(self, capsys, tmp_path, monkeypatch):
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        msg = self._refused(capsys, tmp_path, self._tiny(device="cuda"))
+        assert msg.startswith("config key 'device' is 'cuda' but this machine has no CUDA device")
+
+    @pytest.mark.parametrize("command, extra", [
+        ("convert", ["--teacher", "smollm2", "--student"]), ("distill", ["--config"]), ("train-teacher", ["--config"]),
+        ("train-vqa", ["--config"]), ("train-retrieval", ["--config"]),
+    ])
+    @pytest.mark.parametrize("text, words", [
+        ("", "is empty"), ("seed: 1\nseed: 2\n", "duplicate key 'seed' at line 2"),
+        ("base: c.yaml\n", "`base:` chain is a cycle"),
+    ])
+    def test_every_command_reads_configs_the_same_way(self, capsys, tmp_path, command, extra, text, words):
+        from transmamba import cli
+
+        f = tmp_path / "c.yaml"
+        f.write_text(text)
+        rc = cli.main([command, *extra, str(f), "--out_dir", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+        assert str(f) in err and not (tmp_path / "out").exists()
+
+
+def test_duplicate_keys_in_an_override_value_are_refused():
+    with pytest.raises(ValueError, match="duplicate key 'P'"):
+        parse_value("{name: fixed, P: 1, P: 2}")
+
+
+def test_merge_keeps_replacing_named_specs_and_empty_dicts():
+    from transmamba.config import merge
+
+    assert merge({"m": {"schedule": {"name": "fixed", "P": 1}}}, {"m": {"schedule": "ssm"}}) == {"m": {"schedule": "ssm"}}
+    assert merge({"opts": {}}, {"opts": {"a": 1}}, strict=False) == {"opts": {"a": 1}}

@@ -3,6 +3,7 @@ with every metric side by side and % of teacher; bad input is an `error:` line a
 
 import json
 
+import pytest
 import torch
 
 from transmamba.cli import main
@@ -48,3 +49,47 @@ def test_smollm2_teacher_loads_as_model_and_tokenizer():
 
     model, tok = load_hf_model("smollm2")
     assert not model.training and model.config.vocab_size == len(tok) == 49152
+
+
+def _fake_results(hits_s, hits_t, trials=10):
+    """A results dict as run_eval makes it (two retrieval lengths, one probe length), made up."""
+    from transmamba.evaluation.intervals import accuracy
+
+    def grid(hits):
+        return {"lengths": [1024, 2048], "depths": [0.0, 1.0], "acc": [[k / trials for k in row] for row in hits],
+                "trials": trials, "hits": hits, "ci": [[accuracy(k, trials)["ci"] for k in row] for row in hits],
+                "by_length": [{"length": L, **accuracy(sum(row), 2 * trials)} for L, row in zip([1024, 2048], hits)]}
+
+    def res(hits):
+        return {"perplexity": {"1024": {"ppl": 10.0, "buckets": {}}}, "passkey": grid(hits), "needle": grid(hits),
+                "probe": {"kv": {**accuracy(hits[0][0], trials), "logp": -1.0,
+                                 "by_length": [{"length": 1024, **accuracy(hits[0][0], trials), "logp": -1.0}]}},
+                "lm_eval": {}, "speed": {"prefill": {}, "decode": {}}, "seconds": {"passkey": 1.0}}
+
+    return {"model": "m", "suite": "default", "teacher_name": "t", "precision": "none", "student": res(hits_s),
+            "teacher": None if hits_t is None else res(hits_t)}
+
+
+def test_report_gives_retrieval_accuracy_with_intervals_and_pct_of_teacher(tmp_path):
+    from transmamba.evaluate import SUITES, write_report
+    from transmamba.evaluation.intervals import wilson_interval
+
+    assert SUITES["default"]["ret_trials"] >= 10 and len(SUITES["default"]["depths"]) == 5
+    assert SUITES["default"]["ret_lengths"] == [1024, 2048, 4096, 8192]
+    results = _fake_results([[7, 10], [0, 3]], [[10, 10], [0, 0]])
+    write_report(tmp_path, results)
+    rows = {(r["task"], r["length"]): r for r in json.loads((tmp_path / "results.json").read_text())["retrieval"]}
+    assert set(rows) == {(k, L) for k in ("passkey", "needle") for L in (1024, 2048)} | {("probe_kv", 1024)}
+    r = rows[("passkey", 1024)]
+    assert r["student"]["acc"] == 0.85 and r["student"]["ci"] == pytest.approx(list(wilson_interval(17, 20)))
+    assert r["teacher"]["acc"] == 1.0 and r["pct_of_teacher"] == pytest.approx(85.0)
+    assert rows[("passkey", 2048)]["pct_of_teacher"] is None  # the teacher scores 0
+    assert rows[("probe_kv", 1024)]["pct_of_teacher"] == pytest.approx(70.0)
+    assert results["student"]["passkey"]["pct_of_teacher"] == [[70.0, 100.0], [None, None]]
+    assert results["table"]["probe_kv@1024"]["pct_of_teacher"] == pytest.approx(70.0)
+    assert results["table"]["passkey@1024"]["student"] == 0.85  # the old fields stay
+    md = (tmp_path / "report.md").read_text()
+    assert "| passkey | 1024 | 0.85 [0.64, 0.95] (17/20) | 1.00 [0.84, 1.00] (20/20) | 85 |" in md
+    alone = _fake_results([[1, 2], [3, 4]], None)  # no teacher: intervals, no ratio
+    write_report(tmp_path, alone)
+    assert all(r["teacher"] is None and r["pct_of_teacher"] is None for r in alone["retrieval"])

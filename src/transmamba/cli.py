@@ -5,6 +5,7 @@
     transmamba train --config configs/lm/<name>.yaml [--key value ...]
     transmamba generate --checkpoint DIR --prompt "..." [--transpoint P]
     transmamba eval --model DIR [--teacher smollm2|DIR] [--suite default] [--quick] [--out DIR]
+    transmamba heads PATH [--by retrieval|switch_cost] [--lengths ...] [--trials N] [--out DIR] [--json]
     transmamba teacher prepare [--cache-dir DIR]
     transmamba teacher check PATH [--json]          (exit 0 only when the conversion is lossless)
     transmamba convert --teacher smollm2 --student configs/convert/<name>.yaml [--key value ...]
@@ -51,6 +52,7 @@ COMMANDS = {
     "train": ("transmamba.recipes.lm", "train_main"),
     "generate": ("transmamba.generate", "generate_main"),
     "eval": ("transmamba.evaluate", "eval_main"),
+    "heads": ("transmamba.evaluation.heads_cli", "heads_main"),
     "convert": ("transmamba.recipes.convert", "convert_main"),
     "train-teacher": ("transmamba.recipes.vision", "train_teacher_main"),
     "distill": ("transmamba.recipes.vision", "distill_main"),

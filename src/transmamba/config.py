@@ -7,7 +7,10 @@ training recipe. Overrides come from the command line as `--section.key value` (
 `{name: fixed, P: 64}` come out as float, int, bool, list and dict.
 
 Every key, in a file or an override, must already exist in the defaults (or the base file):
-a typo raises ValueError naming the key, instead of being silently ignored.
+a typo raises ValueError naming the key, instead of being silently ignored. A file is refused,
+naming it, when it is empty, not UTF-8, not a mapping, repeats a key (the line is named), or
+when its `base:` chain names a file twice (a cycle); a section (a mapping in the defaults) given
+a value that is not a mapping is refused naming the key.
 """
 
 from __future__ import annotations
@@ -20,10 +23,45 @@ from typing import Any, Iterable
 import yaml
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping repeats a key (YAML 1.2 forbids it; PyYAML keeps the last value silently)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping repeating a key, naming the key and both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merge keys
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it below
+                    continue
+                if first is not None:
+                    line = key_node.start_mark.line + 1
+                    err = DuplicateKeyError(None, None, f"duplicate key {key!r} at line {line} (first given at "
+                                                        f"line {first.line + 1})", key_node.start_mark)
+                    err.key, err.line, err.first_line = key, line, first.line + 1
+                    raise err
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load refusing duplicate keys (`UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_value(text: str) -> Any:
     """Parse one override value with YAML ("3e-4" -> 0.0003, "true" -> True, "[1,2]" -> [1, 2])."""
     try:
-        value = yaml.safe_load(text)
+        value = safe_load(text)
+    except DuplicateKeyError as e:
+        raise ValueError(f"override value {text!r}: {e.problem}") from None
     except yaml.YAMLError:
         return text
     # PyYAML follows YAML 1.1, where "3e-4" (no dot) is a string: accept it as the float it means.
@@ -113,9 +151,17 @@ def merge(base: dict, update: dict, *, strict: bool = True, _prefix: str = "") -
     Sections (dicts) merge key by key; any other value replaces. A dict-valued leaf of `base` that
     `update` sets to a scalar (e.g. a schedule given as a name) is replaced whole.
     """
+    if not isinstance(update, dict):
+        where = f"config key {_prefix.rstrip('.')!r}" if _prefix else "a config"
+        raise ValueError(f"{where} must be a mapping of keys to values, got {_describe(update)}")
     out = copy.deepcopy(base)
     for k, v in update.items():
         key = f"{_prefix}{k}"
+        if k in out and isinstance(out[k], dict) and _is_section(out[k]) and out[k] and not isinstance(v, dict):
+            keys = list(map(str, out[k]))
+            shown = ", ".join(keys[:4]) + (f", ... ({len(keys)} keys)" if len(keys) > 4 else "")
+            raise ValueError(f"config key {key!r} is a section (keys {shown}): give it a mapping such as "
+                             f"`{k}: {{{keys[0]}: ...}}`, got {_describe(v)}")
         if k not in out:
             if strict:
                 raise _unknown(key, out.keys(), _where(_prefix.rstrip(".").split(".") if _prefix else []))
@@ -127,28 +173,56 @@ def merge(base: dict, update: dict, *, strict: bool = True, _prefix: str = "") -
     return out
 
 
+def _describe(v: Any) -> str:
+    text = repr(v)
+    return f"{type(v).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
 def _is_section(d: dict) -> bool:
     """A dict with a "name" key is a value (e.g. a schedule spec), replaced whole rather than merged."""
     return "name" not in d
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read one YAML file, following its `base:` chain (each path relative to its own file)."""
+def read_yaml(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> dict:
+    """Read one YAML file, following its `base:` chain (each path relative to its own file).
+
+    ValueError naming the file for: an empty file (only comments or nothing), bytes that are not
+    UTF-8, a YAML syntax error or a repeated key (with the line), a top level that is not a
+    mapping, a `base:` that is not a path, and a `base:` chain that comes back to a file (a cycle)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    here = path.resolve()
+    if here in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(here):], here))
+        raise ValueError(f"config file {path}: its `base:` chain is a cycle ({cycle})")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"config file {path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at line {line} "
+                         f"(offset {e.start}); save it as UTF-8") from None
+    try:
+        data = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
+        if isinstance(e, DuplicateKeyError):
+            raise ValueError(f"config file {path}: {problem}; a key may appear once per mapping") from None
         raise ValueError(f"config file {path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        raise ValueError(f"config file {path} is empty (no keys); a run needs at least its model and train "
+                         f"sections (see configs/ for examples)")
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+        raise ValueError(f"config file {path} must hold a mapping of keys to values, got {_describe(data)}")
     base = data.pop("base", None)
     if base is not None:
-        data = merge(read_yaml(path.parent / base), data, strict=False)
+        if not isinstance(base, str) or not base:
+            raise ValueError(f"config file {path}: `base:` must be the path of another config file, "
+                             f"got {_describe(base)}")
+        data = merge(read_yaml(path.parent / base, _chain=(*_chain, here)), data, strict=False)
     return data
 
 
@@ -208,6 +282,8 @@ def _finite(v) -> bool:
     return _is_real(v) and v == v and abs(v) != float("inf")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # parameters and optimizer state are fp32: an lr beyond this overflows
+
 POSITIVE_INT = Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1)
 NONNEG_INT = Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0)
 PERIOD = Rule("an integer >= 1, or 0 for off", lambda v: _is_int(v) and v >= 0)
@@ -226,9 +302,19 @@ def one_of(*values) -> Rule:
     return Rule("one of " + ", ".join(repr(v) for v in values), lambda v: v in values)
 
 
+# (key, bound, why): where the key is checked and present (and the bound, when it is a key), the
+# key's value must not exceed the bound
+UPPER_BOUNDS: tuple[tuple[str, str | float, str], ...] = (
+    ("train.min_lr", "train.lr", "the cosine schedule decays from train.lr down to train.min_lr"),
+    ("train.lr", FLOAT32_MAX, "the largest float32: weights and AdamW state are fp32, a larger step overflows"),
+    ("train.min_lr", FLOAT32_MAX, "the largest float32: weights and AdamW state are fp32, a larger step overflows"),
+)
+
+
 def check_config(cfg: dict, rules: dict[str, Rule]) -> dict:
     """Check each dotted key of `rules` present in cfg; ValueError naming the key, the expected
-    type/range and the value given. Returns cfg."""
+    type/range and the value given; then the UPPER_BOUNDS of the keys in rules (train.min_lr <=
+    train.lr <= 3.4e38). Returns cfg."""
     missing = object()
     for key, rule in rules.items():
         value = get_dotted(cfg, key, missing)
@@ -236,6 +322,15 @@ def check_config(cfg: dict, rules: dict[str, Rule]) -> dict:
             continue
         if not rule.ok(value):
             raise ValueError(f"config key {key!r} must be {rule.must_be}, got {value!r}")
+    for key, bound, why in UPPER_BOUNDS:
+        if key not in rules or (isinstance(bound, str) and bound not in rules):
+            continue
+        value = get_dotted(cfg, key, missing)
+        limit = get_dotted(cfg, bound, missing) if isinstance(bound, str) else bound
+        if value is missing or limit is missing or not (_is_real(value) and _is_real(limit)) or value <= limit:
+            continue
+        named = f"{bound!r} ({limit!r})" if isinstance(bound, str) else f"{limit:.4g}"
+        raise ValueError(f"config key {key!r} ({value!r}) must not exceed {named}: {why}")
     return cfg
 
 
@@ -246,7 +341,8 @@ TRAIN_RULES: dict[str, Rule] = {
     "train.grad_accum": POSITIVE_INT, "train.log_every": PERIOD, "train.eval_every": PERIOD,
     "train.ckpt_every": PERIOD, "train.keep_checkpoints": NONNEG_INT, "train.halt_at_step": POSITIVE_INT | NONE,
     "train.amp": one_of("auto", "none", "bf16"), "train.threads": POSITIVE_INT | NONE, "train.progress": BOOL, "train.retain_heap": BOOL,
-    "train.compile": BOOL, "train.tokens": POSITIVE_INT, "train.batch_size": POSITIVE_INT,
+    "train.compile": BOOL, "train.skip_memory_check": BOOL, "train.tokens": POSITIVE_INT, "train.batch_size": POSITIVE_INT,
     "train.seq_len": POSITIVE_INT, "train.epochs": POSITIVE_INT, "train.max_steps": POSITIVE_INT | NONE,
     "train.seed": INT, "seed": INT,
+    "train.parallel": one_of("ddp", "fsdp"), "train.activation_checkpointing": BOOL,
 }

@@ -6,7 +6,13 @@ causal-LM directory works), with the teacher side by side and "% of teacher" per
 - perplexity on held-out Shakespeare at 256 / 1k / 4k tokens, per position bucket
   (`evaluation.context_perplexity`); % of teacher = teacher ppl / student ppl;
 - passkey retrieval at 1k / 2k / 4k / 8k tokens and 5 depths, needle-in-a-haystack in the
-  held-out works (`evaluation.long_context`), heat maps passkey.png / needle.png;
+  held-out works (`evaluation.long_context`), 10 trials per (length, depth), heat maps
+  passkey.png / needle.png;
+- the retrieval probe (`evaluation.retrieval_probe`: key-value lookup and passkey, teacher-forced
+  greedy accuracy) at 1k / 2k tokens, 5 depths x 2 trials;
+- for each of those, per length: accuracy with its 95% Wilson interval and "pct of teacher"
+  (student acc / teacher acc, none when the teacher scores 0): report.md's "Retrieval" table and
+  results.json's `retrieval` rows (and `pct_of_teacher` per cell in the student's grids);
 - lm-eval-harness tasks made from the shipped data (`evaluation.lm_eval_tasks`: tm_cloze,
   tm_nextline), through lm-eval's Python API on the transformers model;
 - speed (`evaluation.hf_speed`): prefill tok/s at 1k / 4k, decode ms/token and cache MB at
@@ -14,7 +20,9 @@ causal-LM directory works), with the teacher side by side and "% of teacher" per
   size, not its contents, and the teacher's 16k prefill would take minutes).
 
 The default suite took 13.6 minutes on a 2-core CPU for the 145M demo student and its teacher;
-results.json keeps the seconds each part took (`seconds`).
+results.json keeps the seconds each part took (`seconds`). That was with 1 trial x 3 depths per
+retrieval length; the 10 trials x 5 depths now run ~17x as many passkey and needle prompts (not yet
+timed on the demo student).
 
 Teacher and student go through the same functions (both as transformers models), in the same
 precision: `--amp auto` (the default) runs bf16 autocast where this machine computes bf16 natively
@@ -39,9 +47,11 @@ import torch
 
 SUITES = {
     "default": dict(ppl_lengths=[256, 1024, 4096], ppl_windows=2, ret_lengths=[1024, 2048, 4096, 8192],
-                    depths=[0.0, 0.5, 1.0], lm_eval_limit=100, lm_eval_batch=16, speed_contexts=[1024, 4096, 16384],
+                    depths=[0.0, 0.25, 0.5, 0.75, 1.0], ret_trials=10, probe_lengths=[1024, 2048], probe_trials=2,
+                    lm_eval_limit=100, lm_eval_batch=16, speed_contexts=[1024, 4096, 16384],
                     prefill_lengths=[1024, 4096], decode_tokens=8, synthetic_decode=True),
-    "quick": dict(ppl_lengths=[32, 64], ppl_windows=1, ret_lengths=[48, 96], depths=[0.0, 0.5, 1.0],
+    "quick": dict(ppl_lengths=[32, 64], ppl_windows=1, ret_lengths=[48, 96], depths=[0.0, 0.5, 1.0], ret_trials=1,
+                  probe_lengths=[96], probe_trials=1,
                   lm_eval_limit=4, lm_eval_batch=2, speed_contexts=[16, 32], prefill_lengths=[32], decode_tokens=2,
                   synthetic_decode=True),
 }
@@ -52,20 +62,39 @@ def load_hf_model(path: str, cache_dir: str = "cache/teachers/smollm2"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import transmamba  # noqa: F401  (registers model_type "transmamba")
+    from transmamba.io.model_dir import check_model_dir
 
     if path == "smollm2":
         from transmamba.models.hf_llama import load_teacher
 
         model, tok = load_teacher("smollm2")  # (model in eval mode, its tokenizer)
         return model.eval(), tok
+    p = check_hf_dir(path)
+    from transmamba.student import is_hf_dir
+
+    if is_hf_dir(p):  # checked (checksums, weights vs config, NaN) by our class's from_pretrained
+        from transmamba.hf import TransMambaForCausalLM
+
+        model = TransMambaForCausalLM.from_pretrained(str(p)).eval()
+    else:
+        check_model_dir(p)  # no custom code, no pickle weights, intact files
+        model = AutoModelForCausalLM.from_pretrained(str(p), trust_remote_code=False, use_safetensors=True).eval()
+    return model, AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
+
+
+def check_hf_dir(path: str) -> Path:
+    """`path` as a model directory with a config.json and a tokenizer, that asks to run no code of
+    its own (ValueError otherwise, before transformers reads anything)."""
+    from transmamba.io.model_dir import refuse_custom_code
+
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ValueError(f"{path} is not a model directory (no config.json); for an old-format checkpoint run "
                          f"transmamba.student.convert_to_hf first")
-    model = AutoModelForCausalLM.from_pretrained(str(p)).eval()
+    refuse_custom_code(p)
     if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
         raise ValueError(f"{path} holds no tokenizer (save it with the model)")
-    return model, AutoTokenizer.from_pretrained(str(p))
+    return p
 
 
 def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str]) -> dict:
@@ -98,7 +127,12 @@ def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str]) -> dic
 
     for kind in ("passkey", "needle"):
         res[kind] = timed(kind, lambda: retrieval_grid(answer, tok, kind, suite["ret_lengths"], suite["depths"],
-                                                       haystack=text[:200000]))
+                                                       haystack=text[:200000], trials=suite["ret_trials"]))
+    from transmamba.evaluation.retrieval_probe import probe_items, score_probe
+
+    res["probe"] = timed("probe", lambda: score_probe(
+        lambda x: model(x).logits, probe_items(tok, lengths=suite["probe_lengths"], depths=suite["depths"],
+                                               trials=suite["probe_trials"])))
     task_dir = write_tasks(work / "lm_eval_tasks", texts, n=max(suite["lm_eval_limit"], 20))
     res["lm_eval"] = timed("lm_eval", lambda: run_lm_eval(model, tok, task_dir, limit=suite["lm_eval_limit"],
                                                           batch_size=suite["lm_eval_batch"]))
@@ -122,6 +156,9 @@ def flat_metrics(r: dict) -> dict:
         acc = r[kind]["acc"]
         for L, row in zip(r[kind]["lengths"], acc):
             out[f"{kind}@{L}"] = (sum(row) / len(row), True)
+    for kind, p in r.get("probe", {}).items():
+        for row in p["by_length"]:
+            out[f"probe_{kind}@{row['length']}"] = (row["acc"], True)
     for task, ms in r["lm_eval"].items():
         for k, v in ms.items():
             out[f"{task}.{k}"] = (v, k != "perplexity")
@@ -161,6 +198,28 @@ def heat_map(grid: dict, png: Path, title: str) -> Path:
     return png
 
 
+def retrieval_rows(s: dict, t: dict | None) -> list[dict]:
+    """Per task and length: {"task", "length", "student": {acc, ci, hits, n}, "teacher": ... | None,
+    "pct_of_teacher"} for passkey, needle and the probe's tasks (accuracy with its 95% interval)."""
+    from transmamba.evaluation.intervals import pct_of_teacher as pct
+
+    def by_length(r, kind):
+        if kind.startswith("probe_"):
+            return {row["length"]: row for row in r.get("probe", {}).get(kind[6:], {}).get("by_length", [])}
+        return {row["length"]: row for row in r.get(kind, {}).get("by_length", [])}
+
+    kinds = ["passkey", "needle"] + [f"probe_{k}" for k in s.get("probe", {})]
+    rows = []
+    for kind in kinds:
+        tb = by_length(t, kind) if t else {}
+        for L, row in by_length(s, kind).items():
+            keep = lambda r: {k: r[k] for k in ("acc", "ci", "hits", "n")}  # noqa: E731
+            tr = tb.get(L)
+            rows.append({"task": kind, "length": L, "student": keep(row), "teacher": keep(tr) if tr else None,
+                         "pct_of_teacher": pct(row["acc"], tr["acc"]) if tr else None})
+    return rows
+
+
 def write_report(out: Path, results: dict) -> Path:
     s, t = results["student"], results.get("teacher")
     fs, ft = flat_metrics(s), (flat_metrics(t) if t else {})
@@ -174,6 +233,21 @@ def write_report(out: Path, results: dict) -> Path:
         rows[name] = {"student": v, "teacher": tv, "pct_of_teacher": pct, "higher_is_better": hib}
         lines.append(f"| {name} | {v:.4g} | {'' if tv is None else f'{tv:.4g}'} | {'' if pct is None else f'{pct:.1f}'} |")
     results["table"] = rows
+    if t is not None:  # "% of teacher" per cell of the retrieval grids
+        from transmamba.evaluation.long_context import compare_to_teacher
+
+        for kind in ("passkey", "needle"):
+            if "by_length" in s.get(kind, {}) and "by_length" in t.get(kind, {}):
+                s[kind] = compare_to_teacher(s[kind], t[kind])
+    results["retrieval"] = retrieval_rows(s, t)
+    if results["retrieval"]:
+        ci = lambda r: f"{r['acc']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({r['hits']}/{r['n']})"  # noqa: E731
+        lines += ["", "## Retrieval accuracy (95% Wilson interval)", "",
+                  "| task | tokens | student | teacher | pct of teacher |", "|---|---|---|---|---|"]
+        for r in results["retrieval"]:
+            p = r["pct_of_teacher"]
+            lines.append(f"| {r['task']} | {r['length']} | {ci(r['student'])} | "
+                         f"{'' if r['teacher'] is None else ci(r['teacher'])} | {'' if p is None else f'{p:.0f}'} |")
     for who, r in (("student", s), ("teacher", t)):
         if r is not None:
             parts = ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items())
@@ -203,9 +277,11 @@ def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default",
     device = torch.device("cpu")
     precision = resolve_amp(amp, device)
     out_dir = Path(out) if out else Path(model_dir) / "eval"
+    if teacher and teacher != "smollm2":
+        check_hf_dir(teacher)  # a teacher asking to run its own code is refused before any work
+    model, tok = load_hf_model(model_dir)  # checked and loaded before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = split_texts("val")
-    model, tok = load_hf_model(model_dir)
     results = {"model": str(model_dir), "suite": "quick" if quick else suite, "teacher_name": teacher,
                "precision": str(precision)}
     with autocast(device, precision.amp):

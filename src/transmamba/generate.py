@@ -22,13 +22,18 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from transmamba.config import parse_value
 from transmamba.io import checkpoint as ckpt_lib
+from transmamba.io.model_dir import refuse_custom_code
 from transmamba.student import lm_config_from, load_model
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def transpoints_from_args(n_layers: int, total_len: int, transpoint: int | None = None,
@@ -185,13 +190,18 @@ def generate_main(argv: list[str] | None = None) -> str:
     from transmamba.student import is_hf_dir
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if (Path(args.checkpoint) / "config.json").is_file():
+        refuse_custom_code(args.checkpoint)  # before anything reads the directory
     if is_hf_dir(args.checkpoint):  # a Hugging Face-format student: its own tokenizer unless --tokenizer
         from transformers import AutoTokenizer
 
+        if not args.tokenizer and not any((Path(args.checkpoint) / f).is_file() for f in TOKENIZER_FILES):
+            raise ValueError(f"{args.checkpoint} holds no tokenizer ({' / '.join(TOKENIZER_FILES)}); "
+                             f"pass --tokenizer NAME")
         torch.manual_seed(args.seed)
-        model = load_model(args.checkpoint, device=device)
+        model = load_model(args.checkpoint, device=device)  # verified: checksums, weights vs config, NaN
         tok = (load_tokenizer(args.tokenizer, args.cache_dir or "cache/text") if args.tokenizer
-               else AutoTokenizer.from_pretrained(args.checkpoint))
+               else AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=False))
         check_tokenizer(tok, model.cfg.vocab_size, f"the model in {args.checkpoint}")
         text = generate_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k, transpoint=args.transpoint,

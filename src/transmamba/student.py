@@ -1,8 +1,10 @@
 """Language-model checkpoints: `load_model` rebuilds the LM a checkpoint holds, in either format.
 
 - the Hugging Face format (`config.json` with `model_type: "transmamba"`, `model.safetensors`, the
-  tokenizer files): what `transmamba convert` / `transmamba train` write for the final student
-  (`save_hf`), loadable with `AutoModelForCausalLM.from_pretrained(dir)` after `import transmamba`;
+  tokenizer files, and `checksums.json`, a sha256 manifest of them in `transmamba.io.checkpoint`'s
+  scheme): what `transmamba convert` / `transmamba train` write for the final student (`save_hf`,
+  atomically), loadable with `AutoModelForCausalLM.from_pretrained(dir)` after `import transmamba`,
+  which checks it first (`TransMambaForCausalLM.from_pretrained`);
 - our training-checkpoint format (`transmamba.io.checkpoint`: checksummed manifest, the run
   config with its "model" section), still read; `convert_to_hf(old, new)` rewrites one as the first.
 
@@ -14,11 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
-from transmamba.io.checkpoint import load_checkpoint, model_config_dict, read_config, resolve_checkpoint
+from transmamba.io.checkpoint import (MANIFEST_FILE, first_nonfinite, load_checkpoint, model_config_dict,
+                                      read_config, resolve_checkpoint, write_manifest)
+from transmamba.io.files import atomic_dir, replace_dir
+from transmamba.io.model_dir import check_model_dir
 from transmamba.models.lm import LM, LMConfig
 
 LM_KEYS = ("vocab_size", "d_model", "n_layers")  # present in every saved LM config
@@ -67,12 +73,18 @@ def load_model(dir: str | os.PathLike, device: str | torch.device = "cpu") -> LM
     """Rebuild the LM from config.json and load its (checksum-verified) weights, in eval mode.
 
     `dir` may be a Hugging Face-format student directory (`save_hf`), a checkpoint dir, a
-    checkpoints dir or a run dir (newest intact checkpoint).
+    checkpoints dir or a run dir (newest intact checkpoint). A student is checked before it is read
+    (`TransMambaForCausalLM.from_pretrained`): no custom code, every file its checksums.json lists
+    intact (a student written before checksums has none and loads unverified), weights exactly
+    those config.json describes (no missing / unexpected tensor, no shape mismatch) and finite;
+    each problem is a ValueError (FileNotFoundError for a missing file) naming the file and tensor.
     """
-    if is_hf_dir(dir):
+    if is_hf_dir(dir):  # from_pretrained checks it first: custom code, checksums, weights vs config, NaN
         from transmamba.hf import TransMambaForCausalLM
 
         return TransMambaForCausalLM.from_pretrained(str(dir)).model.to(device).eval()
+    if (Path(dir) / "config.json").is_file() and not (Path(dir) / "state.json").is_file():
+        check_model_dir(dir, weights=False)  # e.g. a student whose config.json no longer parses: named
     dir = resolve_checkpoint(dir)
     cfg = lm_config_from(read_config(dir, verify=False), f"checkpoint {dir}")
     model = LM(cfg)
@@ -80,11 +92,25 @@ def load_model(dir: str | os.PathLike, device: str | torch.device = "cpu") -> LM
     return model.to(device).eval()
 
 
+# what a student directory holds (save_hf writes them): replaced, not carried over, when it is rewritten
+STUDENT_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                 "tokenizer.model", "added_tokens.json", "chat_template.jinja", "chat_template.json", RUN_INFO,
+                 MANIFEST_FILE)
+
+
 def save_hf(lm: LM, dir: str | os.PathLike, tokenizer=None, run_info: dict | None = None, **config_kwargs) -> Path:
     """Write `lm` as a Hugging Face model directory: config.json (model_type "transmamba"),
     model.safetensors, generation_config.json, the tokenizer's files when one is given (its
-    <|endoftext|> / eos token becomes eos_token_id unless config_kwargs say otherwise) and
-    run_info (how it was made: the run config, metrics) as transmamba_run.json."""
+    <|endoftext|> / eos token becomes eos_token_id unless config_kwargs say otherwise), run_info
+    (how it was made: the run config, metrics) as transmamba_run.json, and last checksums.json (size
+    and sha256 of every file, the scheme of `transmamba.io.checkpoint`), which `load_model` and
+    `TransMambaForCausalLM.from_pretrained` verify.
+
+    Written atomically: into a temporary sibling directory renamed onto `dir` at the end, so a crash
+    leaves the previous student or the new one, never half of one. An existing student in `dir` is
+    replaced; what else it held (e.g. an eval/ folder) is kept. A non-empty `dir` that is not a
+    student is refused, as are weights holding NaN/Inf (named), before anything is written."""
     from transmamba.hf import TransMambaForCausalLM
 
     if tokenizer is not None:
@@ -97,13 +123,28 @@ def save_hf(lm: LM, dir: str | os.PathLike, tokenizer=None, run_info: dict | Non
         config_kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
         config_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
     dir = Path(dir)
+    if dir.exists() and not dir.is_dir():
+        raise NotADirectoryError(f"cannot write a student to {dir}: it is a file")
+    if dir.is_dir() and any(dir.iterdir()) and not (is_hf_dir(dir) or (dir / MANIFEST_FILE).is_file()):
+        raise FileExistsError(f"cannot write a student to {dir}: it is a non-empty directory that does not hold "
+                              f"a transmamba student (refusing to replace it)")
+    bad = first_nonfinite(list(lm.state_dict().items()))
+    if bad is not None:
+        raise ValueError(f"refusing to save the student to {dir}: tensor {bad!r} holds NaN/Inf values")
     model = TransMambaForCausalLM.from_lm(lm, **config_kwargs)
-    model.save_pretrained(str(dir))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(dir))
-    if run_info is not None:
-        (dir / RUN_INFO).write_text(json.dumps(run_info, indent=2, default=str))
-    return dir
+    tmp = atomic_dir(dir)
+    try:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if run_info is not None:
+            (tmp / RUN_INFO).write_text(json.dumps(run_info, indent=2, default=str))
+        write_manifest(tmp, sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # an old student's files are replaced; what else its directory held (e.g. eval/) is kept
+    return replace_dir(tmp, dir, keep=lambda name: name not in STUDENT_FILES and not name.endswith(".safetensors"))
 
 
 def convert_to_hf(old: str | os.PathLike, new: str | os.PathLike, tokenizer="auto") -> Path:

@@ -54,15 +54,21 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
 
 @pytest.mark.parametrize("arch", ["transmamba", "mamba2"])
 def test_divergence_is_reported_not_a_kernel_error(tmp_path, arch):
-    """A huge lr blows the weights up: the engine names the step and a good checkpoint, which loads."""
-    cfg = _cfg(tmp_path, arch=arch, lr=1e12, warmup_steps=0, ckpt_every=1, grad_clip=0.0, tokens=20 * 64)
-    with pytest.raises(NonFiniteLossError, match=r"step \d+.*last good checkpoint is .*step_\d+") as e:
-        train(cfg, data=_data())
+    """A huge lr blows the weights up: the engine names the step and a good checkpoint, which loads
+    and resumes; the weights that give Inf (a finite A_log whose exp overflows) are never saved."""
+    cfg = _cfg(tmp_path, arch=arch, warmup_steps=0, ckpt_every=1, grad_clip=0.0, tokens=20 * 64, halt_at_step=2)
+    train(cfg, data=_data())
+    cfg["train"].update(lr=1e12, halt_at_step=None)
+    with pytest.raises(NonFiniteLossError, match=r"diverged at step 3: .*last good checkpoint is .*step_0000002") as e:
+        train(cfg, data=_data(), resume=True)
     good = Path(str(e.value).rsplit("last good checkpoint is ", 1)[1].split()[0].rstrip("."))
     assert ck.verify_checkpoint(good)
     sd = ck.load_state_dict(good)
     assert all(bool(torch.isfinite(t).all()) for t in sd.values())
+    assert sorted(p.name for p in good.parent.iterdir()) == ["step_0000001", "step_0000002"]  # step 3 not written
     assert not (Path(cfg["out_dir"]) / ".lock").exists()  # released on the error
+    cfg["train"].update(lr=1e-2, halt_at_step=3)
+    assert train(cfg, data=_data(), resume=True)["step"] == 3  # the named checkpoint really is good
 
 
 @pytest.mark.parametrize("key,value", [("train.lr", float("inf")), ("train.lr", float("nan")), ("train.lr", 0.0),

@@ -51,6 +51,7 @@ def convert_full_size(teacher, spec=None) -> LM:
 
 
 def _teacher_config(path: str | os.PathLike):
+    from transmamba.io.model_dir import check_model_dir
     from transmamba.models.hf_llama import gguf_config
 
     path = Path(path)
@@ -60,9 +61,10 @@ def _teacher_config(path: str | os.PathLike):
         return gguf_config(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{str(path)!r} is not a model directory with a config.json (or a .gguf file)")
+    check_model_dir(path, weights=False)  # refuses custom code (auto_map) before transformers reads it
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(path)
+    return AutoConfig.from_pretrained(path, trust_remote_code=False)
 
 
 @torch.no_grad()

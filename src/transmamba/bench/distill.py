@@ -39,7 +39,10 @@ def build(student_config: str = STUDENT_CONFIG, batch_size: int = 8, seq_len: in
     from transmamba.models.lm import LM
     from transmamba.recipes.convert import DEFAULTS
 
-    spec = inspect_teacher(AutoConfig.from_pretrained(prepare_smollm2()))  # the architecture only: no weights
+    from transmamba.io.model_dir import check_model_dir
+
+    config = AutoConfig.from_pretrained(check_model_dir(prepare_smollm2(), weights=False), trust_remote_code=False)
+    spec = inspect_teacher(config)  # the architecture only: no weights
     cfg = load_config(student_config, defaults=DEFAULTS)
     torch.manual_seed(0)
     student = LM(switch_config_from_teacher(spec, **cfg["student"]))

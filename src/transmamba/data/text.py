@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from transmamba.io.files import atomic_dir, atomic_write, package_dir, publish_dir, set_hf_offline
+from transmamba.io.model_dir import check_model_dir
 
 VAL_WORKS: tuple[str, ...] = ("hamlet", "henry_v", "tempest", "twelfth_night")
 SPLITS = ("train", "val", "all")
@@ -101,7 +102,8 @@ def _load_tokenizer(name: str, cache_dir: str):
         tmp = atomic_dir(final)
         try:
             if name == "smollm2":
-                tok = AutoTokenizer.from_pretrained(package_dir(SMOLLM2_PACKAGE), gguf_file=SMOLLM2_GGUF)
+                folder = check_model_dir(package_dir(SMOLLM2_PACKAGE) / SMOLLM2_GGUF, weights=False)
+                tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, trust_remote_code=False)
             else:
                 tok = _train_bpe(int(name.split("-")[1]))
             tok.save_pretrained(tmp)
@@ -109,7 +111,7 @@ def _load_tokenizer(name: str, cache_dir: str):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         publish_dir(tmp, final)
-    return AutoTokenizer.from_pretrained(final)
+    return AutoTokenizer.from_pretrained(check_model_dir(final, weights=False), trust_remote_code=False)
 
 
 def teacher_tokenizer(setting: str, teacher_tok, vocab_size: int, teacher_name: str,
@@ -200,20 +202,34 @@ def token_ids(split: str, tokenizer, cache_dir: str | os.PathLike = "cache/text"
     if not path.exists():
         tok = load_tokenizer(tokenizer, cache_dir) if isinstance(tokenizer, str) else tokenizer
         sep = document_separator(tok)
-        dtype = np.uint16 if len(tok) <= np.iinfo(np.uint16).max + 1 else np.int32
-        parts = []
-        for i, ids in enumerate(encode(tok, split_texts(split))):
-            if i:
-                parts.append(np.array([sep], dtype))
-            parts.append(np.asarray(ids, dtype))
-        stream = np.concatenate(parts)
-
-        def write(tmp):
-            with open(tmp, "xb") as f:
-                np.save(f, stream)
-
-        atomic_write(path, write)
+        save_ids(path, join_documents(encode(tok, split_texts(split)), sep, ids_dtype(tok)))
     return np.load(path, mmap_mode="r")
+
+
+def ids_dtype(tok) -> type:
+    """The dtype of a token stream of `tok`: uint16 when its vocabulary fits, else int32."""
+    return np.uint16 if len(tok) <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def join_documents(docs, sep: int, dtype) -> np.ndarray:
+    """One stream (n,) of `dtype`: the token-id lists `docs` in order, joined by the id `sep`."""
+    parts = []
+    for i, ids in enumerate(docs):
+        if i:
+            parts.append(np.array([sep], dtype))
+        parts.append(np.asarray(ids, dtype))
+    if not parts:
+        raise ValueError("no documents to join into a token stream")
+    return np.concatenate(parts)
+
+
+def save_ids(path: str | os.PathLike, stream: np.ndarray) -> Path:
+    """Write a token stream as one .npy atomically (reload it with np.load(path, mmap_mode="r"))."""
+    def write(tmp):
+        with open(tmp, "xb") as f:
+            np.save(f, stream)
+
+    return atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------------------- batches

@@ -17,9 +17,16 @@ attention_mask: left padding only (each row 0...0 1...1); each row then behaves 
 `inputs_embeds`; position_ids are ignored (positions follow the cache; RoPE is relative, so a
 left-padded row needs no shift). Beam search reorders the cache rows; assisted decoding is refused
 (the cache cannot be cropped).
+
+`from_pretrained` checks a local directory before reading it (see its docstring): it never runs the
+directory's code (a config with `auto_map` is refused by name), verifies the checksum manifest
+`transmamba.student.save_hf` writes, and refuses weights that do not match config.json or hold NaN.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +36,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transmamba.hardware.precision import resolve_amp
 from transmamba.hf.cache import TransMambaCache
 from transmamba.hf.configuration_transmamba import TransMambaConfig
+from transmamba.io.model_dir import check_model_dir, first_nonfinite_tensor, safetensors_tensors, weight_files
 from transmamba.models.lm import LM
 
 
@@ -54,6 +62,39 @@ def pad_from_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Ten
     return pad if bool((pad > 0).any()) else None
 
 
+def check_weights(dir, config: TransMambaConfig) -> None:
+    """ValueError naming the tensor and file when the safetensors weights of `dir` are not exactly
+    the tensors `config` builds (missing, unexpected, another shape) or hold NaN/Inf."""
+    with torch.device("meta"):  # the expected names and shapes, without allocating
+        own = {f"model.{k}": t for k, t in LM(config.to_lm_config()).state_dict().items()}
+    tied = set(TransMambaForCausalLM._tied_weights_keys) if config.tie_word_embeddings else set()
+    saved = safetensors_tensors(dir)
+    for k in tied - set(saved):  # save_pretrained stores a tied weight once
+        own.pop(k, None)
+    what = (f"config.json describes {config.num_hidden_layers} layers of d_model {config.hidden_size} "
+            f"(vocabulary {config.vocab_size})")
+    missing = [k for k in own if k not in saved]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{dir}: the weights lack tensor {missing[0]!r}{more}; {what}, which the weights "
+                         f"({weight_files(dir)[0].name}) do not match")
+    unexpected = [k for k in saved if k not in own]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise ValueError(f"{dir}: {saved[unexpected[0]][1].name} holds tensor {unexpected[0]!r}{more} the model "
+                         f"does not have; {what}, which the weights do not match")
+    for k, t in own.items():
+        shape, file = saved[k]
+        if shape != tuple(t.shape):
+            raise ValueError(f"{dir}: tensor {k!r} in {file.name} has shape {shape}, but {what}, which needs "
+                             f"{tuple(t.shape)}")
+    bad = first_nonfinite_tensor(dir)
+    if bad is not None:
+        name, file, n_nan, n_inf = bad
+        raise ValueError(f"{dir}: tensor {name!r} in {file.name} holds {n_nan} NaN and {n_inf} Inf values; "
+                         f"refusing to load a damaged model")
+
+
 class TransMambaPreTrainedModel(PreTrainedModel):
     config_class = TransMambaConfig
     base_model_prefix = "model"
@@ -76,6 +117,27 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
         self.post_init()
         if self.model.embed.weight.dtype == torch.bfloat16:  # from_pretrained(dtype=torch.bfloat16)
             resolve_amp("bf16", self.model.embed.weight.device, what="a TransMamba model in bfloat16")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' from_pretrained, with a local directory checked first (nothing read into
+        the model before): no custom code (`auto_map`, ...) and no pickle weights
+        (`transmamba.io.model_dir`), every file its checksums.json lists intact, and the weights
+        exactly what config.json describes -- no tensor missing or unexpected, no shape mismatch,
+        no NaN/Inf -- each refused by a ValueError naming the file and tensor. trust_remote_code
+        is always False."""
+        if kwargs.get("trust_remote_code"):
+            raise ValueError("TransMambaForCausalLM.from_pretrained refuses trust_remote_code=True: "
+                             "transmamba never runs model code")
+        kwargs["trust_remote_code"] = False
+        path = pretrained_model_name_or_path
+        if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
+            check_model_dir(path)
+            config = kwargs.get("config")
+            if not isinstance(config, TransMambaConfig):
+                config = TransMambaConfig.from_pretrained(path)
+            check_weights(path, config)
+        return super().from_pretrained(path, *model_args, **kwargs)
 
     @classmethod
     def from_lm(cls, lm: LM, **config_kwargs) -> "TransMambaForCausalLM":

@@ -24,6 +24,11 @@ when every checkpoint is corrupt it raises instead of pretending there is none. 
 written before checksums existed (no checksums.json, and no "checksums" entry in state.json) load
 unverified with an `UnverifiedCheckpointWarning`.
 
+The run config is also recorded inside model.safetensors (metadata "config", the text of
+config.json), so config.json cannot be edited apart from the weights: `read_config` compares the
+two and raises CheckpointCorruptError naming the first differing key (e.g. model.d_model), even
+when checksums.json was re-sealed after the edit.
+
 Runs keep their checkpoints as `<out_dir>/checkpoints/step_0000300/`.
 """
 
@@ -52,7 +57,7 @@ __all__ = [
     "step_dir_name", "get_rng_state", "set_rng_state", "file_digest", "save_checkpoint", "verify_checkpoint",
     "read_manifest", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint", "clean_partial",
     "prune_checkpoints", "read_config", "read_state", "load_state_dict", "check_state_dict", "load_checkpoint",
-    "model_config_dict",
+    "model_config_dict", "write_manifest",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -208,6 +213,11 @@ def _write_manifest(dir: Path, names: list[str]) -> None:
     _fsync_write(dir / MANIFEST_FILE, json.dumps({**body, "manifest_sha256": _manifest_digest(body)}, indent=1))
 
 
+def write_manifest(dir: str | os.PathLike, names: list[str]) -> None:
+    """Write checksums.json for the files `names` of `dir` (what verify_checkpoint checks)."""
+    _write_manifest(Path(dir), list(names))
+
+
 def _corrupt(dir: Path, file: str, problem: str) -> CheckpointCorruptError:
     return CheckpointCorruptError(f"checkpoint {dir} is corrupt: {file} {problem}", checkpoint=dir, file=file)
 
@@ -330,11 +340,13 @@ def save_checkpoint(
     step: int,
     config: dict,
     extra: dict | None = None,
+    *,
+    rng: dict | None = None,
 ) -> Path:
     """Write a complete checkpoint to `dir` atomically (build in `<dir>.tmp-XXXX`, then rename).
 
     An existing `dir` is replaced. `extra` entries (e.g. metrics) go into state.json beside step and
-    rng. NaN/Inf in the model's tensors or the optimizer state raise NonFiniteTensorError naming the
+    rng (`rng`: a `get_rng_state()` taken earlier, default: now). NaN/Inf in the model's tensors or the optimizer state raise NonFiniteTensorError naming the
     first such tensor, before anything is written.
     """
     final = Path(dir)
@@ -345,16 +357,18 @@ def save_checkpoint(
         raise ValueError(f"extra must not contain the reserved keys {sorted(clash)}")
     tensors, aliases = _dedup(model.state_dict())
     _check_finite(tensors, optimizer, model, final)
-    state = {"step": int(step), "rng": get_rng_state(), "checksums": MANIFEST_FILE, **extra}
+    state = {"step": int(step), "rng": get_rng_state() if rng is None else rng, "checksums": MANIFEST_FILE, **extra}
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=parent))
     try:
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+        config_text = json.dumps(config, indent=2, sort_keys=False, default=str)
+        meta = {"format": "pt", "aliases": json.dumps(aliases), "config": config_text}  # config.json, kept with the weights
+        save_file(tensors, str(tmp / MODEL_FILE), metadata=meta)
         written = [MODEL_FILE]
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
             written.append(OPTIM_FILE)
-        _fsync_write(tmp / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=False, default=str))
+        _fsync_write(tmp / CONFIG_FILE, config_text)
         _fsync_write(tmp / STATE_FILE, json.dumps(state, default=_json_default))
         _write_manifest(tmp, written + [CONFIG_FILE, STATE_FILE])  # last: its presence means complete
         _fsync_dir(tmp)
@@ -398,7 +412,8 @@ def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
     out = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / STATE_FILE).is_file() and (p / MODEL_FILE).is_file():
+        # a sharded (FSDP) checkpoint holds its tensors under dcp/ (transmamba.training.fsdp)
+        if m and p.is_dir() and (p / STATE_FILE).is_file() and ((p / MODEL_FILE).is_file() or (p / "dcp").is_dir()):
             out.append((int(m.group(1)), p))
     return sorted(out)
 
@@ -497,12 +512,55 @@ def _read_json(dir: Path, name: str):
         raise _corrupt(dir, name, f"is not valid JSON ({e})") from None
 
 
+def _differing_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b), key=str)
+                for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".") or "(the whole config)"]
+
+
+def _dotted(d, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _check_config_matches_weights(dir: Path, config) -> None:
+    """config.json against the copy recorded in model.safetensors' metadata when it has one
+    (checkpoints with checksums.json); CheckpointCorruptError naming the first differing key."""
+    path = dir / MODEL_FILE
+    if not path.is_file() or not (dir / MANIFEST_FILE).is_file():
+        return  # no weights file (reported by its reader), or a checkpoint from before checksums
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            text = (f.metadata() or {}).get("config")
+        recorded = None if text is None else json.loads(text)
+    except MemoryError:
+        raise
+    except Exception:  # a damaged header: reported when the weights are read
+        return
+    if recorded is None:
+        return  # written before the weights recorded their config
+    changed = sorted(_differing_keys(recorded, config), key=lambda k: k.startswith("fingerprint."))  # stable
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more key(s))" if len(changed) > 1 else ""
+        raise _corrupt(dir, CONFIG_FILE, f"says {key}={_dotted(config, key)!r} but the weights ({MODEL_FILE}) were "
+                                         f"written with {key}={_dotted(recorded, key)!r}{more}: the config was "
+                                         f"edited after the checkpoint was written")
+
+
 def read_config(dir: str | os.PathLike, *, verify: bool = True) -> dict:
-    """config.json of a checkpoint (checked against checksums.json unless verify=False)."""
+    """config.json of a checkpoint (checked against checksums.json unless verify=False, and against
+    the config recorded in model.safetensors: an edited key is a CheckpointCorruptError naming it)."""
     dir = _checkpoint_dir(dir)
     if verify:
         verify_checkpoint(dir, [CONFIG_FILE])
-    return _read_json(dir, CONFIG_FILE)
+    config = _read_json(dir, CONFIG_FILE)
+    _check_config_matches_weights(dir, config)
+    return config
 
 
 def read_state(dir: str | os.PathLike, *, verify: bool = True) -> dict:

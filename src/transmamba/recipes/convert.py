@@ -63,7 +63,7 @@ DEFAULTS = {
                "local_tokens": 0, "local_train": "block", "local_lr": None,
                "keep_attention": 0, "keep_attention_windows": 4},
     "data": {"tokenizer": "teacher", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
-             "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs"},
+             "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs", "sources": None},
     "train": {**copy.deepcopy(ENGINE_DEFAULTS), "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
               "warmup_steps": 20, "weight_decay": 0.1, "grad_clip": 1.0, "w_kl": 1.0, "w_hidden": 1.0,
               "hidden_mean": True, "w_ce": 0.5, "temperature": 1.0, "log_every": 10, "eval_every": 0,
@@ -297,13 +297,16 @@ def check_before_work(cfg: dict, teacher, spec, tok, who: dict) -> dict:
 
 def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     """Run the whole pipeline for a resolved config; returns the summary (also in summary.json)."""
-    from transmamba.data.text import teacher_tokenizer, token_ids, tokenizer_key
+    from transmamba.data.sources import check_sources, split_ids
+    from transmamba.data.text import teacher_tokenizer, tokenizer_key
     from transmamba.adapt.hf_families import inspect_teacher
     from transmamba.adapt.teacher_cache import FORMAT_VERSION
     from transmamba.models.hf_llama import load_teacher
 
     t_start = time.perf_counter()
     check_config(cfg, CONVERT_RULES)
+    if cfg["data"].get("sources") is not None:  # data.sources: see transmamba.data.sources; None = Shakespeare
+        check_sources(cfg["data"]["sources"])
     check_keep_attention(int(cfg["recipe"]["keep_attention"]), int(cfg["student"]["n_layers"]))
     teacher, teacher_tok = load_teacher(cfg["teacher"], check=inspect_teacher)  # refuses before reading weights
     spec = inspect_teacher(teacher.config)
@@ -311,13 +314,12 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     d = cfg["data"]
     tok = teacher_tokenizer(d["tokenizer"], teacher_tok, spec.vocab, who["name"], d["cache_dir"])
     gate = check_before_work(cfg, teacher, spec, tok, who)
+    train_ids, val_ids, data_key = split_ids(d.get("sources"), tok, d["cache_dir"], seq_len=d["seq_len"])
     out = Path(cfg["out_dir"]) / cfg["name"]
     out.mkdir(parents=True, exist_ok=True)
-    train_ids = token_ids("train", tok, d["cache_dir"])
-    val_ids = token_ids("val", tok, d["cache_dir"])
     student, layer_map, dims = build_student(teacher, spec, cfg, train_ids)
     tok_key = tokenizer_key(tok)
-    tkey = f"{str(cfg['teacher']).replace('/', '_')}-tok{tok_key}"
+    tkey = f"{str(cfg['teacher']).replace('/', '_')}-tok{tok_key}{data_key}"  # data_key "" for Shakespeare
     tc_dir = Path(d["teacher_cache_dir"]) / f"{tkey}-L{d['seq_len']}-n{d['cache_windows']}-k{d['top_k']}-h{'_'.join(map(str, layer_map))}-f{FORMAT_VERSION}"
     build_teacher_cache(teacher, train_ids, tc_dir, seq_len=d["seq_len"], n_windows=d["cache_windows"],
                         top_k=d["top_k"], hidden_layers=[m + 1 for m in layer_map], progress=progress)

@@ -95,7 +95,43 @@ def resolve_config(cfg: dict, *, strict_model: bool = True) -> dict:
     out["model"] = merge(base["model"], model_part, strict=strict_model, _prefix="model.")
     if out["out_dir"] is None:
         out["out_dir"] = str(Path("runs") / "lm" / out["name"])
-    return check_config(out, {**TRAIN_RULES, **MODEL_RULES})
+    check_config(out, {**TRAIN_RULES, **MODEL_RULES})
+    if strict_model:
+        lm_config(out["model"])  # every model key's value, named as model.<key>, before any work
+    return out
+
+
+def lm_config(model_cfg: dict, vocab_size: int | None = None):
+    """The LMConfig of a model section (ValueError naming model.<key> for a bad value); vocab_size
+    "auto" stands for `vocab_size` (or 1 where it is not known yet: only the other keys are checked)."""
+    from transmamba.models.lm import LMConfig
+
+    m = dict(model_cfg)
+    if m.get("vocab_size") in (None, "auto"):
+        m["vocab_size"] = vocab_size or 1
+    return LMConfig.from_dict(m)
+
+
+def check_memory(cfg: dict, vocab_size: int) -> None:
+    """Refuse (MemoryEstimateError: the estimate, what the device has, the override) a run whose
+    model, batch and sequence cannot fit, before the model or any batch is allocated: the
+    parameters are counted on the meta device."""
+    from transmamba.models.lm import LM
+    from transmamba.training.engine import world_size
+    from transmamba.training.memory import check_fits, lm_estimate, resolve_device
+
+    t = cfg["train"]
+    mcfg = lm_config(cfg["model"], vocab_size)
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in LM(mcfg).parameters())
+    world = world_size()
+    est = lm_estimate(mcfg, n_params, batch_size=int(t["batch_size"]), seq_len=int(t["seq_len"]),
+                      grad_accum=int(t.get("grad_accum") or 1), processes=world,
+                      parallel=t.get("parallel", "ddp"), activation_checkpointing=bool(t.get("activation_checkpointing")))
+    device = resolve_device(cfg["device"])
+    check_fits(est, device, processes_sharing=world if device.type == "cpu" else 1,
+               what=f"training {cfg['name']} ({n_params / 1e6:.1f}M parameters, batch {t['batch_size']} x "
+                    f"{t['seq_len']} tokens)", skip=bool(t.get("skip_memory_check")))
 
 
 @dataclass
@@ -156,7 +192,10 @@ def train(cfg: dict, *, resume: bool = False, data: TextData | None = None,
 
     data: token streams to use instead of the Shakespeare corpus (tests, other corpora).
     model_fn: model section -> module with the LM interface, instead of transmamba.models.lm.LM."""
+    from transmamba.training.memory import check_device
+
     cfg = resolve_config(cfg, strict_model=model_fn is None)
+    check_device(cfg["device"])
     t = cfg["train"]
     B, T = int(t["batch_size"]), int(t["seq_len"])
     data = data if data is not None else load_text_data(cfg)
@@ -165,6 +204,8 @@ def train(cfg: dict, *, resume: bool = False, data: TextData | None = None,
     elif int(cfg["model"]["vocab_size"]) < data.vocab_size:
         raise ValueError(f"model.vocab_size={cfg['model']['vocab_size']} is smaller than the tokenizer's "
                          f"{data.vocab_size} tokens")
+    if model_fn is None:
+        check_memory(cfg, int(cfg["model"]["vocab_size"]))
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"] % 2**32)
     model = (model_fn or build_lm)(cfg["model"])

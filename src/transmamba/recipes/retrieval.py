@@ -383,6 +383,8 @@ def train_retrieval(cfg: dict, text_encoder=None) -> dict:
               unit="images", metric_fields=METRIC_FIELDS,
               fingerprint={k: cfg[k] for k in ("student", "role", "mode", "fusion", "head", "retrieval")},
               device=cfg.get("device", "cpu"))
+    if run.tcfg.get("parallel", "ddp") != "ddp":  # before fit: nothing written yet
+        raise ValueError("train.parallel fsdp is not supported by the retrieval recipe (its step module holds the teacher and heads outside the sharded blocks; untested): use train.parallel ddp")
     res = fit(run)
     final = evaluate_retrieval(model, data, rk, mk)
     losses = res["losses"]

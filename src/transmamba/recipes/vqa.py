@@ -291,6 +291,8 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
                            "fusion_first_steps": tcfg["fusion_first_steps"],
                            "distill_first_steps": tcfg["distill_first_steps"]},
               device=cfg.get("device", "cpu"))
+    if run.tcfg.get("parallel", "ddp") != "ddp":  # before fit: nothing written yet
+        raise ValueError("train.parallel fsdp is not supported by the vqa recipe (its step module holds the teacher and heads outside the sharded blocks; untested): use train.parallel ddp")
     res = fit(run)
     losses = res["losses"]
     result = {"steps": res["step"], **res["last_eval"], "train_loss_first": losses[0] if losses else None,

@@ -12,7 +12,9 @@ the step budget and an evaluation. `fit` owns the rest:
         AdamW step;  log / evaluate / checkpoint on their periods (0 = off)
 
 Multi-process: `torchrun --nproc_per_node N` or `accelerate launch --num_processes N` (gloo on CPU,
-NCCL on GPUs); data parallel (DDP) only: FSDP and DeepSpeed are refused before any work. Every rank draws the same global batch (same seed) and keeps its contiguous slice
+NCCL on GPUs); data parallel (DDP) by default, or `train.parallel: fsdp`: torch's FSDP2 shards the
+parameters, gradients and AdamW state over the ranks (transmamba.training.fsdp: sharded checkpoints,
+the recipe's modules whole again after fit); accelerate's FSDP and DeepSpeed are refused before any work. Every rank draws the same global batch (same seed) and keeps its contiguous slice
 `tensor_split(batch, world)[rank]`, so ranks never overlap and 1 process with batch B computes the
 same steps as N processes with B / N each (tested to 1e-5). Only rank 0 writes files (metrics.csv,
 loss.png, checkpoints, the lock `<out_dir>/.lock`); evaluation runs on rank 0 while the others wait.
@@ -48,7 +50,8 @@ from torch import nn
 from transmamba.hardware.precision import resolve_amp
 from transmamba.io import checkpoint as ckpt
 from transmamba.ops.validate import NumericalError
-from transmamba.training import heap
+from transmamba.training import fsdp, heap
+from transmamba.training.memory import check_device, check_fits, state_bytes
 from transmamba.training.metrics import MetricsLog, plot_loss_curve, read_metrics_header
 from transmamba.training.optim import lr_at, make_optimizer
 from transmamba.training.run_lock import RunLock
@@ -73,6 +76,9 @@ ENGINE_DEFAULTS: dict = {
     "progress": True,  # tqdm bar on rank 0
     "compile": False,  # torch.compile the step module
     "retain_heap": True,  # keep freed memory for reuse (training.heap): no per-step page faults
+    "skip_memory_check": False,  # start even where the memory estimate exceeds the device's (training/memory.py)
+    "parallel": "ddp",  # ddp | fsdp (FSDP2 fully_shard per block, training/fsdp.py)
+    "activation_checkpointing": False,  # recompute each block's activations in the backward pass
 }
 
 
@@ -128,6 +134,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """The number of processes of this run (torchrun and `accelerate launch` set WORLD_SIZE), 1 without."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def main_process_choice(obj: Any) -> Any:
     """Rank 0's `obj` on every rank when a process group is up (a choice that must not differ
     between ranks, e.g. which layers keep attention), else `obj` itself."""
@@ -143,6 +154,22 @@ def _say(msg: str, bar) -> None:
         bar.write(msg)
     else:
         print(msg, file=sys.stderr)
+
+
+def _optimizer_tensors(model: nn.Module, optimizer) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every optimizer state tensor, named "<key> of parameter <name>"."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(f"{key} of parameter {names.get(id(p), '?')}", v) for g in optimizer.param_groups for p in g["params"]
+            for key, v in optimizer.state.get(p, {}).items() if isinstance(v, torch.Tensor)]
+
+
+def _earlier(root: Path, bad: Path) -> str:
+    """What to do instead of resuming from the diverged checkpoint `bad`: the one before it, if any."""
+    older = [p for _, p in ckpt.list_checkpoints(root) if p.name < bad.name]
+    if older:
+        return (f"the checkpoint before it is {older[-1]}: delete {bad.name} to resume from there, "
+                f"with a lower train.lr")
+    return "there is no earlier checkpoint: start afresh (another --out_dir) with a lower train.lr"
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -185,8 +212,7 @@ def _accelerator(device: str):
 
     # Layers past/before their TransPoint leave the other path's parameters unused in a step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}")
+    check_device(device)  # "cuda" on a machine without one is refused, not run on the CPU
     # accelerate runs multi-process CPU training (gloo) only when told cpu=True
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     acc = Accelerator(cpu=cpu, mixed_precision="no", kwargs_handlers=[ddp])
@@ -229,6 +255,13 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
     if resume and latest is None and main:
         print(f"--resume: no intact checkpoint in {root}, starting from scratch", file=sys.stderr)
 
+    if device.type == "cuda":  # on the CPU the recipe checked before building the model (training/memory.py)
+        ps = list(run.step_module.parameters())
+        trainable = sum(p.numel() for p in ps if p.requires_grad)
+        shards = world if t.get("parallel", "ddp") == "fsdp" else 1
+        check_fits(state_bytes(trainable, sum(p.numel() for p in ps) - trainable, shards=shards), device,
+                   what=f"training {run.name}'s {trainable / 1e6:.1f}M parameters (weights, gradients and AdamW "
+                        f"state alone)", skip=bool(t.get("skip_memory_check")))
     run.step_module.to(device)
     optimizer = make_optimizer([run.step_module], t, run.lr_scale, device)
     step, units, elapsed0, best = 0, 0, 0.0, math.inf
@@ -251,7 +284,12 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
             changed = _diff_keys(saved_fp, {k: run.fingerprint.get(k) for k in saved_fp}) if saved_fp else []
             if changed:
                 raise ValueError(f"cannot resume {latest}: the run's config differs in {', '.join(changed)}")
-        restored = ckpt.load_checkpoint(latest, saved, optimizer)
+        restored = fsdp.restore(latest, run.step_module, saved, optimizer, t.get("parallel", "ddp"))
+        if not restored.get("deferred"):  # a diverged checkpoint is refused by name, not by a kernel later
+            bad = ckpt.first_nonfinite(list(saved.named_parameters()) + _optimizer_tensors(saved, optimizer))
+            if bad is not None:
+                raise NonFiniteLossError(f"cannot resume from {latest}: {bad} is not finite (the run had diverged "
+                                         f"when it was written); {_earlier(root, latest)}")
         st = restored["state"]
         step = restored["step"]
         units = int(st.get("units", st.get("tokens", 0)))
@@ -265,7 +303,16 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
                   + (f" (dropped {dropped} metric rows logged after it)" if dropped else ""), file=sys.stderr)
     start_step = step
 
-    module, optimizer = acc.prepare(run.step_module, optimizer)
+    sharded = None  # train.parallel fsdp: the FSDP2 copy being trained (training/fsdp.py)
+    if t.get("parallel", "ddp") == "fsdp":
+        sharded = fsdp.Sharded(run.step_module, saved, optimizer, device, amp, bool(t.get("activation_checkpointing")))
+        if resume and latest is not None and restored.get("deferred"):
+            sharded.load(latest)
+        module, optimizer = sharded.module, sharded.optimizer
+    else:
+        if t.get("activation_checkpointing"):
+            fsdp.checkpoint_blocks(saved)
+        module, optimizer = acc.prepare(run.step_module, optimizer)
     fwd = torch.compile(module) if t.get("compile") else module
     params = [p for g in optimizer.param_groups for p in g["params"]]
     halt = t.get("halt_at_step")
@@ -278,7 +325,7 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
 
         bar = tqdm(total=run.total_steps, initial=step, desc=run.name, unit="step", dynamic_ncols=True,
                    mininterval=1.0, file=sys.stderr)
-    n_params = sum(p.numel() for p in saved.parameters())
+    n_params = sum(p.numel() for p in (saved if sharded is None else sharded.saved).parameters())
     if main:
         _say(f"[{run.name}] {n_params / 1e6:.2f}M params, {run.total_steps} steps, {world} process(es) on "
              f"{device}, amp: {precision}", bar)
@@ -295,27 +342,62 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
             return f"no intact checkpoint in {root} ({e})"
         return f"the last good checkpoint is {good}" if good is not None else f"no checkpoint was written in {root}"
 
-    def save(at_step: int) -> None:
+    resumed_from = latest if resume else None
+
+    def diverged(what: str, at: int, lr_now: float, *, in_forward: bool = True) -> NonFiniteLossError:
+        """The error for weights that went non-finite (or give non-finite values) at step `at`;
+        in_forward: found in that step's forward/backward, i.e. in the weights the step started from."""
+        if in_forward and resumed_from is not None and at == start_step + 1:
+            return NonFiniteLossError(
+                f"cannot resume from {resumed_from}: its weights diverge at once ({what} at step {at}, lr "
+                f"{lr_now:.3g}), so the run had diverged when it was written; {_earlier(root, resumed_from)}")
+        return NonFiniteLossError(f"training diverged at step {at}: {what} (lr {lr_now:.3g}); stopping. "
+                                  f"{good_checkpoint()}")
+
+    pending: list = []  # [(step, state, rng)]: a checkpoint waiting for a finite forward from its weights
+
+    def save(at_step: int, *, now: bool = False) -> None:
+        """Checkpoint the weights after step `at_step`. Written once the next step's forward and
+        backward from these weights ran without a kernel refusing NaN/Inf (`flush`, before that
+        step's update), so weights that give Inf inside a kernel (e.g. a finite A_log whose exp
+        overflows) are never saved; now (the end of the loop, FSDP): written at once. A NaN loss
+        from weights no kernel refused is caught at the next step, and a resume from such a
+        checkpoint is refused by name at its first step. save_checkpoint refuses NaN/Inf tensors."""
+        state = {"units": units, "tokens": units, "elapsed_s": elapsed0 + time.perf_counter() - t_start,
+                 "best": best if math.isfinite(best) else None, "last_eval": last_eval,
+                 "metrics": {"train_loss": train_loss, **last_eval}, "total_steps": run.total_steps}
+        pending[:] = [(at_step, state, ckpt.get_rng_state())]
+        if now or sharded is not None:
+            flush()
+
+    def flush() -> None:
         nonlocal last_saved
-        if main:
-            state = {"units": units, "tokens": units, "elapsed_s": elapsed0 + time.perf_counter() - t_start,
-                     "best": best if math.isfinite(best) else None, "last_eval": last_eval,
-                     "metrics": {"train_loss": train_loss, **last_eval}, "total_steps": run.total_steps}
+        if not pending:
+            return
+        at_step, state, rng = pending.pop()
+        if main or sharded is not None:  # every rank writes its shards
             cfg = {**run.config, "fingerprint": run.fingerprint} if run.fingerprint is not None else run.config
             try:  # save_checkpoint refuses NaN/Inf weights or optimizer state before writing anything
-                ckpt.save_checkpoint(root / ckpt.step_dir_name(at_step), saved, optimizer, at_step, cfg, state)
+                if sharded is not None:
+                    sharded.save(root / ckpt.step_dir_name(at_step), at_step, cfg, state)
+                else:
+                    ckpt.save_checkpoint(root / ckpt.step_dir_name(at_step), saved, optimizer, at_step, cfg, state,
+                                         rng=rng)
             except ckpt.NonFiniteTensorError as e:
                 raise NonFiniteLossError(f"{e} at step {at_step}; not saving. {good_checkpoint()}") from e
-            ckpt.prune_checkpoints(root, int(t.get("keep_checkpoints") or 0))
+            if main:
+                ckpt.prune_checkpoints(root, int(t.get("keep_checkpoints") or 0))
         acc.wait_for_everyone()
         last_saved = at_step
 
     def evaluate() -> dict:
         res: dict = {}
-        if main and run.evaluate is not None:
-            res = run.evaluate(saved)
-            if run.after_eval is not None:
-                run.after_eval(step, res)
+        gather = sharded.gathered() if sharded is not None and run.evaluate is not None else contextlib.nullcontext()
+        with gather:  # under fsdp: the whole weights in `saved` on rank 0 (every rank takes part)
+            if main and run.evaluate is not None:
+                res = run.evaluate(saved)
+                if run.after_eval is not None:
+                    run.after_eval(step, res)
         acc.wait_for_everyone()
         return res
 
@@ -343,22 +425,27 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
                     if n_micro == 0:
                         continue
                     w = n_micro * world / n_global
-                    sync = contextlib.nullcontext() if m == accum - 1 else acc.no_sync(module)
+                    sync = sharded.sync(m == accum - 1) if sharded is not None else \
+                        contextlib.nullcontext() if m == accum - 1 else acc.no_sync(module)
                     with sync:
-                        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):  # resolved once above
+                        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16" and sharded is None):  # resolved once above; fsdp: its MixedPrecisionPolicy
                             loss, parts = fwd(_to(micro, device), step)
-                        acc.backward(loss.float() * w)
+                        acc.backward(loss.float() * w) if sharded is None else (loss.float() * w).backward()
                     loss_sum += loss.detach().float() * w
                     for k, v in parts.items():
                         parts_sum[k] = parts_sum.get(k, 0.0) + torch.as_tensor(v, device=device).detach().float() * w
             except (ValueError, RuntimeError) as e:  # a kernel refusing Inf/NaN values made from the weights
-                bad = ckpt.first_nonfinite(list(saved.named_parameters()))
-                if bad is None and not (isinstance(e, NumericalError) and step > start_step):
+                bad = ckpt.first_nonfinite(list(saved.named_parameters()) if sharded is None
+                                           else sharded.local_named_parameters())
+                if bad is None and not (isinstance(e, NumericalError) and (step > start_step or resumed_from)):
                     raise
                 what = f"parameter {bad!r} is not finite" if bad else f"the weights give {e}"
-                raise NonFiniteLossError(f"training diverged at step {step + 1}: {what} (lr {lr:.3g}); stopping. "
-                                         f"{good_checkpoint()}") from e
-            gnorm_t = acc.clip_grad_norm_(params, max_norm)
+                raise diverged(what, step + 1, lr) from e
+            if pending:  # no kernel refused what the pending checkpoint's weights computed: write it
+                t_save = time.perf_counter()
+                flush()
+                win_t0 += time.perf_counter() - t_save  # keep checkpoint writing out of the throughput
+            gnorm_t = acc.clip_grad_norm_(params, max_norm) if sharded is None else sharded.clip_grad_norm_(max_norm)
             vals = torch.stack([loss_sum, torch.as_tensor(gnorm_t, device=device).float(), *parts_sum.values()])
             if world > 1:
                 vals = acc.reduce(vals, reduction="mean")
@@ -367,12 +454,21 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
             loss_v, gnorm = vals[0], vals[1]
             parts_v = dict(zip(parts_sum, vals[2:]))
             if not math.isfinite(loss_v):
+                if resumed_from is not None and step == start_step:
+                    raise diverged(f"a {loss_v} training loss", step + 1, lr)
                 raise NonFiniteLossError(f"training loss is {loss_v} at step {step + 1} (lr {lr:.3g}); stopping. "
                                          f"{good_checkpoint()}")
             if not math.isfinite(gnorm):
+                if resumed_from is not None and step == start_step:
+                    raise diverged(f"a {gnorm} gradient norm", step + 1, lr)
                 raise NonFiniteLossError(f"gradient norm is {gnorm} at step {step + 1} (loss {loss_v:.4f}, "
                                          f"lr {lr:.3g}); stopping. {good_checkpoint()}")
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as e:  # AdamW's step lr / (1 - beta1^t) beyond float32: "cannot be converted"
+                if "overflow" not in str(e):
+                    raise
+                raise diverged(f"the AdamW update overflows float32 ({e})", step + 1, lr, in_forward=False) from e
             step += 1
             units += n_global * run.unit_per_example
             win_units += n_global * run.unit_per_example
@@ -390,7 +486,10 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
                 row = {"step": step, run.unit: units, "train_loss": train_loss, "lr": lr, "grad_norm": gnorm,
                        rate_key: rate, **({"amp": amp} if "amp" in fields else {}), **{k: v for k, v in parts_v.items() if k in fields}}
                 if do_eval:
-                    ev = evaluate()
+                    try:
+                        ev = evaluate()
+                    except NumericalError as e:  # a kernel refusing Inf/NaN made from the updated weights
+                        raise diverged(f"the weights after it give {e} in evaluation", step, lr, in_forward=False) from e
                     if ev:
                         last_eval = ev
                         if run.best_key and run.best_key in ev:
@@ -408,14 +507,13 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
                                 refresh=False)
                 bar.update(1)
             if do_save:
-                t_save = time.perf_counter()
                 save(step)
-                win_t0 += time.perf_counter() - t_save  # keep checkpoint writing out of the throughput
     finally:
         if bar is not None:
             bar.close()
+    flush()  # the last step's checkpoint: no forward follows it
     if step < run.total_steps and last_saved != step and step > start_step:
-        save(step)  # halted: always leave a checkpoint to resume from
+        save(step, now=True)  # halted: always leave a checkpoint to resume from
 
     elapsed = elapsed0 + time.perf_counter() - t_start
     png = None
@@ -423,13 +521,16 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
         png = plot_loss_curve(out_dir / "metrics.csv", out_dir / "loss.png", x=run.unit,
                               title=f"{run.name} ({n_params / 1e6:.1f}M params)")
     acc.wait_for_everyone()
+    state_bytes = fsdp.state_bytes(params, optimizer)
+    if sharded is not None:
+        sharded.finish()  # the final weights back in the recipe's modules, on every rank
     newest = ckpt.latest_checkpoint(root) if main else None
     return {
         "name": run.name, "params": n_params, "step": step, "total_steps": run.total_steps, run.unit: units,
         "halted": step < run.total_steps, "final_train_loss": train_loss, "last_eval": last_eval,
         "best": best if math.isfinite(best) else None, rate_key: units / elapsed if elapsed > 0 else None,
         "elapsed_s": elapsed, "device": str(device), "processes": world, "amp": amp,
-        "amp_reason": precision.reason,
+        "amp_reason": precision.reason, "parallel": t.get("parallel", "ddp"), "state_bytes": state_bytes,
         "out_dir": str(out_dir), "checkpoint": str(newest) if newest else None,
         "metrics_csv": str(out_dir / "metrics.csv"), "loss_png": str(png) if png else None, "losses": losses,
     }
