@@ -1,8 +1,8 @@
 """The lossless bound measured (docs/results.md, issue 36): exact and perturbed full-size conversions, logit diff / the logits spread. Uses the test suite's tiny random teachers (tests/ on sys.path)."""
 import torch, copy, sys
 sys.path.insert(0, "tests")
-from transmamba.models.hf_llama import load_teacher
-from transmamba.adapt.teacher_check import compare_logits, convert_full_size
+from transmamba.teachers.load import load_teacher
+from transmamba.teachers.check import compare_logits, convert_full_size
 from tiny_teachers import TINY_FAMILIES, tiny_teacher
 ids = torch.randint(0, 64, (3, 40), generator=torch.Generator().manual_seed(0))
 worst = 0

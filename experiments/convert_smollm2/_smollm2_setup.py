@@ -6,10 +6,10 @@ import math
 import numpy as np
 import torch
 
-from transmamba.adapt.llama_to_switch import calibrate
+from transmamba.teachers.to_switch import calibrate
 from transmamba.data.text import eval_batches, token_ids
-from transmamba.adapt.hf_families import inspect_teacher
-from transmamba.models.hf_llama import load_teacher
+from transmamba.teachers.families import inspect_teacher
+from transmamba.teachers.load import load_teacher
 
 teacher, _ = load_teacher("smollm2")
 spec = inspect_teacher(teacher)

@@ -5,10 +5,10 @@ Usage: .venv/bin/python experiments/convert_smollm2/lossless_check.py
 
 import torch
 
-from transmamba.adapt.llama_to_switch import full_plan, init_from_teacher, switch_config_from_teacher
+from transmamba.teachers.to_switch import full_plan, init_from_teacher, switch_config_from_teacher
 from transmamba.data.text import eval_batches, token_ids
-from transmamba.adapt.hf_families import inspect_teacher
-from transmamba.models.hf_llama import load_teacher
+from transmamba.teachers.families import inspect_teacher
+from transmamba.teachers.load import load_teacher
 from transmamba.models.lm import LM
 
 teacher, _ = load_teacher("smollm2")

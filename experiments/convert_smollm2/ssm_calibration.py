@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from transmamba.adapt.llama_to_switch import full_plan, init_from_teacher, plan_subclone, switch_config_from_teacher
+from transmamba.teachers.to_switch import full_plan, init_from_teacher, plan_subclone, switch_config_from_teacher
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
 from transmamba.models.lm import LM
 from transmamba.modules.schedule import ATTENTION_ONLY

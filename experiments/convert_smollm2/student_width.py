@@ -8,7 +8,7 @@ Usage: .venv/bin/python experiments/convert_smollm2/student_width.py
 
 import torch
 
-from transmamba.adapt.llama_to_switch import init_from_teacher, plan_subclone, switch_config_from_teacher
+from transmamba.teachers.to_switch import init_from_teacher, plan_subclone, switch_config_from_teacher
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
 from transmamba.models.lm import LM
 from transmamba.modules.schedule import ATTENTION_ONLY

@@ -11,11 +11,11 @@ import math
 import numpy as np
 import torch
 
-from transmamba.adapt.llama_to_switch import (calibrate, full_plan, init_from_teacher, layer_map_for,
+from transmamba.teachers.to_switch import (calibrate, full_plan, init_from_teacher, layer_map_for,
                                               plan_subclone, switch_config_from_teacher)
 from transmamba.data.text import eval_batches, token_ids
-from transmamba.adapt.hf_families import inspect_teacher
-from transmamba.models.hf_llama import load_teacher
+from transmamba.teachers.families import inspect_teacher
+from transmamba.teachers.load import load_teacher
 from transmamba.models.lm import LM
 
 teacher, _ = load_teacher("smollm2")

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from transmamba.student import load_model
+from transmamba.hf.student import load_model
 from transmamba.recipes.convert import plot_transpoint_sweep
 from transmamba.data.text import eval_batches, token_ids
-from transmamba.models.hf_llama import load_teacher
+from transmamba.teachers.load import load_teacher
 
 p = argparse.ArgumentParser()
 p.add_argument("runs", nargs="+")

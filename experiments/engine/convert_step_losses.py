@@ -10,7 +10,7 @@ from pathlib import Path
 root = Path(sys.argv[1]); root.mkdir(parents=True, exist_ok=True)
 d = root / "teacher"
 if not d.exists():
-    from transmamba.models.hf_llama import tiny_llama
+    from transmamba.teachers.load import tiny_llama
     tiny_llama(vocab_size=49152, tie_word_embeddings=True).save_pretrained(d)
 try:
     from transmamba.recipes.convert import convert_main

@@ -5,8 +5,8 @@ import sys
 import torch
 
 from transmamba.evaluation.speed import alternating_medians, decode_speed, teacher_decode_speed
-from transmamba.models.hf_llama import load_teacher
-from transmamba.student import load_model
+from transmamba.teachers.load import load_teacher
+from transmamba.hf.student import load_model
 
 torch.set_num_threads(2)
 teacher, _ = load_teacher("smollm2")

@@ -12,7 +12,7 @@ from transmamba.evaluation.speed import alternating_medians, decode_speed
 from transmamba.ops.conv1d import causal_conv1d_step
 from transmamba.ops.decode_attention import decode_attention, decode_attention_ref
 from transmamba.ops.ssd import ssd_step, ssd_step_ref
-from transmamba.student import load_model
+from transmamba.hf.student import load_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("student")

@@ -13,7 +13,7 @@ for amp in ("none", "bf16", "none", "bf16"):
     print(amp, f"prefill ms student {ps:.0f} teacher {pt:.0f}; decode ms student {ds:.1f} teacher {dt:.1f}")
 
 # a real prefill at 2048 tokens, the teacher only
-from transmamba.models.hf_llama import load_teacher
+from transmamba.teachers.load import load_teacher
 from transmamba.evaluation.speed import teacher_decode_speed
 t, _ = load_teacher("smollm2")
 for amp in ("none", "bf16"):

@@ -4,7 +4,7 @@
 
 For every tiny random family in `tests/tiny_teachers.py` (the unit tests' random-init teachers) (with and without GQA):
   full     max |logit diff| of the full-size conversion vs the HF teacher, every TransPoint beyond
-           the 40-token sequence (float32, `adapt.teacher_check.check_model`)
+           the 40-token sequence (float32, `teachers.check.check_model`)
   p0       max |diff| of every converted Switch layer at P = 0 vs an explicit Mamba-2 reference
            (sequential scan `ops.ssd.ssd_ref`, C = normed q, B = normed k) on that layer's own
            inputs, float64
@@ -25,7 +25,7 @@ import torch
 
 import sys
 
-from transmamba.adapt.teacher_check import check_model, convert_full_size
+from transmamba.teachers.check import check_model, convert_full_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from switch_refs import ssm_ref  # noqa: E402  (the tests' slow Switch references)

@@ -50,8 +50,8 @@ BENCHES = {
 # subcommand -> (module, function taking the remaining argv)
 COMMANDS = {
     "train": ("transmamba.recipes.lm", "train_main"),
-    "generate": ("transmamba.generate", "generate_main"),
-    "eval": ("transmamba.evaluate", "eval_main"),
+    "generate": ("transmamba.inference.generate", "generate_main"),
+    "eval": ("transmamba.evaluation.report", "eval_main"),
     "heads": ("transmamba.evaluation.heads_cli", "heads_main"),
     "convert": ("transmamba.recipes.convert", "convert_main"),
     "train-teacher": ("transmamba.recipes.vision", "train_teacher_main"),
@@ -113,12 +113,12 @@ def _teacher(argv):
     if args.action == "check":
         import json
 
-        from transmamba.adapt.teacher_check import check_teacher
+        from transmamba.teachers.check import check_teacher
 
         res = check_teacher(args.path)
         print(json.dumps(res) if args.json else json.dumps(res, indent=2))
         return 0 if res["lossless"] else 1
-    from transmamba.models.hf_llama import prepare_smollm2
+    from transmamba.teachers.load import prepare_smollm2
 
     print(prepare_smollm2(args.cache_dir))
     return 0
@@ -140,7 +140,7 @@ def _export(argv):
     from pathlib import Path
 
     from transmamba.hf.export_bamba import export_bamba
-    from transmamba.student import is_hf_dir, load_model
+    from transmamba.hf.student import is_hf_dir, load_model
 
     lm = load_model(args.model)
     kw = {}

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from transmamba.adapt.attention_layers import costliest, switch_costs
-from transmamba.adapt.teacher_cache import topk_kl
+from transmamba.teachers.cache import topk_kl
 from transmamba.models.lm import LM, LMConfig
 from transmamba.modules.schedule import ATTENTION_ONLY
 

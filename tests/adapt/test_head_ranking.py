@@ -8,7 +8,7 @@ import torch
 from transmamba.adapt.attention_layers import switch_costs
 from transmamba.adapt.head_ranking import (AnswerBatch, answer_scores, head_ablation, head_switch_costs,
                                            kept_heads_schedule, one_head_transpoints, ranking, self_topk_windows)
-from transmamba.adapt.teacher_cache import topk_kl
+from transmamba.teachers.cache import topk_kl
 from transmamba.models.lm import LM, LMConfig
 from transmamba.modules.schedule import ATTENTION_ONLY, make_schedule
 

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from transmamba.adapt.distill import adaptive_layer_loss
-from transmamba.adapt.llama_to_switch import full_plan, init_from_teacher, switch_config_from_teacher
+from transmamba.teachers.to_switch import full_plan, init_from_teacher, switch_config_from_teacher
 from transmamba.adapt.ssm_calibration import (DEFAULT_DECAYS, calibrate_mixer, calibrate_ssm_paths, decay_scan,
                                               ssm_inputs)
 from tiny_fixtures import tiny_llama
-from transmamba.adapt.hf_families import inspect_teacher
+from transmamba.teachers.families import inspect_teacher
 from transmamba.models.lm import LM
 from transmamba.modules.switch import SwitchConfig, SwitchMixer
 

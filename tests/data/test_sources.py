@@ -206,7 +206,7 @@ def test_convert_distils_on_data_sources(tok, tmp_path):
     directory named by their key), and a bad source is refused before anything is written."""
     from tiny_fixtures import run_tiny_convert
     from tiny_teachers import tiny_teacher
-    from transmamba.adapt.teacher_cache import TeacherCache
+    from transmamba.teachers.cache import TeacherCache
 
     teacher = tmp_path / "teacher"
     tiny_teacher("llama", vocab_size=len(tok)).save_pretrained(teacher)

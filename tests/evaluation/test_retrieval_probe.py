@@ -91,7 +91,7 @@ def test_a_teacher_is_ranked_through_its_lossless_conversion(tok):
 
 
 def test_heads_cli_ranks_a_teacher_and_a_student_and_writes_a_heat_map(tok, tmp_path, capsys):
-    from transmamba.student import save_hf
+    from transmamba.hf.student import save_hf
 
     teacher = tiny_llama(vocab_size=len(tok))
     teacher.save_pretrained(tmp_path / "teacher")

@@ -12,7 +12,7 @@ from transmamba.cli import main  # noqa: E402
 from transmamba.hf.export_bamba import export_bamba  # noqa: E402
 from transmamba.models.lm import LM, LMConfig  # noqa: E402
 from transmamba.modules.schedule import ATTENTION_ONLY  # noqa: E402
-from transmamba.student import save_hf  # noqa: E402
+from transmamba.hf.student import save_hf  # noqa: E402
 
 BASE = dict(vocab_size=97, d_model=32, n_layers=4, n_heads=4, head_dim=16, d_state=16, expand=2, d_conv=4,
             chunk_size=8, max_seq_len=64)

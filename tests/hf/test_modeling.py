@@ -174,7 +174,7 @@ def test_pipeline_with_the_smollm2_tokenizer(tmp_path):
     from transformers import AutoModelForCausalLM, pipeline
 
     from transmamba.data.text import load_tokenizer
-    from transmamba.student import save_hf
+    from transmamba.hf.student import save_hf
 
     tok = load_tokenizer("smollm2")  # the shared cache/text: read from the GGUF once per machine
     torch.manual_seed(0)
@@ -194,7 +194,7 @@ def test_pipeline_with_the_smollm2_tokenizer(tmp_path):
 
 def test_old_checkpoint_format_still_loads_and_converts(tmp_path):
     from transmamba.io.checkpoint import save_checkpoint
-    from transmamba.student import convert_to_hf, is_hf_dir, load_model
+    from transmamba.hf.student import convert_to_hf, is_hf_dir, load_model
 
     lm = tiny_lm(schedule=CROSSING).float()
     save_checkpoint(tmp_path / "old", lm, None, 3, {"model": lm.cfg.to_dict()})
@@ -212,7 +212,7 @@ def test_old_checkpoint_format_still_loads_and_converts(tmp_path):
 def test_generate_cli_reads_an_hf_student(tmp_path, capsys):
     from transmamba.cli import main
     from transmamba.data.text import load_tokenizer
-    from transmamba.student import save_hf
+    from transmamba.hf.student import save_hf
 
     tok = load_tokenizer("smollm2")  # the shared cache/text: read from the GGUF once per machine
     torch.manual_seed(0)

@@ -219,7 +219,7 @@ def test_load_model_real_lm(tmp_path):
     model = lm.LM(cfg)
     path = ck.save_checkpoint(tmp_path / "checkpoints" / ck.step_dir_name(0), model, None, 0,
                               {"model": cfg.to_dict()})
-    from transmamba.student import load_model
+    from transmamba.hf.student import load_model
 
     loaded = load_model(tmp_path)
     assert not loaded.training

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from transmamba.io.files import (atomic_dir, atomic_write_bytes, owner_alive, publish_dir, remove_stale_tmp,
                                  save_json_atomic, save_safetensors_atomic, tmp_sibling)
-from transmamba.models import hf_llama
+from transmamba.teachers import load as teacher_load
 
 
 def _dead_pid() -> int:
@@ -107,14 +107,14 @@ class _FakeTok:
 
 def test_prepare_smollm2_cleans_a_stale_temporary_first(tmp_path, monkeypatch):
     """No dequantization: the GGUF loader is replaced by a fake that writes the same files."""
-    monkeypatch.setattr(hf_llama, "load_smollm2_gguf", lambda: (_FakeModel(), _FakeTok()))
+    monkeypatch.setattr(teacher_load, "load_smollm2_gguf", lambda: (_FakeModel(), _FakeTok()))
     final = tmp_path / "teachers" / "smollm2"
     stale = _stale(final, _dead_pid(), big=True)
-    assert hf_llama.prepare_smollm2(final) == final
+    assert teacher_load.prepare_smollm2(final) == final
     assert (final / "model.safetensors").read_bytes() == b"weights"
     assert not stale.exists() and [p.name for p in final.parent.iterdir()] == ["smollm2"]
     stale = _stale(final, _dead_pid())  # the cache already exists: still cleaned on the next start
-    assert hf_llama.prepare_smollm2(final) == final and not stale.exists()
+    assert teacher_load.prepare_smollm2(final) == final and not stale.exists()
 
 
 def test_kill_9_mid_preparation_leaves_no_orphan_after_the_next_start(tmp_path, monkeypatch):
@@ -124,7 +124,7 @@ def test_kill_9_mid_preparation_leaves_no_orphan_after_the_next_start(tmp_path, 
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from transmamba.models import hf_llama
+        from transmamba.teachers import load as teacher_load
 
         class Model:
             def save_pretrained(self, d, safe_serialization=True):
@@ -132,8 +132,8 @@ def test_kill_9_mid_preparation_leaves_no_orphan_after_the_next_start(tmp_path, 
                 Path({str(marker)!r}).write_text("x")
                 time.sleep(60)
 
-        hf_llama.load_smollm2_gguf = lambda: (Model(), None)
-        hf_llama.prepare_smollm2({str(final)!r})
+        teacher_load.load_smollm2_gguf = lambda: (Model(), None)
+        teacher_load.prepare_smollm2({str(final)!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
@@ -149,8 +149,8 @@ def test_kill_9_mid_preparation_leaves_no_orphan_after_the_next_start(tmp_path, 
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert orphans[0].exists() and not final.exists()  # the orphan kill -9 leaves behind
-    monkeypatch.setattr(hf_llama, "load_smollm2_gguf", lambda: (_FakeModel(), _FakeTok()))
-    assert hf_llama.prepare_smollm2(final) == final
+    monkeypatch.setattr(teacher_load, "load_smollm2_gguf", lambda: (_FakeModel(), _FakeTok()))
+    assert teacher_load.prepare_smollm2(final) == final
     assert not list(tmp_path.glob(".smollm2.tmp-*"))
 
 

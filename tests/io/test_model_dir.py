@@ -46,7 +46,7 @@ def dirs(tmp_path_factory):
     from tiny_fixtures import tiny_tokenizer
 
     from transmamba.models.lm import LM, LMConfig
-    from transmamba.student import save_hf
+    from transmamba.hf.student import save_hf
 
     root = tmp_path_factory.mktemp("model_dir")
     marker = root / "MARKER"
@@ -159,7 +159,7 @@ def test_a_gguf_path_is_checked_in_its_folder(tmp_path):
 
 
 def test_pickle_only_weights_are_refused(tmp_path):
-    from transmamba.models.hf_llama import load_teacher
+    from transmamba.teachers.load import load_teacher
 
     d = tmp_path / "pickled"
     m = tiny_llama()

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from transmamba.ops.head_loss import IGNORE, head_ce_kl, head_ce_kl_ref
-from transmamba.adapt.teacher_cache import topk_kl
+from transmamba.teachers.cache import topk_kl
 
 
 def _inputs(n, d, V, k, dtype=torch.float64, seed=0, ignore=0):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from transmamba.data.text import load_tokenizer
-from transmamba.student import load_model
+from transmamba.hf.student import load_model
 from tiny_fixtures import run_tiny_convert, tiny_llama
 
 

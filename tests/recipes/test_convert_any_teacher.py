@@ -79,7 +79,7 @@ def test_a_vocabulary_smaller_than_the_tokenizer_is_refused_before_work(tmp_path
 def test_gemma3_attention_softcap_field_is_ignored_as_transformers_does():
     """Finding 2: transformers' Gemma 3 attention never applies attn_logit_softcapping; the student
     did (max logit diff 0.35). Now it is lossless."""
-    from transmamba.adapt.teacher_check import check_model
+    from transmamba.teachers.check import check_model
 
     res = check_model(tiny_teacher("gemma3", attn_logit_softcapping=2.0), seq_len=24)
     assert res["lossless"] and res["rel_logit_diff"] < 1e-5
@@ -87,7 +87,7 @@ def test_gemma3_attention_softcap_field_is_ignored_as_transformers_does():
 
 def test_convert_refuses_a_teacher_that_does_not_convert_losslessly(tmp_path, own_tok, monkeypatch):
     """Finding 2 (the gate): a conversion that differs from its teacher is refused before any work."""
-    from transmamba.adapt import hf_families
+    from transmamba.teachers import families as hf_families
 
     monkeypatch.setattr(hf_families.TeacherSpec, "switch_options", lambda self: {})  # drops Gemma 2's caps
     d = tmp_path / "gemma2"
@@ -100,7 +100,7 @@ def test_convert_refuses_a_teacher_that_does_not_convert_losslessly(tmp_path, ow
 
 def test_dynamic_rope_past_its_length_is_said_and_refused(tmp_path, own_tok):
     """Finding 3: `teacher check` shortened its test silently; convert did not check at all."""
-    from transmamba.adapt.teacher_check import check_model
+    from transmamba.teachers.check import check_model
 
     rope = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
     res = check_model(tiny_teacher("llama", rope_parameters=rope, max_position_embeddings=24), seq_len=40)
@@ -114,7 +114,7 @@ def test_dynamic_rope_past_its_length_is_said_and_refused(tmp_path, own_tok):
 
 
 def test_check_extends_past_the_sliding_window():
-    from transmamba.adapt.teacher_check import check_model
+    from transmamba.teachers.check import check_model
 
     res = check_model(tiny_teacher("mistral"), seq_len=6)  # window 8
     assert res["seq_len"] == 8 + 16 and "sliding window" in res["note"] and res["lossless"]
@@ -137,18 +137,18 @@ def test_a_student_that_does_not_fit_is_refused_before_the_teacher_cache(tmp_pat
 
 
 def test_the_legacy_dict_spec_is_refused():
-    """Finding 7: the dict of models.hf_llama.teacher_spec built silently wrong students."""
-    from transmamba.adapt.llama_to_switch import switch_config_from_teacher
-    from transmamba.models.hf_llama import teacher_spec
+    """Finding 7: the dict of teachers.load.teacher_spec built silently wrong students."""
+    from transmamba.teachers.to_switch import switch_config_from_teacher
+    from transmamba.teachers.load import teacher_spec
 
-    with pytest.raises(TypeError, match="needs the TeacherSpec of adapt.hf_families.inspect_teacher"):
+    with pytest.raises(TypeError, match="needs the TeacherSpec of teachers.families.inspect_teacher"):
         switch_config_from_teacher(teacher_spec(tiny_teacher("qwen2")))
 
 
 def test_lossless_means_float_rounding_not_close():
     """Finding 8: a student off by one down_proj scaled by 1.001 (logit change ~1e-4) passed as
     lossless; now the bound is float32 rounding of the logits' spread (1e-5 x it). Here a 1.0001 scale."""
-    from transmamba.adapt.teacher_check import LOSSLESS_RTOL, check_model, compare_logits, convert_full_size
+    from transmamba.teachers.check import LOSSLESS_RTOL, check_model, compare_logits, convert_full_size
 
     teacher = tiny_teacher("llama")
     exact = check_model(teacher, seq_len=24)

@@ -4,7 +4,7 @@ on tiny random teachers of other families, saved with the real SmolLM2 tokenizer
 import pytest
 import torch
 
-from transmamba.student import load_model
+from transmamba.hf.student import load_model
 from transmamba.data.text import load_tokenizer
 from tiny_fixtures import run_tiny_convert
 from tiny_teachers import tiny_teacher

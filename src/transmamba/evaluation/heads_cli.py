@@ -24,19 +24,19 @@ def load_ranked_model(path: str):
     p = Path(path)
     if path != "smollm2" and not path.endswith(".gguf") and not p.is_dir():
         raise FileNotFoundError(f"{path!r} is neither a model directory, a .gguf file nor 'smollm2'")
-    from transmamba.student import is_hf_dir
+    from transmamba.hf.student import is_hf_dir
 
     if p.is_dir() and (is_hf_dir(p) or (p / "state.json").is_file() or not (p / "config.json").is_file()):
         if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             raise ValueError(f"student directory {path} holds no tokenizer (the probe is built from it)")
         from transformers import AutoTokenizer
 
-        from transmamba.student import load_model
+        from transmamba.hf.student import load_model
 
         model = load_model(p)
         return model, AutoTokenizer.from_pretrained(str(p), trust_remote_code=False), "student"
-    from transmamba.adapt.hf_families import inspect_teacher
-    from transmamba.models.hf_llama import load_teacher
+    from transmamba.teachers.families import inspect_teacher
+    from transmamba.teachers.load import load_teacher
 
     model, tok = load_teacher(path, check=inspect_teacher)
     if tok is None:

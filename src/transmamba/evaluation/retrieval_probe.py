@@ -154,7 +154,7 @@ def _chunks(items, n):
 
 def as_switch_lm(model, check_ids: torch.Tensor | None = None, seed: int = 0):
     """(our LM, whether it was converted): an `LM` as is; a transformers teacher converted at full
-    size (`adapt.teacher_check.convert_full_size`, every TransPoint beyond the sequence is the
+    size (`teachers.check.convert_full_size`, every TransPoint beyond the sequence is the
     teacher), refused unless lossless on `check_ids` (the probe's own tokens). The conversion's SSM
     parameters the teacher has no counterpart for (dt, A, the z gate) are drawn from `seed` (the
     global RNG is left as it was): a head's SSM path, and so its switch score, depends on them."""
@@ -162,7 +162,7 @@ def as_switch_lm(model, check_ids: torch.Tensor | None = None, seed: int = 0):
 
     if isinstance(model, LM):
         return model, False
-    from transmamba.adapt.teacher_check import LOSSLESS_RTOL, compare_logits, convert_full_size
+    from transmamba.teachers.check import LOSSLESS_RTOL, compare_logits, convert_full_size
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -217,7 +217,7 @@ def head_report(model, tok, *, by: str = "retrieval", kinds=KINDS, lengths=(1024
         tps = ([transpoint] * lm.cfg.n_layers if transpoint is not None else
                [0] * lm.cfg.n_layers if converted else lm.transpoints_for(L))
         windows = self_topk_windows(lm, ids, top_k)
-        from transmamba.adapt.teacher_cache import topk_kl
+        from transmamba.teachers.cache import topk_kl
 
         scores = head_switch_costs(lm, windows, tps, lambda z, ti, tl: topk_kl(z, ti, tl))
         extra = {"transpoints": tps, "n_windows": len(ids), "window": L, "top_k": top_k}

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from transmamba.models.hf_llama import LLAMA_FAMILY, teacher_spec
+from transmamba.teachers.load import LLAMA_FAMILY, teacher_spec
 
 
 def time_ms(fn: Callable[[], object], reps: int = 5, warmup: int = 1, max_s: float = 20.0) -> float:

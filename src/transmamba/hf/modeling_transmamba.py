@@ -20,7 +20,7 @@ left-padded row needs no shift). Beam search reorders the cache rows; assisted d
 
 `from_pretrained` checks a local directory before reading it (see its docstring): it never runs the
 directory's code (a config with `auto_map` is refused by name), verifies the checksum manifest
-`transmamba.student.save_hf` writes, and refuses weights that do not match config.json or hold NaN.
+`transmamba.hf.student.save_hf` writes, and refuses weights that do not match config.json or hold NaN.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A checkpoint is a directory holding
     model.safetensors  the model's state_dict (tied/shared tensors stored once, see `_dedup`)
     optimizer.pt       the optimizer's state_dict (torch.save), when an optimizer was given
-    config.json        the run config (its "model" section rebuilds the LM, see transmamba.student)
+    config.json        the run config (its "model" section rebuilds the LM, see transmamba.hf.student)
     state.json         {"step", "rng", "checksums", ...extra such as "metrics", "tokens", "elapsed_s"}
     checksums.json     written last: size and sha256 of every other file, and a sha256 of its own
                        content ("manifest_sha256"), so a damaged manifest is detected too

@@ -10,7 +10,7 @@ intact files (a leaf: safetensors, torch and the stdlib only).
   which can run code when unpickled: transmamba reads safetensors or GGUF only. Every
   `from_pretrained` the library calls also passes `trust_remote_code=False`.
   When the directory has a checksum manifest (`checksums.json`, the scheme of
-  `transmamba.io.checkpoint`, which `transmamba.student.save_hf` writes beside every student),
+  `transmamba.io.checkpoint`, which `transmamba.hf.student.save_hf` writes beside every student),
   every file it lists is verified, and a weights or config file it does not cover is refused.
 - `safetensors_tensors(dir)`: name -> (shape, file) of the weights, read from the headers only, a
   damaged or missing file refused by name; `first_nonfinite_tensor(dir)` streams the tensors one

@@ -10,7 +10,7 @@ arch = "transmamba":   every mixer is a TransMamba-Switch mixer; each layer's Tr
 arch = another kind:   every mixer of that registered kind (`transmamba.modules.registry`, which
                        also builds each layer's mixer: `build_mixer`)
 
-Options for converted Transformer families (`transmamba.adapt.hf_families`; defaults: the block above):
+Options for converted Transformer families (`transmamba.teachers.families`; defaults: the block above):
     pre_norms / post_norms   RMSNorm before each branch / on each branch's output before the residual
                              add (Gemma 2/3: both; OLMo 2: post only)
     mlp_act, mlp_bias        the gated MLP's activation (silu | gelu_tanh | gelu), biases

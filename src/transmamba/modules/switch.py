@@ -15,7 +15,7 @@ equal those of a pure SSM layer with the same weights, and outputs at t < P equa
 layer's. Q/K/V pass through the short causal conv (and its activation) on both paths; the z gate
 acts on the SSM path only; RoPE (optional, for converting RoPE teachers) acts on attention only.
 
-Options for converting other Transformer families (`transmamba.adapt.hf_families`), each on the
+Options for converting other Transformer families (`transmamba.teachers.families`), each on the
 path(s) where the math puts it:
     bias / out_bias   biases of the q, k, v (and z, dt) rows of in_proj / of out_proj: both paths
                       (C, B, x are the biased q, k, v)

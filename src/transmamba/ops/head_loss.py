@@ -6,7 +6,7 @@
                                                     q = softmax_j(z_t[topk_idx_t] / T)   (j = 1..k)
     loss = w_ce CE + w_kl KL
 
-(KL as `transmamba.adapt.teacher_cache.topk_kl`: both distributions renormalised over the teacher's
+(KL as `transmamba.teachers.cache.topk_kl`: both distributions renormalised over the teacher's
 top k.) For a 49k vocabulary the logits of 8 x 256 tokens are 100M floats; building them, their
 fp32 copy, a log_softmax for CE, a second one for KL and the zero-filled gradients of two gathers
 took ~60% of a SmolLM2-student distillation step. `head_ce_kl` walks the tokens in chunks of

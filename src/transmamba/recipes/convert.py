@@ -1,10 +1,10 @@
 """`transmamba convert`: a pretrained causal LM -> a TransMamba-Switch student, end to end.
 
-    teacher (SmolLM2-135M, or a local HF dir / GGUF file of a family `adapt.hf_families` accepts;
+    teacher (SmolLM2-135M, or a local HF dir / GGUF file of a family `teachers.families` accepts;
              anything else is refused before any work) and ITS tokenizer (`data.tokenizer: teacher`;
              a named one only with the same vocabulary), used for the data, cache, evaluation, samples
              and saved with the student
-      -> the lossless gate (`adapt.teacher_check.lossless_gate`): the full-size conversion must
+      -> the lossless gate (`teachers.check.lossless_gate`): the full-size conversion must
          reproduce the teacher's logits at data.seq_len (and past any sliding window), or nothing runs
       -> calibrate on real text, subclone dims/heads/neurons, layered init of the first n layers
       -> teacher outputs (top-k log-probs + the aligned hidden states) cached once on disk, mmapped
@@ -37,16 +37,16 @@ from torch import nn
 from transmamba.adapt.attention_layers import check_keep_attention, check_switching, costliest, switch_costs
 from transmamba.adapt.layer_local import LayerLocalStep, check_cached
 from transmamba.adapt.distill import adaptive_layer_loss, token_cosine, token_cosine_ref
-from transmamba.adapt.llama_to_switch import (calibrate, check_student_fits, init_from_teacher, layer_map_for,
+from transmamba.teachers.to_switch import (calibrate, check_student_fits, init_from_teacher, layer_map_for,
                                               plan_subclone, switch_config_from_teacher)
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
-from transmamba.adapt.teacher_cache import TeacherCache, build_teacher_cache, topk_kl
+from transmamba.teachers.cache import TeacherCache, build_teacher_cache, topk_kl
 from transmamba.config import NONE, NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, dump_yaml, load_config
 from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
 from transmamba.models.lm import LM
 from transmamba.ops.head_loss import head_ce_kl
 from transmamba.modules.schedule import ATTENTION_ONLY
-from transmamba.student import save_hf
+from transmamba.hf.student import save_hf
 from transmamba.hardware.precision import autocast
 from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process, main_process_choice
 
@@ -279,7 +279,7 @@ def check_before_work(cfg: dict, teacher, spec, tok, who: dict) -> dict:
     """Everything that can refuse a conversion, before the data, the teacher cache or training:
     the student's shape against the teacher's, keep_attention against the TransPoints within
     data.seq_len, and the lossless gate. Returns the gate's result."""
-    from transmamba.adapt.teacher_check import lossless_gate
+    from transmamba.teachers.check import lossless_gate
     from transmamba.modules.schedule import make_schedule
 
     d, rec = cfg["data"], cfg["recipe"]
@@ -299,9 +299,9 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     """Run the whole pipeline for a resolved config; returns the summary (also in summary.json)."""
     from transmamba.data.sources import check_sources, split_ids
     from transmamba.data.text import teacher_tokenizer, tokenizer_key
-    from transmamba.adapt.hf_families import inspect_teacher
-    from transmamba.adapt.teacher_cache import FORMAT_VERSION
-    from transmamba.models.hf_llama import load_teacher
+    from transmamba.teachers.families import inspect_teacher
+    from transmamba.teachers.cache import FORMAT_VERSION
+    from transmamba.teachers.load import load_teacher
 
     t_start = time.perf_counter()
     check_config(cfg, CONVERT_RULES)

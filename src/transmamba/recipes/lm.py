@@ -31,7 +31,7 @@ from transmamba.config import (NONNEG_INT, POSITIVE_INT, TRAIN_RULES, Rule, chec
 from transmamba.evaluation.perplexity import lm_perplexity
 from transmamba.io import checkpoint as ckpt
 from transmamba.models.lm import LM
-from transmamba.student import save_hf
+from transmamba.hf.student import save_hf
 from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process
 from transmamba.training.optim import total_steps_for
 

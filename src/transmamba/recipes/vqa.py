@@ -86,7 +86,7 @@ def encode_questions(questions: list[str], lm, tokenize, layer: int) -> tuple[to
 
 def smollm2_encoder():
     """(frozen SmolLM2-135M, tokenize(str) -> ids) from the local fp32 cache (no network)."""
-    from transmamba.models.hf_llama import load_teacher
+    from transmamba.teachers.load import load_teacher
 
     lm, tok = load_teacher("smollm2")
     for p in lm.parameters():

@@ -94,8 +94,8 @@ class LayerSpec:
 
 @dataclass
 class TeacherSpec:
-    """The architecture facts a converter needs (`adapt.llama_to_switch`). Indexable like the legacy
-    `models.hf_llama.teacher_spec` dict (spec["d_model"])."""
+    """The architecture facts a converter needs (`teachers.to_switch`). Indexable like the legacy
+    `teachers.load.teacher_spec` dict (spec["d_model"])."""
 
     model_type: str
     n_layers: int

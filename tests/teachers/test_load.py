@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tiny_fixtures import tiny_llama
-from transmamba.models import hf_llama as H
+from transmamba.teachers import load as H
 
 
 def test_load_teacher_roundtrip(tmp_path):

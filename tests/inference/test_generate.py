@@ -1,4 +1,4 @@
-"""`transmamba generate` (transmamba.generate): refusals with clear messages, and streamed output."""
+"""`transmamba generate` (transmamba.inference.generate): refusals with clear messages, and streamed output."""
 
 import json
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from transmamba import cli
-from transmamba.generate import generate_main, generate_text
+from transmamba.inference.generate import generate_main, generate_text
 from transmamba.io import checkpoint as ck
 from transmamba.models.lm import LM, LMConfig
-from transmamba.student import load_model
+from transmamba.hf.student import load_model
 
 TEXT = ("ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. "
         "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name. ") * 4

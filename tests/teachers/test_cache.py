@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transmamba.adapt.teacher_cache import (TeacherCache, build_teacher_cache, topk_kl, topk_kl_ref,
+from transmamba.teachers.cache import (TeacherCache, build_teacher_cache, topk_kl, topk_kl_ref,
                                             window_starts)
 from tiny_fixtures import tiny_llama
 

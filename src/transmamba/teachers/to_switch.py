@@ -1,6 +1,6 @@
 """A Transformer causal LM -> a TransMamba-Switch LM: the Adapt recipe (subcloning + layered init) on an LM.
 
-Every family `transmamba.adapt.hf_families` accepts goes through here (its `TeacherSpec` says what
+Every family `transmamba.teachers.families` accepts goes through here (its `TeacherSpec` says what
 the student needs: biases, q/k norms, norm placement, activation, RoPE tables, windows, soft-caps);
 the Llama layer below is the common case.
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from transmamba.adapt.hf_families import TeacherSpec, final_norm_weight, inspect_teacher, layer_weights
+from transmamba.teachers.families import TeacherSpec, final_norm_weight, inspect_teacher, layer_weights
 from transmamba.adapt.subclone import activation_importance, cut_linear, cut_norm, head_dims, norm_cut_scale, top_k_indices
 from transmamba.models.lm import LM, LMConfig
 
@@ -39,8 +39,8 @@ def switch_config_from_teacher(spec, *, n_layers: int | None = None, d_model: in
                                d_ff: int | None = None, layer_map: list[int] | str | None = None,
                                **overrides) -> LMConfig:
     """An LMConfig for a Switch student of the teacher, cut as asked. `spec`: the `TeacherSpec` of
-    `adapt.hf_families.inspect_teacher` (the only form that carries every family option: a plain
-    dict, as `models.hf_llama.teacher_spec` gives, is refused).
+    `teachers.families.inspect_teacher` (the only form that carries every family option: a plain
+    dict, as `teachers.load.teacher_spec` gives, is refused).
 
     Defaults give the full-size, lossless student: identity conv without activation, RoPE with the
     teacher's theta, the teacher's eps, vocabulary and tying, no parameter balancing, and every
@@ -49,7 +49,7 @@ def switch_config_from_teacher(spec, *, n_layers: int | None = None, d_model: in
     (uniform).
     """
     if not isinstance(spec, TeacherSpec):
-        raise TypeError(f"switch_config_from_teacher needs the TeacherSpec of adapt.hf_families.inspect_teacher("
+        raise TypeError(f"switch_config_from_teacher needs the TeacherSpec of teachers.families.inspect_teacher("
                         f"config), got a {type(spec).__name__}: a plain dict lacks the RoPE tables, biases, norms "
                         f"and windows of most families and gave silently wrong students")
     n_layers = n_layers or spec["n_layers"]

@@ -4,9 +4,9 @@
                             "unsupported", "seq_len", "dtype", "note", ...}
     lossless_gate(teacher, tokenizer, seq_len, name)  -> the same dict, or ValueError before any work
 
-The config is inspected first (`adapt.hf_families.inspect_teacher`): a teacher it refuses is
+The config is inspected first (`teachers.families.inspect_teacher`): a teacher it refuses is
 reported with the refusal in `unsupported` and never loaded. Otherwise the teacher (a local HF
-directory or a GGUF file) is converted at full size (`adapt.llama_to_switch`) and run with every
+directory or a GGUF file) is converted at full size (`teachers.to_switch`) and run with every
 TransPoint beyond the sequence on a few random token sequences (and on real text when the teacher
 has a tokenizer), in the teacher's dtype (float32).
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from transmamba.adapt.hf_families import inspect_teacher
-from transmamba.adapt.llama_to_switch import full_plan, init_from_teacher, switch_config_from_teacher
+from transmamba.teachers.families import inspect_teacher
+from transmamba.teachers.to_switch import full_plan, init_from_teacher, switch_config_from_teacher
 from transmamba.models.lm import LM
 from transmamba.modules.schedule import ATTENTION_ONLY
 
@@ -52,7 +52,7 @@ def convert_full_size(teacher, spec=None) -> LM:
 
 def _teacher_config(path: str | os.PathLike):
     from transmamba.io.model_dir import check_model_dir
-    from transmamba.models.hf_llama import gguf_config
+    from transmamba.teachers.load import gguf_config
 
     path = Path(path)
     if str(path).endswith(".gguf"):
@@ -142,7 +142,7 @@ def lossless_gate(teacher, tokenizer, seq_len: int, name: str) -> dict:
 
 def check_teacher(path: str | os.PathLike, **kw) -> dict:
     """The check on a local HF model directory or GGUF file (module docstring)."""
-    from transmamba.models.hf_llama import load_teacher
+    from transmamba.teachers.load import load_teacher
 
     config = _teacher_config(path)
     try:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from transmamba.cli import main
 from transmamba.io.checkpoint import MANIFEST_FILE, read_manifest, write_manifest
 from transmamba.models.lm import LM, LMConfig
-from transmamba.student import load_model, save_hf
+from transmamba.hf.student import load_model, save_hf
 
 CFG = dict(d_model=16, n_layers=2, n_heads=1, head_dim=16, d_state=16, chunk_size=4,
            schedule={"name": "per_layer", "P": [0, 40]})

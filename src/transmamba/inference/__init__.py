@@ -1,0 +1,1 @@
+"""Using a trained student: `generate` (text generation from a saved student, `transmamba generate`)."""
