@@ -1,5 +1,5 @@
 """Reference: answer the VQA test questions symbolically from an image classifier's predicted class:
-answer = ANSWERS[q, argmax classifier(x)]. Uses the same test questions as train_multimodal."""
+answer = ANSWERS[q, argmax classifier(x)]. Uses the same test questions as `transmamba train-vqa`."""
 import json
 import sys
 
