@@ -8,6 +8,7 @@
     transmamba heads PATH [--by retrieval|switch_cost] [--lengths ...] [--trials N] [--out DIR] [--json]
     transmamba teacher prepare [--cache-dir DIR]
     transmamba teacher check PATH [--json]          (exit 0 only when the conversion is lossless)
+    transmamba teacher sample --tokens N [--teacher smollm2|DIR] [--out DIR] [--batch-size B] [--top-p P] [--seed S]
     transmamba convert --teacher smollm2 --student configs/convert/<name>.yaml [--key value ...]
     transmamba export --to bamba DIR --model STUDENT_DIR   (a native transformers Bamba; layer-wise hybrids only)
     transmamba train-teacher --config configs/vision/vit-fmnist.yaml [--key value ...]
@@ -109,7 +110,22 @@ def _teacher(argv):
     chk = sub.add_parser("check", help="convert a local HF model dir or GGUF file at full size; compare logits")
     chk.add_argument("path")
     chk.add_argument("--json", action="store_true", help="print one JSON object")
+    smp = sub.add_parser("sample", help="the teacher writes its own corpus (resumable; a data source: teacher_samples)")
+    smp.add_argument("--tokens", type=int, required=True, help="sample until the corpus holds at least N tokens")
+    smp.add_argument("--teacher", default="smollm2", help="smollm2 or a local HF model directory")
+    smp.add_argument("--out", default=None, help="corpus directory (default cache/teacher_samples/<teacher>)")
+    smp.add_argument("--batch-size", type=int, default=8, help="prompts sampled together (one shard)")
+    smp.add_argument("--top-p", type=float, default=0.95)
+    smp.add_argument("--temperature", type=float, default=1.0)
+    smp.add_argument("--max-new-tokens", type=int, default=256)
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.action == "sample":
+        from transmamba.teachers.sample import sample_main
+
+        sample_main(args)
+        return 0
     if args.action == "check":
         import json
 

@@ -20,7 +20,9 @@ def test_quick_eval_writes_a_teacher_relative_report(tmp_path):
     torch.manual_seed(0)
     lm = LM(LMConfig(vocab_size=len(tok), d_model=16, n_layers=2, n_heads=1, head_dim=16, d_state=16,
                      chunk_size=8, schedule={"name": "per_layer", "P": [0, 40]}))
-    save_hf(lm, tmp_path / "student", tok)
+    save_hf(lm, tmp_path / "student", tok,
+            run_info={"convert": {"data": {"sources": [{"files": "mine/*.txt", "weight": 1.0}]}}})
+    (tmp_path / "ood.txt").write_text("The Python Software Foundation license permits use and redistribution. " * 20)
     teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                                            max_position_embeddings=512))
@@ -28,8 +30,19 @@ def test_quick_eval_writes_a_teacher_relative_report(tmp_path):
     tok.save_pretrained(tmp_path / "teacher")
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"),
-                 "--quick", "--out", str(out)]) == 0
+                 "--quick", "--out", str(out), "--text", str(tmp_path / "ood.txt"),
+                 "--cache-dir", str(tmp_path / "tc")]) == 0
     res = json.loads((out / "results.json").read_text())
+    rows = {(r["length"], r["bucket"]): r for r in res["text_perplexity"]}  # --text: by bucket, with the ratio
+    assert set(rows) == {(32, "all"), (32, "0-32"), (64, "all"), (64, "0-64")}
+    assert rows[(64, "all")]["ratio"] == pytest.approx(rows[(64, "all")]["student"] / rows[(64, "all")]["teacher"])
+    assert "text_ppl@64[0-64]" in res["table"]
+    md = (out / "report.md").read_text()
+    assert "distilled on: data.sources" in md and "mine/*.txt" in md and f"--text {tmp_path / 'ood.txt'}" in md
+    assert "## Held-out text" in md and "## Greedy generation vs the teacher" in md and "## Generative task" in md
+    agree = {(r["set"], r["tokens"]) for r in res["generation"]["agreement"]}
+    assert agree >= {("plain", 4), ("plain", 8)}
+    assert {r["task"] for r in res["generation"]["task"]} == {"all", "addition", "copy"}
     table = res["table"]
     for key in ("ppl@64", "passkey@96", "needle@48", "tm_cloze.acc", "tm_nextline.acc", "decode_ms@32", "cache_mb@32"):
         assert key in table and table[key]["teacher"] is not None, key
@@ -93,3 +106,51 @@ def test_report_gives_retrieval_accuracy_with_intervals_and_pct_of_teacher(tmp_p
     alone = _fake_results([[1, 2], [3, 4]], None)  # no teacher: intervals, no ratio
     write_report(tmp_path, alone)
     assert all(r["teacher"] is None and r["pct_of_teacher"] is None for r in alone["retrieval"])
+
+
+def test_eval_refuses_bad_text_before_writing(tmp_path, capsys):
+    """--text that matches nothing, or is shorter than one window, is an error before any file is written."""
+    from transmamba.data.text import load_tokenizer
+    from transmamba.hf.student import save_hf
+    from transmamba.models.lm import LM, LMConfig
+
+    tok = load_tokenizer("smollm2")
+    torch.manual_seed(0)
+    lm = LM(LMConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=1, head_dim=16, d_state=16, chunk_size=8))
+    save_hf(lm, tmp_path / "student", tok)
+    (tmp_path / "short.txt").write_text("Too short.")
+    for text, what in (("nothing/*.txt", "matches no file"), (str(tmp_path / "short.txt"), "fewer than one window")):
+        assert main(["eval", "--model", str(tmp_path / "student"), "--quick", "--out", str(tmp_path / "e"),
+                     "--text", text, "--cache-dir", str(tmp_path / "tc")]) == 2
+        assert what in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_distilled_on_names_the_data(tmp_path):
+    from transmamba.evaluation.report import distilled_on
+
+    assert distilled_on(str(tmp_path)).startswith("unknown")
+    (tmp_path / "transmamba_run.json").write_text(json.dumps({"config": {"data": {"seq_len": 8}}}))
+    assert "Shakespeare" in distilled_on(str(tmp_path))
+    (tmp_path / "transmamba_run.json").write_text(json.dumps({"convert": {"data": {"sources": [{"teacher_samples": "c"}]}}}))
+    assert distilled_on(str(tmp_path)) == 'data.sources [{"teacher_samples": "c"}]'
+
+
+def test_out_of_domain_row_is_not_shakespeare(tmp_path):
+    """The convert report's out-of-domain row: installed licence texts, perplexity of both models."""
+    from tiny_fixtures import tiny_llama, tiny_tokenizer
+
+    from transmamba.data.ood_text import ood_documents
+    from transmamba.data.text import split_texts
+    from transmamba.evaluation.report import out_of_domain_line, out_of_domain_row
+    from transmamba.models.lm import LM, LMConfig
+
+    what, docs = ood_documents()
+    assert "numpy" in what and "LICENSE" in what and sum(map(len, docs)) > 20000
+    shakespeare = "\n".join(split_texts("train") + split_texts("val"))
+    assert all(d[:200] not in shakespeare for d in docs)
+    tok = tiny_tokenizer(300)
+    torch.manual_seed(0)
+    lm = LM(LMConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=1, head_dim=16, d_state=16, chunk_size=8))
+    row = out_of_domain_row(lm, tiny_llama(vocab_size=len(tok)), tok, seq_len=16, batch_size=2, n_batches=1)
+    assert row["tokens"] == 32 and row["student"] > 1 and row["teacher"] > 1
+    assert out_of_domain_line(row).startswith(f"| out-of-domain text: {what}, ppl, 16-token windows | ")

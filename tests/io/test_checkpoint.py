@@ -2,12 +2,10 @@
 
 import json
 import os
-import random
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -161,9 +159,11 @@ def test_hard_kill_during_save_leaves_no_checkpoint_under_its_name(tmp_path):
         from transmamba.io import checkpoint as ck
         m = torch.nn.Linear(3, 3)
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        save = torch.save
         def die(*a, **k):
+            save(*a, **k)
             os._exit(9)
-        ck._fsync_write = die  # killed after weights and optimizer are on disk
+        torch.save = die  # killed after weights and optimizer are on disk
         ck.save_checkpoint({str(root / ck.step_dir_name(2))!r}, m, opt, 2, {{}})
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -193,21 +193,6 @@ def test_latest_prune_resolve(tmp_path):
         ck.resolve_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ck.resolve_checkpoint(tmp_path / "nope")
-
-
-def test_rng_state_round_trip():
-    torch.manual_seed(5)
-    np.random.seed(5)
-    random.seed(5)
-    torch.rand(3)
-    state = json.loads(json.dumps(ck.get_rng_state()))  # survives JSON
-    a = (torch.rand(4), np.random.rand(3), random.random())
-    torch.manual_seed(99)
-    np.random.seed(99)
-    random.seed(99)
-    ck.set_rng_state(state)
-    b = (torch.rand(4), np.random.rand(3), random.random())
-    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
 def test_load_model_real_lm(tmp_path):

@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transmamba.io.files import (atomic_dir, atomic_write_bytes, owner_alive, publish_dir, remove_stale_tmp,
-                                 save_json_atomic, save_safetensors_atomic, tmp_sibling)
+from transmamba.io.files import (atomic_dir, atomic_directory, atomic_write_bytes, owner_alive, publish_dir,
+                                 remove_stale_tmp, save_json_atomic, save_safetensors_atomic, tmp_sibling)
+from transmamba.io.manifest import read_manifest, verify_manifest, write_manifest
 from transmamba.teachers import load as teacher_load
 
 
@@ -157,3 +158,136 @@ def test_kill_9_mid_preparation_leaves_no_orphan_after_the_next_start(tmp_path, 
 def test_tmp_sibling_names_carry_the_pid(tmp_path):
     a, b = tmp_sibling(tmp_path / "x.json"), tmp_sibling(tmp_path / "x.json")
     assert a != b and a.parent == tmp_path and a.name.startswith(f".x.json.tmp-{os.getpid()}-")
+
+
+def _wait_for(marker: Path, proc) -> None:
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, "the writer did not start"
+        time.sleep(0.05)
+
+
+def test_atomic_directory_writes_the_manifest_last_and_publishes(tmp_path):
+    final = tmp_path / "m"
+    with atomic_directory(final, manifest=True) as tmp:
+        assert tmp.name.startswith(f".m.tmp-{os.getpid()}-") and not final.exists()
+        (tmp / "model.safetensors").write_bytes(b"w")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "x.json").write_text("{}")
+    assert sorted(read_manifest(final)["files"]) == ["model.safetensors", "sub/x.json"]
+    assert verify_manifest(final) and [p.name for p in tmp_path.iterdir()] == ["m"]
+    with pytest.raises(RuntimeError, match="boom"), atomic_directory(final, replace=True) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"new")
+        raise RuntimeError("boom")
+    assert (final / "model.safetensors").read_bytes() == b"w" and [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_atomic_directory_kill_9_mid_write_leaves_nothing_under_the_name_and_is_cleaned_next(tmp_path):
+    """A real kill -9 of a writer inside `atomic_directory`: no directory under the final name, its
+    temporary survives it, and the next writer of that name removes it first."""
+    final, marker = tmp_path / "out", tmp_path / "writing"
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from transmamba.io.files import atomic_directory
+
+        with atomic_directory({str(final)!r}, manifest=True) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            Path({str(marker)!r}).write_text("x")
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        _wait_for(marker, proc)
+        orphans = list(tmp_path.glob(".out.tmp-*"))
+        assert len(orphans) == 1 and orphans[0].name.startswith(f".out.tmp-{proc.pid}-")
+        assert remove_stale_tmp(final) == [] and orphans[0].exists()  # a live writer's is never touched
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert orphans[0].exists() and not final.exists()
+    with atomic_directory(final) as tmp:
+        assert not orphans[0].exists()  # cleaned before the new temporary is made
+        (tmp / "f").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "writing"]
+
+
+def test_replace_keeps_the_entries_keep_accepts(tmp_path):
+    final = tmp_path / "student"
+    final.mkdir()
+    (final / "model.safetensors").write_bytes(b"old")
+    (final / "tokenizer.json").write_text("old")  # a model file the new one lacks: dropped
+    (final / "eval").mkdir()
+    (final / "eval" / "report.json").write_text("{}")  # kept
+    with atomic_directory(final, replace=True, keep=lambda n: n == "eval", manifest=True) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"new")
+    assert sorted(p.name for p in final.iterdir()) == ["checksums.json", "eval", "model.safetensors"]
+    assert (final / "model.safetensors").read_bytes() == b"new" and (final / "eval" / "report.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["student"]  # the old one is gone
+    with atomic_directory(final, replace=True) as tmp:  # keep=None: nothing carried over
+        (tmp / "a").write_text("1")
+    assert [p.name for p in final.iterdir()] == ["a"]
+
+
+def test_a_directory_moved_aside_by_a_dead_writer_is_put_back(tmp_path):
+    """Killed between moving the old directory aside and renaming the new one in: the next start
+    puts the old one back; killed after, it carries over what the old one still held."""
+    final = tmp_path / "run"
+    pid = _dead_pid()
+    old = tmp_path / f".run.old-{pid}-0badc0de"
+    old.mkdir()
+    (old / "metrics.csv").write_text("rows")
+    new = _stale(final, pid)
+    assert sorted(remove_stale_tmp(final)) == sorted([old, new])
+    assert [p.name for p in tmp_path.iterdir()] == ["run"] and (final / "metrics.csv").read_text() == "rows"
+    old.mkdir()  # now the new one is in place, the old one still holds metrics.csv and its model files
+    (old / "model.safetensors").write_bytes(b"old")
+    write_manifest(old)  # lists the old model files: those are not carried over
+    (old / "metrics.csv").write_text("rows")  # not listed: it was to be carried over
+    (final / "metrics.csv").unlink()
+    (final / "model.safetensors").write_bytes(b"new")
+    assert remove_stale_tmp(final) == [old] and not old.exists()
+    assert (final / "metrics.csv").read_text() == "rows" and (final / "model.safetensors").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("kind", ["vit", "vision-student"])
+def test_a_model_save_is_atomic_as_a_pair(tmp_path, kind):
+    """A crash after the new weights are written but before the new config: the directory still
+    holds the old pair (and what else it held), verified by its checksums.json; the next save cleans up."""
+    from transmamba.models.vision import StudentConfig, build_student, load_student, save_student
+    from transmamba.models.vit import ViT, ViTConfig, save_vit
+    from transmamba.models.vit_weights import load_pretrained_vit
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("rows")
+    torch.manual_seed(0)
+    if kind == "vit":
+        make = "ViT(ViTConfig(img_size=8, patch_size=4, d_model=16, depth=1, num_heads=2, d_ff=32, num_classes=3))"
+        save, load, imports = save_vit, load_pretrained_vit, "from transmamba.models.vit import ViT, ViTConfig, save_vit as save"
+    else:
+        make = "build_student(StudentConfig(arch='vim', img_size=8, patch_size=4, d_model=16, depth=1, num_classes=3))"
+        save, load = save_student, load_student
+        imports = "from transmamba.models.vision import StudentConfig, build_student, save_student as save"
+    model = eval(make)
+    save(model, out, {"epoch": 1})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    script = textwrap.dedent(f"""
+        import json, os, torch
+        {imports}
+        torch.manual_seed(1)
+        model = {make}
+        json.dumps = lambda *a, **k: os._exit(9)  # killed after model.safetensors, before config.json
+        save(model, {str(out)!r}, {{"epoch": 2}})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 9, r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old pair, untouched
+    assert verify_manifest(out) and json.loads((out / "config.json").read_text())["epoch"] == 1
+    again = load(out)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert len(list(tmp_path.glob(".run.tmp-*"))) == 1  # the dead writer's temporary ...
+    save(model, out, {"epoch": 3})
+    assert not list(tmp_path.glob(".run.*"))  # ... removed by the next save
+    assert json.loads((out / "config.json").read_text())["epoch"] == 3 and (out / "metrics.csv").read_text() == "rows"
+

@@ -33,6 +33,9 @@ def test_full_recipe_writes_a_loadable_student_and_report(tmp_path, teacher_dir)
     assert s["prefill"][0]["context"] == 16 and s["prefill"][0]["teacher_tok_s"] > 0 and s["prefill_rounds"] == 1
     assert s["speed_rounds"] != 1 and "; prefill: 1 round(s)." in (out / "report.md").read_text()
     assert "held-out ppl, 64-token windows" in (out / "report.md").read_text()
+    ood = s["out_of_domain"]  # text in neither split (software licences), student and teacher on the same windows
+    assert ood["what"].startswith("software licence texts") and ood["seq_len"] == 32 and ood["tokens"] > 0
+    assert min(ood["student"], ood["teacher"]) > 1 and "| out-of-domain text: software licence texts" in (out / "report.md").read_text()
     assert (out / "report.md").read_text().startswith("# transmamba convert")
     assert (out / "loss_curve.png").stat().st_size > 0
     assert (out / "transpoint_tradeoff.png").stat().st_size > 0
@@ -207,3 +210,39 @@ def test_speeds_are_medians_of_rounds_alternating_student_and_teacher(monkeypatc
 def test_bad_prefill_rounds_is_named(tmp_path, teacher_dir):
     with pytest.raises(ValueError, match="eval.prefill_rounds"):
         run(tmp_path, teacher_dir, "bad", "--eval.prefill_rounds", "0")
+
+
+def test_keep_heads_saves_a_head_hybrid_student_that_decodes_exactly(tmp_path, teacher_dir):
+    """recipe.keep_heads 1: the KV head whose switch costs most (on the cached windows) keeps attention;
+    the saved student's schedule keeps exactly that head, and greedy decoding equals full forwards."""
+    from transmamba.modules.schedule import ATTENTION_ONLY
+
+    s = run(tmp_path, teacher_dir, "heads", "--student.schedule", "{name: fixed, P: 8}", "--student.n_kv_heads", "2",
+            "--recipe.keep_heads", "1", "--recipe.keep_attention_windows", "2")
+    costs = s["head_costs"]  # [layer, kv_head, cost], highest cost first
+    assert sorted(c[:2] for c in costs) == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert [c[2] for c in costs] == sorted((c[2] for c in costs), reverse=True) and costs[0][2] > 0
+    assert s["kept_heads"] == [costs[0][:2]]
+    (layer, head), = s["kept_heads"]
+    kept_layer = [8, 8]
+    kept_layer[head] = ATTENTION_ONLY
+    assert s["transpoints"][layer] == kept_layer and s["transpoints"][1 - layer] == 8  # one P per KV head there
+    model = load_model(tmp_path / "runs" / "heads" / "student")
+    assert model.cfg.schedule["name"] == "head_hybrid" and model.cfg.schedule["kept_heads"] == s["kept_heads"]
+    assert model.transpoints_for(32) == s["transpoints"]
+    ids = torch.randint(0, 49152, (1, 6), generator=torch.Generator().manual_seed(0))
+    out = model.generate(ids, 12, temperature=0)  # cached decoding across the switch at 8
+    for t in range(6, 18):
+        assert int(out[0, t]) == int(model(out[:, :t])[0][0, -1].argmax())
+    assert "keep attention at every position" in (tmp_path / "runs" / "heads" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (("--recipe.keep_heads", "1", "--recipe.keep_attention", "1"), r"recipe.keep_heads \(1\) and recipe.keep_attention"),
+    (("--recipe.keep_heads", "3"), r"recipe.keep_heads must be in \[0, 2\]"),
+    (("--recipe.keep_heads_by", "votes"), "recipe.keep_heads_by"),
+])
+def test_bad_keep_heads_is_refused_before_any_work(tmp_path, teacher_dir, extra, match):
+    with pytest.raises(ValueError, match=match):
+        run(tmp_path, teacher_dir, "bad", *extra)
+    assert not (tmp_path / "runs" / "bad").exists()

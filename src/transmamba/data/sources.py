@@ -15,6 +15,8 @@ only):
 - `{"dataset": "json" | "parquet", "data_files": "x/*.jsonl", "field": "text"}`:
   `datasets.load_dataset(builder, data_files=...)` offline (`"split"`, default "train"), cached
   under `cache_dir/hf-datasets`.
+- `{"teacher_samples": "dir"}`: a corpus the teacher wrote (`transmamba teacher sample --out dir`,
+  `data/teacher_samples.py`), one document per sample, in shard order.
 - `{"chat": "x.jsonl"}`: JSON lines whose `messages` field (or `"field"`) is a list of
   `{"role", "content"}`, each record rendered with the tokenizer's chat template
   (`tok.apply_chat_template(messages, tokenize=False)`): refused when the tokenizer has none.
@@ -59,14 +61,15 @@ import numpy as np
 
 from transmamba.data.text import (document_separator, encode, ids_dtype, join_documents, load_tokenizer, save_ids,
                                   token_ids, tokenizer_key)
+from transmamba.data.teacher_samples import corpus_documents, corpus_files
 from transmamba.io.files import set_hf_offline
 
-KINDS = ("name", "files", "jsonl", "parquet", "hf_disk", "dataset", "chat")
+KINDS = ("name", "files", "jsonl", "parquet", "hf_disk", "dataset", "chat", "teacher_samples")
 NAMES = ("shakespeare",)
 SPLITS = ("train", "val")
 DEFAULT_HELDOUT = 0.1
 _OPTIONS = {"name": (), "files": (), "jsonl": ("field",), "parquet": ("field",), "hf_disk": ("field", "split"),
-            "dataset": ("data_files", "field", "split"), "chat": ("field",)}
+            "dataset": ("data_files", "field", "split"), "chat": ("field",), "teacher_samples": ()}
 _REQUIRED = {"jsonl": ("field",), "parquet": ("field",), "hf_disk": ("field",), "dataset": ("data_files", "field")}
 _FORMAT = 1  # bump when the cached layout or the split rule changes
 _BATCH_CHARS = 4_000_000  # texts tokenized per encode call
@@ -152,6 +155,8 @@ def check_sources(specs, tokenizer=None) -> list[Source]:
             _match(src.data_files, src.label)
         elif src.kind == "hf_disk" and not Path(src.target).is_dir():
             raise FileNotFoundError(f"{src.label}: no such directory {src.target}")
+        elif src.kind == "teacher_samples":
+            corpus_files(src.target)  # FileNotFoundError / ValueError without a readable manifest
         if src.kind == "chat" and tokenizer is not None and not isinstance(tokenizer, str):
             _check_chat_template(tokenizer, src)
     return sources
@@ -294,6 +299,9 @@ def documents(src: Source, tok, cache_dir: str | os.PathLike = "cache/text"):
     if src.kind == "files":
         yield from _text_files(src)
         return
+    if src.kind == "teacher_samples":
+        yield from ((w, t) for w, t in corpus_documents(src.target) if t.strip())
+        return
     if src.kind in ("jsonl", "chat"):
         records = _jsonl_records(src)
     elif src.kind == "parquet":
@@ -341,6 +349,8 @@ def source_key(src: Source, tok) -> str:
     if src.kind == "hf_disk":
         root = Path(src.target)
         _hash_files(h, sorted(p for p in root.rglob("*") if p.is_file()))
+    elif src.kind == "teacher_samples":
+        _hash_files(h, corpus_files(src.target))
     else:
         _hash_files(h, _match(src.data_files if src.kind == "dataset" else src.target, src.label))
     return h.hexdigest()[:16]

@@ -28,14 +28,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from transmamba.io.files import atomic_dir, atomic_write, package_dir, publish_dir, set_hf_offline
+from transmamba.io.files import atomic_directory, atomic_write, package_dir, set_hf_offline
 from transmamba.io.model_dir import check_model_dir
 
 VAL_WORKS: tuple[str, ...] = ("hamlet", "henry_v", "tempest", "twelfth_night")
@@ -99,18 +98,13 @@ def _load_tokenizer(name: str, cache_dir: str):
 
     final = Path(cache_dir) / f"tokenizer-{name}"
     if not (final / "tokenizer.json").exists():
-        tmp = atomic_dir(final)
-        try:
+        with atomic_directory(final) as tmp:
             if name == "smollm2":
                 folder = check_model_dir(package_dir(SMOLLM2_PACKAGE) / SMOLLM2_GGUF, weights=False)
                 tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, trust_remote_code=False)
             else:
                 tok = _train_bpe(int(name.split("-")[1]))
             tok.save_pretrained(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        publish_dir(tmp, final)
     return AutoTokenizer.from_pretrained(check_model_dir(final, weights=False), trust_remote_code=False)
 
 

@@ -1,4 +1,4 @@
-"""`transmamba eval --model DIR [--teacher smollm2|DIR] [--suite default] [--quick] [--out DIR]`.
+"""`transmamba eval --model DIR [--teacher smollm2|DIR] [--suite default] [--quick] [--out DIR] [--text PATH [--text-field F]]`.
 
 One report of a Hugging Face-format student (`transmamba convert` / `train` write one; any local
 causal-LM directory works), with the teacher side by side and "% of teacher" per metric:
@@ -15,6 +15,15 @@ causal-LM directory works), with the teacher side by side and "% of teacher" per
   results.json's `retrieval` rows (and `pct_of_teacher` per cell in the student's grids);
 - lm-eval-harness tasks made from the shipped data (`evaluation.lm_eval_tasks`: tm_cloze,
   tm_nextline), through lm-eval's Python API on the transformers model;
+- `--text PATH` (a text file or glob, or a JSONL file with `--text-field`, read by `data/sources.py`
+  and tokenized by each model's tokenizer): perplexity of student and teacher on that held-out text,
+  per position bucket, with the ratio student ppl / teacher ppl (report.md "Held-out text");
+- generation against the teacher (`evaluation.generation`): greedy continuations of plain and
+  chat-templated prompts compared with the teacher's at 32 and 128 new tokens (prefix and positional
+  agreement, exact-match rate), and a generative task built offline (2-digit addition, copy/recall)
+  scored by exact match, each with its 95% Wilson interval and pct of teacher;
+- which data the student was distilled on (its transmamba_run.json: the run config's data section)
+  and which it is judged on (`distilled_on`, `judged_on` in results.json, at the top of report.md);
 - speed (`evaluation.hf_speed`): prefill tok/s at 1k / 4k, decode ms/token and cache MB at
   1k / 4k / 16k (caches filled to size with random contents: a step's cost depends on the cache's
   size, not its contents, and the teacher's 16k prefill would take minutes).
@@ -49,11 +58,13 @@ SUITES = {
     "default": dict(ppl_lengths=[256, 1024, 4096], ppl_windows=2, ret_lengths=[1024, 2048, 4096, 8192],
                     depths=[0.0, 0.25, 0.5, 0.75, 1.0], ret_trials=10, probe_lengths=[1024, 2048], probe_trials=2,
                     lm_eval_limit=100, lm_eval_batch=16, speed_contexts=[1024, 4096, 16384],
-                    prefill_lengths=[1024, 4096], decode_tokens=8, synthetic_decode=True),
+                    prefill_lengths=[1024, 4096], decode_tokens=8, synthetic_decode=True,
+                    text_windows=8, gen_lengths=[32, 128], gen_plain=12, gen_chat=6, gen_task=40, gen_task_tokens=12),
     "quick": dict(ppl_lengths=[32, 64], ppl_windows=1, ret_lengths=[48, 96], depths=[0.0, 0.5, 1.0], ret_trials=1,
                   probe_lengths=[96], probe_trials=1,
                   lm_eval_limit=4, lm_eval_batch=2, speed_contexts=[16, 32], prefill_lengths=[32], decode_tokens=2,
-                  synthetic_decode=True),
+                  synthetic_decode=True, text_windows=1, gen_lengths=[4, 8], gen_plain=2, gen_chat=1, gen_task=4,
+                  gen_task_tokens=6),
 }
 
 
@@ -97,8 +108,82 @@ def check_hf_dir(path: str) -> Path:
     return p
 
 
-def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str]) -> dict:
-    """Every metric of the suite for one transformers model."""
+def text_source(path: str, field: str | None = None) -> dict:
+    """The `data/sources.py` spec of `--text`: a JSONL file (or glob) with `field` (default "text"),
+    else text files by glob; all of it held out (heldout 1: judged on, never trained on here)."""
+    if path.endswith((".jsonl", ".json")):
+        return {"jsonl": path, "field": field or "text", "heldout": 1.0}
+    if field is not None:
+        raise ValueError(f"--text-field applies to a JSONL --text, not {path!r}")
+    return {"files": path, "heldout": 1.0}
+
+
+def text_ids(spec: dict, tok, cache_dir: str = "cache/text"):
+    """The `--text` token stream (documents joined by the separator), tokenized once and cached."""
+    import numpy as np
+
+    from transmamba.data.sources import mixture_ids
+
+    return np.asarray(mixture_ids([spec], tok, "val", cache_dir))
+
+
+def text_lengths(suite: dict, ids, spec: dict) -> list[int]:
+    """The suite's perplexity lengths that fit the `--text` stream (ValueError when none does)."""
+    lengths = [L for L in suite["ppl_lengths"] if L + 1 <= len(ids)]
+    if not lengths:
+        what = spec.get("files") or spec.get("jsonl")
+        raise ValueError(f"--text {what!r} has {len(ids)} tokens, fewer than one window of "
+                         f"{min(suite['ppl_lengths']) + 1}")
+    return lengths
+
+
+def distilled_on(model_dir: str) -> str:
+    """What the student was distilled on, from its transmamba_run.json (the run config's data section)."""
+    from transmamba.hf.student import RUN_INFO
+
+    p = Path(model_dir) / RUN_INFO
+    if not p.is_file():
+        return f"unknown (no {RUN_INFO} beside the model)"
+    try:
+        info = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"unknown ({RUN_INFO} unreadable)"
+    data = None
+    for key in ("convert", "config"):
+        if isinstance(info.get(key), dict) and isinstance(info[key].get("data"), dict):
+            data = info[key]["data"]
+            break
+    if data is None:
+        return f"unknown (no data section in {RUN_INFO})"
+    sources = data.get("sources")
+    if not sources:
+        return "held-out-split Shakespeare: the training works of data/text.py (the default corpus)"
+    return "data.sources " + json.dumps(sources)
+
+
+def out_of_domain_row(student, teacher, tok, *, seq_len: int, batch_size: int, n_batches: int) -> dict:
+    """The convert report's out-of-domain row: held-out perplexity of our student (an `LM`) and its HF
+    teacher on text in neither split of the training data (`data.ood_text`: software licences),
+    same windows for both: {"what", "seq_len", "student", "teacher", "tokens"}."""
+    from transmamba.data.ood_text import ood_ids
+    from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
+
+    what, ids = ood_ids(tok)
+    kw = dict(batch_size=batch_size, seq_len=seq_len, n_batches=n_batches)
+    st, te = lm_perplexity(student, ids, **kw), hf_perplexity(teacher, ids, **kw)
+    return {"what": what, "seq_len": seq_len, "student": st["val_ppl"], "teacher": te["val_ppl"],
+            "tokens": st["val_tokens"]}
+
+
+def out_of_domain_line(row: dict) -> str:
+    """The row as a line of the convert report's table (metric | teacher | student | student / teacher)."""
+    return (f"| out-of-domain text: {row['what']}, ppl, {row['seq_len']}-token windows | {row['teacher']:.2f} | "
+            f"{row['student']:.2f} | {row['student'] / row['teacher']:.2f}x |")
+
+
+def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str], text_spec=None,
+                   cache_dir: str = "cache/text") -> dict:
+    """Every metric of the suite for one transformers model (`text_spec`: the `--text` data source)."""
     from transmamba.evaluation.context_perplexity import bucketed_perplexity
     from transmamba.evaluation.hf_speed import hf_speed
     from transmamba.evaluation.lm_eval_tasks import run_lm_eval, write_tasks
@@ -118,6 +203,17 @@ def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str]) -> dic
     ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"])
     res = {"perplexity": timed("perplexity", lambda: bucketed_perplexity(
         lambda x: model(x).logits, ids, suite["ppl_lengths"], n_windows=suite["ppl_windows"]))}
+    if text_spec is not None:
+        tids = text_ids(text_spec, tok, cache_dir)
+        res["text_perplexity"] = timed("text_perplexity", lambda: bucketed_perplexity(
+            lambda x: model(x).logits, tids, text_lengths(suite, tids, text_spec), n_windows=suite["text_windows"]))
+    from transmamba.data.text import tokenizer_key
+    from transmamba.evaluation.generation import run_generation
+
+    res["tokenizer_key"] = tokenizer_key(tok)
+    res["generation"] = timed("generation", lambda: run_generation(
+        model, tok, lengths=suite["gen_lengths"], n_plain=suite["gen_plain"], n_chat=suite["gen_chat"],
+        n_task=suite["gen_task"], task_tokens=suite["gen_task_tokens"]))
 
     def answer(prompt, n):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -152,6 +248,10 @@ def flat_metrics(r: dict) -> dict:
         out[f"ppl@{L}"] = (p["ppl"], False)
         for b, v in p["buckets"].items():
             out[f"ppl@{L}[{b}]"] = (v, False)
+    for L, p in r.get("text_perplexity", {}).items():
+        out[f"text_ppl@{L}"] = (p["ppl"], False)
+        for b, v in p["buckets"].items():
+            out[f"text_ppl@{L}[{b}]"] = (v, False)
     for kind in ("passkey", "needle"):
         acc = r[kind]["acc"]
         for L, row in zip(r[kind]["lengths"], acc):
@@ -220,11 +320,72 @@ def retrieval_rows(s: dict, t: dict | None) -> list[dict]:
     return rows
 
 
+def text_rows(s: dict, t: dict | None) -> list[dict]:
+    """Per length and bucket of the `--text` perplexity: {"length", "bucket", "student", "teacher",
+    "ratio" = student ppl / teacher ppl (1 = as good as the teacher; None without a teacher)}."""
+    rows = []
+    for L, p in s.get("text_perplexity", {}).items():
+        tp = (t or {}).get("text_perplexity", {}).get(L)
+        for b, v in [("all", p["ppl"]), *p["buckets"].items()]:
+            tv = None if tp is None else (tp["ppl"] if b == "all" else tp["buckets"].get(b))
+            rows.append({"length": int(L), "bucket": b, "student": v, "teacher": tv,
+                         "ratio": None if not tv else v / tv})
+    return rows
+
+
+def text_lines(results: dict) -> list[str]:
+    s, t = results["student"], results.get("teacher")
+    results["text_perplexity"] = text_rows(s, t)
+    if not results["text_perplexity"]:
+        return []
+    f = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
+    lines = ["", f"## Held-out text: {results.get('text', '')} (perplexity by position bucket)", "",
+             "| window | positions | student ppl | teacher ppl | ratio student / teacher |", "|---|---|---|---|---|"]
+    lines += [f"| {r['length']} | {r['bucket']} | {f(r['student'])} | {f(r['teacher'])} | {f(r['ratio'])} |"
+              for r in results["text_perplexity"]]
+    return lines
+
+
+def generation_lines(results: dict) -> list[str]:
+    """The generation sections (evaluation.generation); sets results["generation"]."""
+    from transmamba.evaluation.generation import compare_generation
+
+    s, t = results["student"], results.get("teacher")
+    if "generation" not in s:
+        return []
+    same_tok = t is not None and "generation" in t and t.get("tokenizer_key") == s.get("tokenizer_key")
+    results["generation"] = compare_generation(s["generation"], t["generation"] if same_tok else None)
+    if t is not None and "generation" in t and not same_tok:  # task answers are text: still comparable
+        results["generation"]["task"] = compare_generation(s["generation"], t["generation"])["task"]
+    ci = lambda r: f"{r['acc']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({r['hits']}/{r['n']})"  # noqa: E731
+    lines = []
+    g = results["generation"]
+    if g["agreement"]:
+        lines += ["", "## Greedy generation vs the teacher", "",
+                  "prefix: fraction of the n new tokens equal to the teacher's up to the first divergence; "
+                  "positional: fraction of positions with equal tokens; exact: continuations identical "
+                  "(95% Wilson interval). A continuation ends at its EOS; both ended counts as equal.", "",
+                  "| prompts | new tokens | prefix | positional | exact match |", "|---|---|---|---|---|"]
+        lines += [f"| {r['set']} | {r['tokens']} | {r['prefix']:.3f} | {r['positional']:.3f} | {ci(r['exact'])} |"
+                  for r in g["agreement"]]
+    elif t is not None:
+        lines += ["", "Greedy agreement not computed: student and teacher tokenizers differ."]
+    lines += ["", "## Generative task (exact match, 95% Wilson interval)", "",
+              "| task | student | teacher | pct of teacher |", "|---|---|---|---|"]
+    for r in g["task"]:
+        p = r["pct_of_teacher"]
+        lines.append(f"| {r['task']} | {ci(r['student'])} | {'' if r['teacher'] is None else ci(r['teacher'])} | "
+                     f"{'' if p is None else f'{p:.0f}'} |")
+    return lines
+
+
 def write_report(out: Path, results: dict) -> Path:
     s, t = results["student"], results.get("teacher")
     fs, ft = flat_metrics(s), (flat_metrics(t) if t else {})
     lines = [f"# Evaluation of {results['model']}", "", f"suite: {results['suite']}; teacher: {results.get('teacher_name')}; "
              f"precision: {results.get('precision', 'none')}", "",
+             f"distilled on: {results.get('distilled_on', 'unknown')}", "",
+             "judged on: " + "; ".join(results.get("judged_on", ["held-out Shakespeare (data/text.py VAL_WORKS)"])), "",
              "| metric | student | teacher | % of teacher |", "|---|---|---|---|"]
     rows = {}
     for name, (v, hib) in fs.items():
@@ -248,6 +409,7 @@ def write_report(out: Path, results: dict) -> Path:
             p = r["pct_of_teacher"]
             lines.append(f"| {r['task']} | {r['length']} | {ci(r['student'])} | "
                          f"{'' if r['teacher'] is None else ci(r['teacher'])} | {'' if p is None else f'{p:.0f}'} |")
+    lines += text_lines(results) + generation_lines(results)
     for who, r in (("student", s), ("teacher", t)):
         if r is not None:
             parts = ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items())
@@ -264,7 +426,8 @@ def write_report(out: Path, results: dict) -> Path:
 
 
 def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default", quick: bool = False,
-             out: str | None = None, amp: str = "auto") -> dict:
+             out: str | None = None, amp: str = "auto", text: str | None = None, text_field: str | None = None,
+             cache_dir: str = "cache/text") -> dict:
     """Evaluate the student (and the teacher) and write the report; returns results.json's content."""
     from transmamba.data.text import split_texts
     from transmamba.hardware.precision import autocast, resolve_amp
@@ -280,16 +443,25 @@ def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default",
     if teacher and teacher != "smollm2":
         check_hf_dir(teacher)  # a teacher asking to run its own code is refused before any work
     model, tok = load_hf_model(model_dir)  # checked and loaded before anything is written
+    tspec = None
+    if text is not None:  # bad or too short text is refused before any work
+        tspec = text_source(text, text_field)
+        text_lengths(spec, text_ids(tspec, tok, cache_dir), tspec)
+    elif text_field is not None:
+        raise ValueError("--text-field needs --text")
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = split_texts("val")
+    judged = ["held-out Shakespeare (data/text.py VAL_WORKS)"] + ([f"--text {text}"] if text else []) + [
+        "greedy generation on built-in prompts and an offline addition / copy task (evaluation/generation.py)"]
     results = {"model": str(model_dir), "suite": "quick" if quick else suite, "teacher_name": teacher,
-               "precision": str(precision)}
+               "precision": str(precision), "distilled_on": distilled_on(model_dir), "judged_on": judged,
+               "text": text}
     with autocast(device, precision.amp):
-        results["student"] = evaluate_model(model, tok, spec, out_dir, texts)
+        results["student"] = evaluate_model(model, tok, spec, out_dir, texts, tspec, cache_dir)
     if teacher:
         tmodel, ttok = load_hf_model(teacher)
         with autocast(device, precision.amp):
-            results["teacher"] = evaluate_model(tmodel, ttok, spec, out_dir, texts)
+            results["teacher"] = evaluate_model(tmodel, ttok, spec, out_dir, texts, tspec, cache_dir)
     write_report(out_dir, results)
     return results
 
@@ -304,8 +476,12 @@ def eval_main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="output directory (default MODEL/eval)")
     p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
                    help="auto: bf16 where this machine runs it fast (transmamba env), else fp32")
+    p.add_argument("--text", default=None, help="held-out text to judge on: a text file or glob, or a JSONL file")
+    p.add_argument("--text-field", default=None, help="the JSONL field holding the text (default: text)")
+    p.add_argument("--cache-dir", default="cache/text", help="where --text is tokenized once (content-hashed)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    res = run_eval(args.model, args.teacher, args.suite, args.quick, args.out, amp=args.amp)
+    res = run_eval(args.model, args.teacher, args.suite, args.quick, args.out, amp=args.amp, text=args.text,
+                   text_field=args.text_field, cache_dir=args.cache_dir)
     print(Path(args.out or Path(args.model) / "eval") / "report.md")
     return res

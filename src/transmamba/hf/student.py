@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
-from transmamba.io.checkpoint import (MANIFEST_FILE, first_nonfinite, load_checkpoint, model_config_dict,
-                                      read_config, resolve_checkpoint, write_manifest)
-from transmamba.io.files import atomic_dir, replace_dir
+from transmamba.io.checkpoint import MANIFEST_FILE, first_nonfinite, load_checkpoint, read_config, resolve_checkpoint
+from transmamba.io.files import atomic_directory
 from transmamba.io.model_dir import check_model_dir
 from transmamba.models.lm import LM, LMConfig
 
 LM_KEYS = ("vocab_size", "d_model", "n_layers")  # present in every saved LM config
+
+
+def model_config_dict(config: dict) -> dict:
+    """The LM config inside a run config (its "model" section), or the dict itself if it is one."""
+    return config["model"] if isinstance(config.get("model"), dict) else config
 
 
 def lm_config_from(config: dict, source: str | os.PathLike = "checkpoint") -> LMConfig:
@@ -132,19 +135,15 @@ def save_hf(lm: LM, dir: str | os.PathLike, tokenizer=None, run_info: dict | Non
     if bad is not None:
         raise ValueError(f"refusing to save the student to {dir}: tensor {bad!r} holds NaN/Inf values")
     model = TransMambaForCausalLM.from_lm(lm, **config_kwargs)
-    tmp = atomic_dir(dir)
-    try:
+    # an old student's files are replaced; what else its directory held (e.g. eval/) is kept
+    keep = lambda name: name not in STUDENT_FILES and not name.endswith(".safetensors")  # noqa: E731
+    with atomic_directory(dir, replace=True, keep=keep, manifest=True) as tmp:
         model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if run_info is not None:
             (tmp / RUN_INFO).write_text(json.dumps(run_info, indent=2, default=str))
-        write_manifest(tmp, sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # an old student's files are replaced; what else its directory held (e.g. eval/) is kept
-    return replace_dir(tmp, dir, keep=lambda name: name not in STUDENT_FILES and not name.endswith(".safetensors"))
+    return dir
 
 
 def convert_to_hf(old: str | os.PathLike, new: str | os.PathLike, tokenizer="auto") -> Path:

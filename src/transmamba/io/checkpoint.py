@@ -8,11 +8,14 @@ A checkpoint is a directory holding
     checksums.json     written last: size and sha256 of every other file, and a sha256 of its own
                        content ("manifest_sha256"), so a damaged manifest is detected too
 
-`save_checkpoint` writes everything into a sibling `<dir>.tmp-XXXX` and renames it into place
-only when complete, so a crash at any point leaves either the previous checkpoint or the new
-one, never a half-written directory under the checkpoint's name. Leftover `.tmp-`/`.old-`
-directories from a killed process are ignored by `latest_checkpoint` and removed by
-`clean_partial`. It refuses a model (or optimizer state) holding NaN/Inf, naming the tensor, so a
+`save_checkpoint` writes everything through `transmamba.io.files.atomic_directory` (a temporary
+sibling `.<dir>.tmp-<pid>-<hex>`, checksums.json last, renamed into place only when complete), so
+a crash at any point leaves either the previous checkpoint or the new one, never a half-written
+directory under the checkpoint's name. Temporaries left by a killed process are ignored by
+`latest_checkpoint` and removed by `clean_partial` (with those of the earlier `<dir>.tmp-XXXX` scheme).
+The manifest and its check are `transmamba.io.manifest`'s, shared by every saved model. state.json's
+"rng" is whatever the caller gave (the engine's `transmamba.training.rng` state): this file does not
+know what it holds. It refuses a model (or optimizer state) holding NaN/Inf, naming the tensor, so a
 diverged run never overwrites good checkpoints with a NaN one.
 
 Integrity: `read_config`, `read_state`, `load_state_dict` and `load_checkpoint` check the files
@@ -34,15 +37,10 @@ Runs keep their checkpoints as `<out_dir>/checkpoints/step_0000300/`.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
-import random
 import re
 import shutil
-import tempfile
-import uuid
 import warnings
 from pathlib import Path
 
@@ -51,34 +49,26 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from transmamba.io.files import atomic_directory, remove_stale_in
+from transmamba.io.manifest import (HASH, MANIFEST_FILE, CheckpointCorruptError, file_digest, read_manifest,
+                                    verify_manifest, write_manifest)
+from transmamba.io.manifest import corrupt as _corrupt
+
 __all__ = [
     "MODEL_FILE", "OPTIM_FILE", "CONFIG_FILE", "STATE_FILE", "MANIFEST_FILE", "HASH",
     "CheckpointCorruptError", "CheckpointSkippedWarning", "UnverifiedCheckpointWarning", "NonFiniteTensorError",
-    "step_dir_name", "get_rng_state", "set_rng_state", "file_digest", "save_checkpoint", "verify_checkpoint",
+    "step_dir_name", "file_digest", "save_checkpoint", "verify_checkpoint",
     "read_manifest", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint", "clean_partial",
     "prune_checkpoints", "read_config", "read_state", "load_state_dict", "check_state_dict", "load_checkpoint",
-    "model_config_dict", "write_manifest",
+    "write_manifest", "json_default",
 ]
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.pt"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
-MANIFEST_FILE = "checksums.json"
-HASH = "sha256"
-_FILES = (MODEL_FILE, OPTIM_FILE, CONFIG_FILE, STATE_FILE)  # what save_checkpoint writes (and we load)
 _RESERVED = ("step", "rng", "checksums")
-_CHUNK = 1 << 20
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointCorruptError(ValueError):
-    """A checkpoint file is truncated, altered or unreadable; `.checkpoint` and `.file` name it."""
-
-    def __init__(self, message: str, *, checkpoint: str | os.PathLike | None = None, file: str | None = None):
-        super().__init__(message)
-        self.checkpoint = None if checkpoint is None else Path(checkpoint)
-        self.file = file
 
 
 class NonFiniteTensorError(ValueError):
@@ -99,43 +89,6 @@ class UnverifiedCheckpointWarning(UserWarning):
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
-
-# ---------------------------------------------------------------------------------------------
-# RNG state as JSON
-
-
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
-
-
-def get_rng_state() -> dict:
-    """torch (CPU and every CUDA device), numpy and python RNG states, JSON-serialisable."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": _b64(torch.get_rng_state()),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Inverse of `get_rng_state` (CUDA states restored only when this process has the same GPUs)."""
-    torch.set_rng_state(_unb64(state["torch"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    cuda = state.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
-
 
 # ---------------------------------------------------------------------------------------------
 # weights
@@ -168,126 +121,28 @@ def _dedup(state_dict: dict) -> tuple[dict, dict]:
     return tensors, aliases
 
 
-def _fsync_write(path: Path, data: bytes | str) -> None:
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(path, mode) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-
 # ---------------------------------------------------------------------------------------------
 # checksums
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.new(HASH)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _manifest_digest(body: dict) -> str:
-    return hashlib.new(HASH, json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _write_manifest(dir: Path, names: list[str]) -> None:
-    files = {n: {"size": (dir / n).stat().st_size, HASH: file_digest(dir / n)} for n in names}
-    body = {"format": 1, "algorithm": HASH, "files": files}
-    _fsync_write(dir / MANIFEST_FILE, json.dumps({**body, "manifest_sha256": _manifest_digest(body)}, indent=1))
-
-
-def write_manifest(dir: str | os.PathLike, names: list[str]) -> None:
-    """Write checksums.json for the files `names` of `dir` (what verify_checkpoint checks)."""
-    _write_manifest(Path(dir), list(names))
-
-
-def _corrupt(dir: Path, file: str, problem: str) -> CheckpointCorruptError:
-    return CheckpointCorruptError(f"checkpoint {dir} is corrupt: {file} {problem}", checkpoint=dir, file=file)
-
-
-def read_manifest(dir: str | os.PathLike) -> dict | None:
-    """checksums.json, checked against its own digest; None for a checkpoint written before checksums."""
-    dir = Path(dir)
-    path = dir / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _corrupt(dir, MANIFEST_FILE, f"is not valid JSON ({e})") from None
-    ok = (isinstance(data, dict) and isinstance(data.get("files"), dict)
-          and all(isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get(HASH), str)
-                  for v in data["files"].values()))
-    if not ok:
-        raise _corrupt(dir, MANIFEST_FILE, "does not have the layout {files: {name: {size, sha256}}}")
-    if data.get("algorithm") != HASH:
-        raise _corrupt(dir, MANIFEST_FILE, f"names the hash {data.get('algorithm')!r}, expected {HASH!r}")
-    body = {k: v for k, v in data.items() if k != "manifest_sha256"}
-    if data.get("manifest_sha256") != _manifest_digest(body):
-        raise _corrupt(dir, MANIFEST_FILE, "does not match its own checksum (manifest_sha256): it was altered")
-    return data
-
-
 def verify_checkpoint(dir: str | os.PathLike, files: list[str] | tuple[str, ...] | None = None) -> bool:
-    """Check `files` (default: every file checksums.json lists) of a checkpoint against checksums.json.
-
-    True when verified; False for a checkpoint written before checksums (warned, loaded as it is).
-    Raises CheckpointCorruptError naming the checkpoint and the file on a size or checksum mismatch
-    (truncation, bit flip), a damaged checksums.json, or a checkpoint file it does not cover;
-    FileNotFoundError when a listed file is gone. A requested file that was never saved (e.g.
-    optimizer.pt of a model-only checkpoint) is left to the caller, which reports it missing.
-    """
+    """`transmamba.io.manifest.verify_manifest` for a checkpoint: True when verified; False for a
+    checkpoint written before checksums (warned with UnverifiedCheckpointWarning, loaded as it is),
+    unless its state.json says it has a manifest (then CheckpointCorruptError: it was deleted)."""
     dir = Path(dir)
-    manifest = read_manifest(dir)
-    if manifest is None:
-        state = dir / STATE_FILE
-        if state.is_file():
-            try:
-                marker = json.loads(state.read_bytes()).get("checksums")
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                marker = None  # reported as unparsable by read_state
-            if marker:
-                raise _corrupt(dir, MANIFEST_FILE, f"is missing, though {STATE_FILE} says the checkpoint has one")
-        warnings.warn(f"checkpoint {dir} has no {MANIFEST_FILE} (written before checksums): loading it unverified",
-                      UnverifiedCheckpointWarning, stacklevel=3)
-        return False
-    listed = manifest["files"]
-    for name in _FILES:
-        if name not in listed and (dir / name).exists():
-            raise _corrupt(dir, name, f"is not covered by {MANIFEST_FILE} (added after the checkpoint was written)")
-    for name in listed if files is None else files:
-        if name not in listed:
-            continue
-        path = dir / name
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {dir} is missing {name} (listed in {MANIFEST_FILE})")
-        want = listed[name]
-        size = path.stat().st_size
-        if size != want["size"]:
-            raise _corrupt(dir, name, f"has {size} bytes where {MANIFEST_FILE} records {want['size']} "
-                                      f"({'truncated' if size < want['size'] else 'grown'} after it was written)")
-        got = file_digest(path)
-        if got != want[HASH]:
-            raise _corrupt(dir, name, f"does not match its {HASH} checksum (recorded {want[HASH][:12]}..., "
-                                      f"found {got[:12]}...): its content changed after it was written")
-    return True
+    if verify_manifest(dir, files):
+        return True
+    state = dir / STATE_FILE
+    if state.is_file():
+        try:
+            marker = json.loads(state.read_bytes()).get("checksums")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            marker = None  # reported as unparsable by read_state
+        if marker:
+            raise _corrupt(dir, MANIFEST_FILE, f"is missing, though {STATE_FILE} says the checkpoint has one")
+    warnings.warn(f"checkpoint {dir} has no {MANIFEST_FILE} (written before checksums): loading it unverified",
+                  UnverifiedCheckpointWarning, stacklevel=3)
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,50 +198,36 @@ def save_checkpoint(
     *,
     rng: dict | None = None,
 ) -> Path:
-    """Write a complete checkpoint to `dir` atomically (build in `<dir>.tmp-XXXX`, then rename).
+    """Write a complete checkpoint to `dir` atomically (`transmamba.io.files.atomic_directory`:
+    built in a temporary sibling, checksums.json written last, then renamed into place).
 
     An existing `dir` is replaced. `extra` entries (e.g. metrics) go into state.json beside step and
-    rng (`rng`: a `get_rng_state()` taken earlier, default: now). NaN/Inf in the model's tensors or the optimizer state raise NonFiniteTensorError naming the
-    first such tensor, before anything is written.
+    rng (`rng`: the random-number state the caller wants resumed, e.g. the engine's
+    `transmamba.training.rng.get_rng_state()`, stored as given; None when not given). NaN/Inf in
+    the model's tensors or the optimizer state raise NonFiniteTensorError naming the first such
+    tensor, before anything is written.
     """
     final = Path(dir)
-    parent = final.parent
     extra = dict(extra or {})
     clash = set(_RESERVED) & set(extra)
     if clash:
         raise ValueError(f"extra must not contain the reserved keys {sorted(clash)}")
     tensors, aliases = _dedup(model.state_dict())
     _check_finite(tensors, optimizer, model, final)
-    state = {"step": int(step), "rng": get_rng_state() if rng is None else rng, "checksums": MANIFEST_FILE, **extra}
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=parent))
-    try:
+    state = {"step": int(step), "rng": rng, "checksums": MANIFEST_FILE, **extra}
+    with atomic_directory(final, replace=True, manifest=True) as tmp:
         config_text = json.dumps(config, indent=2, sort_keys=False, default=str)
         meta = {"format": "pt", "aliases": json.dumps(aliases), "config": config_text}  # config.json, kept with the weights
         save_file(tensors, str(tmp / MODEL_FILE), metadata=meta)
-        written = [MODEL_FILE]
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
-            written.append(OPTIM_FILE)
-        _fsync_write(tmp / CONFIG_FILE, config_text)
-        _fsync_write(tmp / STATE_FILE, json.dumps(state, default=_json_default))
-        _write_manifest(tmp, written + [CONFIG_FILE, STATE_FILE])  # last: its presence means complete
-        _fsync_dir(tmp)
-        if final.exists():
-            old = parent / f"{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / CONFIG_FILE).write_text(config_text)
+        (tmp / STATE_FILE).write_text(json.dumps(state, default=json_default))
     return final
 
 
-def _json_default(o):
+def json_default(o):
+    """`default=` for json.dumps of state.json: one-element tensors, numpy scalars and paths."""
     if isinstance(o, torch.Tensor) and o.numel() == 1:
         return o.item()
     if isinstance(o, (np.floating, np.integer)):
@@ -464,12 +305,14 @@ def resolve_checkpoint(path: str | os.PathLike, verify: bool = True) -> Path:
 
 
 def clean_partial(root: str | os.PathLike) -> list[Path]:
-    """Remove `.tmp-`/`.old-` leftovers of interrupted saves under root; returns what was removed."""
+    """Remove the leftovers of interrupted saves under root (the temporaries of writers that are
+    gone, `transmamba.io.files.remove_stale_in`; and `step_X.tmp-*` / `step_X.old-*` directories of
+    the scheme before it); returns what was removed."""
     root = Path(root)
-    removed = []
+    removed = remove_stale_in(root)
     if root.is_dir():
         for p in root.iterdir():
-            if p.is_dir() and (".tmp-" in p.name or ".old-" in p.name):
+            if p.is_dir() and not p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed
@@ -621,7 +464,6 @@ def load_checkpoint(
     model: torch.nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     *,
-    restore_rng: bool = False,
     map_location: str | torch.device = "cpu",
     verify: bool = True,
 ) -> dict:
@@ -658,13 +500,4 @@ def load_checkpoint(
         except (ValueError, KeyError) as e:
             raise ValueError(f"optimizer state in {dir} does not fit this optimizer: {e}") from None
         out["restored"].append("optimizer")
-    if restore_rng:
-        set_rng_state(state["rng"])
-        out["restored"].append("rng")
     return out
-
-
-def model_config_dict(config: dict) -> dict:
-    """The LM config inside a run config (its "model" section), or the dict itself if it is one."""
-    return config["model"] if isinstance(config.get("model"), dict) else config
-

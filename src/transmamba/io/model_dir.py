@@ -9,9 +9,9 @@ intact files (a leaf: safetensors, torch and the stdlib only).
   `weights=True`, so is a directory whose weights are only pickle files (`pytorch_model.bin`, ...),
   which can run code when unpickled: transmamba reads safetensors or GGUF only. Every
   `from_pretrained` the library calls also passes `trust_remote_code=False`.
-  When the directory has a checksum manifest (`checksums.json`, the scheme of
-  `transmamba.io.checkpoint`, which `transmamba.hf.student.save_hf` writes beside every student),
-  every file it lists is verified, and a weights or config file it does not cover is refused.
+  When the directory has a checksum manifest (`checksums.json`, `transmamba.io.manifest`, which
+  every model the library saves carries), `verify_manifest` checks every file it lists and
+  refuses a weights or config file it does not cover.
 - `safetensors_tensors(dir)`: name -> (shape, file) of the weights, read from the headers only, a
   damaged or missing file refused by name; `first_nonfinite_tensor(dir)` streams the tensors one
   at a time and names the first holding NaN/Inf.
@@ -23,7 +23,7 @@ import json
 import os
 from pathlib import Path
 
-from transmamba.io.checkpoint import MANIFEST_FILE, read_manifest, verify_checkpoint
+from transmamba.io.manifest import verify_manifest
 
 CODE_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 CODE_FIELDS = ("auto_map", "custom_pipelines")  # the fields transformers follows to import a directory's code
@@ -35,10 +35,6 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 class UnsafeModelError(ValueError):
     """A model directory asks to run its own code, or keeps its weights as pickle (the CLI prints
     it as one `error:` line, exit 2)."""
-
-
-# files that decide what a loaded model computes: the manifest must cover each one present
-MODEL_FILES = ("config.json", "generation_config.json", WEIGHTS_INDEX)
 
 
 def _read_json(path: Path):
@@ -85,22 +81,6 @@ def refuse_pickle_weights(dir: str | os.PathLike) -> None:
                         f"when loaded; transmamba reads safetensors or GGUF weights only (re-save the model with "
                         f"save_pretrained(..., safe_serialization=True))")
     raise FileNotFoundError(f"{dir} holds no weights (no *.safetensors file)")
-
-
-def verify_manifest(dir: str | os.PathLike) -> bool:
-    """Verify every file `checksums.json` lists (CheckpointCorruptError / FileNotFoundError naming
-    the file) and refuse weights or config files it does not cover. False when there is no
-    manifest (nothing verified, nothing warned: the caller decides)."""
-    dir = Path(dir)
-    manifest = read_manifest(dir)
-    if manifest is None:
-        return False
-    listed = manifest["files"]
-    for p in sorted(dir.iterdir()):
-        if p.is_file() and p.name not in listed and (p.name in MODEL_FILES or p.name.endswith(".safetensors")):
-            raise ValueError(f"{dir} is damaged: {p.name} is not covered by {MANIFEST_FILE} "
-                             f"(added after the model was written)")
-    return verify_checkpoint(dir)
 
 
 def check_model_dir(path: str | os.PathLike, *, weights: bool = True) -> Path:

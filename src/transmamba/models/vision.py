@@ -303,23 +303,25 @@ def build_student(cfg: StudentConfig | dict) -> VisionMamba:
 
 
 def save_student(model: VisionMamba, out_dir, extra: dict | None = None) -> Path:
-    """out_dir/model.safetensors + out_dir/config.json ({"student": cfg, **extra}), each atomic."""
-    from transmamba.io.files import save_json_atomic, save_safetensors_atomic
+    """out_dir/model.safetensors + out_dir/config.json ({"student": cfg, **extra}) + their checksums.json,
+    written atomically as one (`transmamba.io.files.save_weights_and_config`)."""
+    from transmamba.io.files import save_weights_and_config
 
-    out = Path(out_dir)
-    save_safetensors_atomic(model.state_dict(), out / "model.safetensors")
-    save_json_atomic({"format": "transmamba-vision-student", "student": asdict(model.cfg),
-                      **(extra or {})}, out / "config.json")
-    return out
+    return save_weights_and_config(out_dir, model.state_dict(), {"format": "transmamba-vision-student",
+                                                                 "student": asdict(model.cfg), **(extra or {})})
 
 
 def load_student(path) -> VisionMamba:
-    """Inverse of `save_student`."""
+    """Inverse of `save_student` (its checksums.json verified first; a student saved before
+    checksums has none and loads as it is)."""
     import json
 
     from safetensors.torch import load_file
 
+    from transmamba.io.manifest import verify_manifest
+
     d = Path(path)
+    verify_manifest(d)
     cfg = json.loads((d / "config.json").read_text())
     model = build_student(cfg["student"])
     model.load_state_dict(load_file(str(d / "model.safetensors")))

@@ -9,7 +9,7 @@ Video ("b t c H W"): each frame goes through the same ViT; logits are averaged o
 hidden states come back as "b t (p + h w) d".
 
 Parameter names follow the new Hugging Face ViT (q_proj, k_proj, v_proj, o_proj, mlp.fc1/fc2).
-`save_vit` writes our format (config.json + model.safetensors); `transmamba.models.vit_weights`
+`save_vit` writes our format (config.json + model.safetensors + checksums.json, atomically as one); `transmamba.models.vit_weights`
 reads it back, and Hugging Face / timm checkpoints.
 `PatchGrid` and `patch_tokens` (the image geometry) are shared with the vision students.
 """
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transmamba.io.files import save_json_atomic, save_safetensors_atomic
+from transmamba.io.files import save_weights_and_config
 from transmamba.ops.validate import check_dim, check_tensor
 
 FORMAT = "transmamba-vit"  # config.json["format"] of `save_vit` directories
@@ -264,8 +264,7 @@ class ViT(nn.Module):
 
 
 def save_vit(model: ViT, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write out_dir/model.safetensors and out_dir/config.json ({"format", "vit", **extra}) atomically."""
-    out = Path(out_dir)
-    save_safetensors_atomic(model.state_dict(), out / "model.safetensors")
-    save_json_atomic({"format": FORMAT, "vit": asdict(model.cfg), **(extra or {})}, out / "config.json")
-    return out
+    """Write out_dir/model.safetensors, out_dir/config.json ({"format", "vit", **extra}) and their
+    checksums.json atomically as one (`transmamba.io.files.save_weights_and_config`)."""
+    return save_weights_and_config(out_dir, model.state_dict(), {"format": FORMAT, "vit": asdict(model.cfg),
+                                                                 **(extra or {})})

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from transmamba.io.manifest import verify_manifest
 from transmamba.models.vit import FORMAT, ViT, ViTConfig
 
 
@@ -155,6 +156,7 @@ def load_pretrained_vit(path: str | os.PathLike, num_heads: int | None = None) -
     d = Path(path)
     if not d.is_dir():
         raise FileNotFoundError(f"teacher checkpoint directory not found: {d}")
+    verify_manifest(d)  # ours carry checksums.json (save_vit); others have none: nothing checked
     cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
     sd = _read_weights(d)
     if cfg.get("format") == FORMAT:

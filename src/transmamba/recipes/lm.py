@@ -14,10 +14,8 @@ format in `<out_dir>/student` (`AutoModelForCausalLM.from_pretrained` after `imp
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,15 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from transmamba.config import (NONNEG_INT, POSITIVE_INT, TRAIN_RULES, Rule, check_config, dump_yaml, load_config,
+from transmamba.config import (NONNEG_INT, POSITIVE_INT, TRAIN_RULES, Rule, check_config, load_config,
                                merge, parse_overrides, set_dotted)
-from transmamba.evaluation.perplexity import lm_perplexity
 from transmamba.io import checkpoint as ckpt
 from transmamba.models.lm import LM
 from transmamba.hf.student import save_hf
+from transmamba.recipes.scaffold import perplexity_eval, recipe_main, seed_everything, seed_of, write_result
 from transmamba.training.engine import ENGINE_DEFAULTS, Run, fit, is_main_process
 from transmamba.training.optim import total_steps_for
 
+SEED = "seed"  # this recipe's seed key
 TRAIN_DEFAULTS: dict = {
     "name": "lm",
     "out_dir": None,  # None: runs/lm/<name>
@@ -206,17 +205,10 @@ def train(cfg: dict, *, resume: bool = False, data: TextData | None = None,
                          f"{data.vocab_size} tokens")
     if model_fn is None:
         check_memory(cfg, int(cfg["model"]["vocab_size"]))
-    torch.manual_seed(cfg["seed"])
-    np.random.seed(cfg["seed"] % 2**32)
+    seed_everything(seed_of(cfg, SEED))
     model = (model_fn or build_lm)(cfg["model"])
     out_dir = Path(cfg["out_dir"])
-
-    def evaluate(m):
-        dev = next(m.parameters()).device
-        r = lm_perplexity(m, data.val_ids, batch_size=B, seq_len=T, n_batches=int(t["eval_batches"]),
-                          device=dev, amp=t["amp"])
-        return {"val_loss": r["val_loss"], "val_ppl": r["val_ppl"]}
-
+    evaluate = perplexity_eval(data.val_ids, batch_size=B, seq_len=T, n_batches=int(t["eval_batches"]), amp=t["amp"])
     run = Run(name=cfg["name"], step_module=LMStep(model, T), batches=window_batches(data.train_ids, B, T, cfg["seed"]),
               total_steps=total_steps_for(int(t["tokens"]), B, T), tcfg=t, out_dir=out_dir, config=cfg,
               evaluate=evaluate, unit="tokens", unit_per_example=T, metric_fields=["val_loss", "val_ppl"],
@@ -243,8 +235,7 @@ def train(cfg: dict, *, resume: bool = False, data: TextData | None = None,
             tok = tok if len(tok) <= model.cfg.vocab_size else None  # a test-sized vocabulary: no tokenizer
             summary["student"] = str(save_hf(model, out_dir / "student", tok,
                                              run_info={"config": cfg, "summary": dict(summary)}))
-        (out_dir / "config.yaml").write_text(dump_yaml(cfg))
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_result(out_dir / "summary.json", summary, config_yaml=cfg)
     return summary
 
 
@@ -271,20 +262,12 @@ def build_config(config_path: str | None, overrides: list[str], *, resume: bool 
 
 
 def train_main(argv: list[str] | None = None) -> dict:
-    """`transmamba train --config FILE [--resume] [--print-config] [--section.key VALUE ...]`."""
-    p = argparse.ArgumentParser(
-        prog="transmamba train", allow_abbrev=False,
-        description="Train a language model. Any config key can be overridden as --section.key VALUE "
-                    "(e.g. --train.lr 3e-4 --model.n_layers 4 --out_dir runs/x).")
-    p.add_argument("--config", help="YAML config, e.g. configs/lm/transmamba.yaml")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args, rest = p.parse_known_args(argv)
-    cfg = build_config(args.config, rest, resume=args.resume)
-    if args.print_config:
-        print(dump_yaml(resolve_config(cfg)))
-        return {}
-    summary = train(cfg, resume=args.resume)
-    if is_main_process():
-        print(json.dumps(summary, indent=2))
-    return summary
+    """`transmamba train --config FILE [--resume] [--print-config] [--section.key VALUE ...]`.
+
+    Train a language model. Any config key can be overridden as --section.key VALUE (e.g. --train.lr
+    3e-4 --model.n_layers 4 --out_dir runs/x); --resume continues from the newest checkpoint in
+    out_dir (without --config: the config saved there)."""
+    return recipe_main(argv, default_config(), lambda cfg, args: train(cfg, resume=args.resume), train_main.__doc__,
+                       prog="transmamba train", resume=True, indent=2,
+                       build=lambda path, rest, args: build_config(path, rest, resume=args.resume),
+                       resolve=resolve_config)

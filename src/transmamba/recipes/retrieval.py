@@ -21,7 +21,7 @@ Visual side (`role`):
               frame-wise on clips), trained here for retrieval; saved to out_dir/vit
     student   ViM (grids) / VideoMamba (clips): mode scratch = own init, task loss only;
               mode transmamba = subcloning + layered init from the retrieval teacher's ViT and
-              adaptive multi-directional distillation from its visual tokens (recipes.vision)
+              adaptive multi-directional distillation from its visual tokens (recipes.vision_student)
 
 Loss: L = alpha (InfoNCE(dual) + InfoNCE over K candidates of the re-ranker) + (1 - alpha) L_dir,
 alpha = 1 without distillation; the InfoNCE is symmetric with a learned temperature
@@ -60,10 +60,11 @@ from transmamba.data.twin_clips import make_twin_clips, shrink, twin_caption, tw
 from transmamba.evaluation.retrieval import (facet_r1, mean_metrics, ranks, recall_curve, retrieval_metrics,
                                              twin_accuracy)
 from transmamba.io.files import atomic_write
-from transmamba.recipes.vision import (DISTILL_DEFAULTS, VISION_RULES, build_distill_run, config_main,
-                                       example_batches, steps_of, write_result)
-from transmamba.training.engine import Run, fit, is_main_process
+from transmamba.recipes.scaffold import epoch_fit, recipe_main, run_result, seed_everything, seed_of, write_result
+from transmamba.recipes.vision_student import DISTILL_DEFAULTS, VISION_RULES, build_distill_run
+from transmamba.training.engine import is_main_process
 
+SEED = "train.seed"  # this recipe's seed key
 RETRIEVAL_DEFAULTS = {
     **copy.deepcopy(DISTILL_DEFAULTS),
     "out_dir": "runs/multimodal/retrieval",
@@ -355,9 +356,8 @@ def train_retrieval(cfg: dict, text_encoder=None) -> dict:
     from transmamba.models.vit import save_vit
 
     check_config(cfg)
-    tcfg, out, r = cfg["train"], Path(cfg["out_dir"]), cfg["retrieval"]
-    torch.manual_seed(int(tcfg["seed"]))
-    np.random.seed(int(tcfg["seed"]))
+    out, r = Path(cfg["out_dir"]), cfg["retrieval"]
+    seed_everything(seed_of(cfg, SEED))
     data = build_retrieval_data(cfg, text_encoder)
     model, teacher, dloss, report = build_retrieval_model(cfg, data)
     alpha = float(cfg["distill"]["alpha"]) if dloss is not None else 1.0
@@ -365,8 +365,6 @@ def train_retrieval(cfg: dict, text_encoder=None) -> dict:
                                 train_k=int(r["train_k"]), teacher_window=int(cfg["distill"]["teacher_window"]),
                                 stop_grad=cfg["head"]["stop_grad"])
     x_tr, c_tr = data["train"]
-    total, per_epoch = steps_of(len(x_tr), tcfg)
-    tcfg = {**tcfg, "eval_every": per_epoch if tcfg.get("eval_every") is None else tcfg["eval_every"]}
     rk, mk = int(r["rerank_k"]), int(r["max_k"])
     init = evaluate_retrieval(model, data, rk, mk)
 
@@ -374,26 +372,14 @@ def train_retrieval(cfg: dict, text_encoder=None) -> dict:
         ev = evaluate_retrieval(model, data, rk, mk)
         return {f"test_{k}": v for k, v in ev.items() if k != "curves"}
 
-    def after_eval(at_step, ev):
-        ev["epoch"] = (at_step - 1) // per_epoch
-
     name = f"retrieval {r['task']} {cfg['role']}" + ("" if cfg["role"] == "teacher" else f" {cfg['mode']}/{cfg['fusion']}")
-    run = Run(name=name, step_module=step_module, batches=example_batches((x_tr, c_tr), tcfg, group=data["group"]),
-              total_steps=total, tcfg=tcfg, out_dir=out, config=cfg, saved=step_module, evaluate=evaluate, after_eval=after_eval,
-              unit="images", metric_fields=METRIC_FIELDS,
-              fingerprint={k: cfg[k] for k in ("student", "role", "mode", "fusion", "head", "retrieval")},
-              device=cfg.get("device", "cpu"))
-    if run.tcfg.get("parallel", "ddp") != "ddp":  # before fit: nothing written yet
-        raise ValueError("train.parallel fsdp is not supported by the retrieval recipe (its step module holds the teacher and heads outside the sharded blocks; untested): use train.parallel ddp")
-    res = fit(run)
+    res = epoch_fit(name, step_module, (x_tr, c_tr), cfg, evaluate, recipe="retrieval", metric_fields=METRIC_FIELDS,
+                    saved=step_module, group=data["group"],
+                    fingerprint={k: cfg[k] for k in ("student", "role", "mode", "fusion", "head", "retrieval")})
     final = evaluate_retrieval(model, data, rk, mk)
-    losses = res["losses"]
     n_fusion = sum(p.numel() for n, p in model.named_parameters() if n.startswith("cross."))
-    result = {"steps": res["step"], **{k: v for k, v in final.items() if k != "curves"}, "curves": final["curves"],
-              "init": {k: v for k, v in init.items() if k != "curves"},
-              "train_loss_first": losses[0] if losses else None,
-              "train_loss_last": float(np.mean(losses[-10:])) if losses else None,
-              "elapsed_s": round(res["elapsed_s"], 2), "losses": losses, "role": cfg["role"], "mode": cfg["mode"],
+    result = {**run_result(res), **{k: v for k, v in final.items() if k != "curves"}, "curves": final["curves"],
+              "init": {k: v for k, v in init.items() if k != "curves"}, "role": cfg["role"], "mode": cfg["mode"],
               "fusion": cfg["fusion"], "task": r["task"], "init_layers": report["init_layers"],
               "distill": dloss is not None, "n_captions": len(data["captions"]), "train_n": len(x_tr),
               "test_galleries": len(data["galleries"]), "gallery_size": len(data["galleries"][0]),
@@ -404,10 +390,11 @@ def train_retrieval(cfg: dict, text_encoder=None) -> dict:
         plot_recall(final["curves"], out / "recall.png", f"{name}: R@k on the test galleries")
         if cfg["role"] == "teacher":
             save_vit(model.backbone, out / "vit", {"retrieval_config": cfg, "t2v_r1": final["t2v_r1"]})
-    write_result(out, result, cfg)
+    write_result(out / "result.json", result, config=cfg, drop=("losses",))
     return result
 
 
 def train_retrieval_main(argv=None) -> int:
     """CLI: --config FILE [--role R] [--mode M] [--fusion F] [--section.key value ...]; prints the result."""
-    return config_main(argv, RETRIEVAL_DEFAULTS, train_retrieval, __doc__, hide=("losses", "curves"))
+    return recipe_main(argv, RETRIEVAL_DEFAULTS, lambda cfg, _: train_retrieval(cfg), __doc__,
+                       prog="transmamba train-retrieval", hide=("losses", "curves"), status=True)

@@ -14,7 +14,7 @@ token's huge norm), are the text tokens "b m d_text" (right padded, with a mask)
 
 Model (`transmamba.adapt.vqa_model.VQAModel`): a ViM student (from scratch, or TransMamba:
 subcloned from the ViT teacher with layered init of its first n layers,
-`recipes.vision.build_distill_run`) and one of the fusions late / modulate / prefix.
+`recipes.vision_student.build_distill_run`) and one of the fusions late / modulate / prefix.
 Loss: L = alpha CE + (1 - alpha) L_dir when distillation is on (TransMamba mode, distill.enabled):
 L_dir is the adaptive multi-directional feature loss of the backbone against the ViT teacher on
 the images; otherwise L = CE. Logit KD is refused (the teacher answers a different task).
@@ -32,7 +32,6 @@ Training runs on the one engine (`transmamba.training.engine.fit`).
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +44,11 @@ from transmamba.adapt.vqa_model import FUSIONS, READOUTS, VQAModel
 from transmamba.config import NONNEG_INT, POSITIVE_INT, UNIT, check_config as check_rules, one_of
 from transmamba.data.vqa_questions import question_bank, sample_questions
 from transmamba.evaluation.classification import classify
-from transmamba.recipes.vision import (DISTILL_DEFAULTS, VISION_RULES, build_distill_run, config_main,
-                                       example_batches, load_data, steps_of, write_result)
-from transmamba.training.engine import Run, fit
+from transmamba.data.batching import load_data
+from transmamba.recipes.scaffold import epoch_fit, recipe_main, run_result, seed_everything, seed_of, write_result
+from transmamba.recipes.vision_student import DISTILL_DEFAULTS, VISION_RULES, build_distill_run
 
+SEED = "train.seed"  # this recipe's seed key
 VQA_DEFAULTS = {
     **copy.deepcopy(DISTILL_DEFAULTS),
     "out_dir": "runs/multimodal/vqa",
@@ -164,7 +164,7 @@ def build_grid_vqa_data(cfg: dict, text_encoder=None) -> dict:
 
 
 def build_vqa_data(cfg: dict, text_encoder=None) -> dict:
-    """Images (recipes.vision.load_data), question ids and answers per split, and the text bank.
+    """Images (data.batching.load_data), question ids and answers per split, and the text bank.
 
     text_encoder: (lm, tokenize) override (tests pass a tiny random stand-in); default SmolLM2.
     vqa.task "grid": `build_grid_vqa_data` instead."""
@@ -264,8 +264,7 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
     """Run one VQA config (see module docstring); returns the result dict, also in result.json."""
     check_config(cfg)
     tcfg, out = cfg["train"], Path(cfg["out_dir"])
-    torch.manual_seed(int(tcfg["seed"]))
-    np.random.seed(int(tcfg["seed"]))
+    seed_everything(seed_of(cfg, SEED))
     data = build_vqa_data(cfg, text_encoder)
     model, teacher, dloss, report = build_vqa_run(cfg, data)
     alpha = float(cfg["distill"]["alpha"]) if dloss is not None else 1.0
@@ -275,29 +274,16 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
                           distill_first_steps=tcfg["distill_first_steps"],
                           teacher_window=int(cfg["distill"]["teacher_window"]))
     init = evaluate_vqa(model, data, "test", tcfg["eval_batch_size"])
-    total, per_epoch = steps_of(len(x_tr), tcfg)
-    tcfg = {**tcfg, "eval_every": per_epoch if tcfg.get("eval_every") is None else tcfg["eval_every"]}
 
     def evaluate(_):
         return {f"test_{k}": v for k, v in evaluate_vqa(model, data, "test", tcfg["eval_batch_size"]).items()}
 
-    def after_eval(at_step, ev):
-        ev["epoch"] = (at_step - 1) // per_epoch
-
-    run = Run(name=f"vqa {cfg['fusion']}/{cfg['mode']}", step_module=step_module,
-              batches=example_batches((x_tr, q_tr, a_tr), tcfg), total_steps=total, tcfg=tcfg, out_dir=out,
-              config=cfg, saved=step_module, evaluate=evaluate, after_eval=after_eval, unit="images",
-              metric_fields=METRIC_FIELDS, fingerprint={**{k: cfg[k] for k in ("student", "mode", "fusion", "head")},
-                           "fusion_first_steps": tcfg["fusion_first_steps"],
-                           "distill_first_steps": tcfg["distill_first_steps"]},
-              device=cfg.get("device", "cpu"))
-    if run.tcfg.get("parallel", "ddp") != "ddp":  # before fit: nothing written yet
-        raise ValueError("train.parallel fsdp is not supported by the vqa recipe (its step module holds the teacher and heads outside the sharded blocks; untested): use train.parallel ddp")
-    res = fit(run)
-    losses = res["losses"]
-    result = {"steps": res["step"], **res["last_eval"], "train_loss_first": losses[0] if losses else None,
-              "train_loss_last": float(np.mean(losses[-10:])) if losses else None,
-              "elapsed_s": round(res["elapsed_s"], 2), "losses": losses, "init_test_acc": init["acc"],
+    res = epoch_fit(f"vqa {cfg['fusion']}/{cfg['mode']}", step_module, (x_tr, q_tr, a_tr), cfg, evaluate,
+                    recipe="vqa", metric_fields=METRIC_FIELDS, saved=step_module,
+                    fingerprint={**{k: cfg[k] for k in ("student", "mode", "fusion", "head")},
+                                 "fusion_first_steps": tcfg["fusion_first_steps"],
+                                 "distill_first_steps": tcfg["distill_first_steps"]})
+    result = {**run_result(res), **res["last_eval"], "init_test_acc": init["acc"],
               "fusion": cfg["fusion"], "mode": cfg["mode"], "init_layers": report["init_layers"],
               "fusion_first_steps": int(tcfg["fusion_first_steps"]),
               "distill_first_steps": int(tcfg["distill_first_steps"]),
@@ -307,10 +293,11 @@ def train_vqa(cfg: dict, text_encoder=None) -> dict:
               "task": cfg["vqa"].get("task", "single"),
               "train_yes_frac": float((data["train"][3] == 1).float().mean()),
               "test_yes_frac": float((data["test"][3] == 1).float().mean())}
-    write_result(out, result, cfg)
+    write_result(out / "result.json", result, config=cfg, drop=("losses",))
     return result
 
 
 def train_vqa_main(argv=None) -> int:
     """CLI: --config FILE [--fusion F] [--mode M] [--section.key value ...]; prints the result."""
-    return config_main(argv, VQA_DEFAULTS, train_vqa, __doc__)
+    return recipe_main(argv, VQA_DEFAULTS, lambda cfg, _: train_vqa(cfg), __doc__, prog="transmamba train-vqa",
+                       hide=("losses",), status=True)

@@ -18,6 +18,18 @@ that produces NaN/Inf is refused naming the layer and window, never cached.
 
 The directory is written under a temporary name and renamed when complete, so an interrupted
 build leaves nothing that `TeacherCache` would open.
+
+Under torchrun (torch.distributed initialised, world W > 1) every rank builds its share: rank 0
+decides (an existing cache is kept, other settings refused) and makes the temporary directory and
+the full-size files, each rank computes the batches j (windows j*B..j*B+B-1, B = batch_size) with
+j % W == its rank and writes them at their own offsets of those files (`os.pwrite`: byte ranges,
+not pages, so ranks on other hosts sharing the directory cannot overwrite each other), and rank 0
+writes starts.npy and meta.json and renames the directory once every rank has written and fsynced
+its rows; every rank then returns the path and reads the whole cache. Whole batches, not single
+windows, go to a rank so that every window is computed in the same batch as in one process: the
+cache is byte-identical to the one-process build. A rank's failure (a non-finite teacher output
+included) is raised on every rank and nothing is published; the directory must be on a filesystem
+that every rank sees (refused by name otherwise).
 """
 
 from __future__ import annotations
@@ -31,11 +43,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from transmamba.io.files import atomic_dir, remove_stale_tmp
-from transmamba.ops.validate import check_dim, check_tensor
+from transmamba.ops.topk_kl import topk_kl, topk_kl_ref  # noqa: F401  (the KL lives in ops/; imported from here too)
 
 FORMAT_VERSION = 2  # 2: hidden states in bfloat16 (int16 bits) or float32, never float16
 HIDDEN_DTYPES = {"bfloat16": (np.int16, torch.bfloat16), "float32": (np.float32, torch.float32)}
@@ -80,8 +92,22 @@ def build_teacher_cache(model, ids: np.ndarray, out_dir: str | os.PathLike, *, s
     For every position t of a window x: topk over v of log p(v | x_<=t) = logits_v - logsumexp(logits),
     and the requested hidden_states[i] "(l, d)" in `hidden_dtype` ("bfloat16" | "float32"). An existing complete cache built with
     the same settings, ids and teacher is kept and its path returned; one with other settings
-    raises FileExistsError unless `overwrite`.
+    raises FileExistsError unless `overwrite`. Under torchrun the ranks share the work (module doc):
+    through the process group that is up, or, when none is (WORLD_SIZE > 1 set by the launcher), a
+    gloo group started for the build and destroyed before returning (the engine starts its own later).
     """
+    own = _join_ranks()
+    try:
+        return _build(model, ids, out_dir, seq_len=seq_len, n_windows=n_windows, top_k=top_k,
+                      hidden_layers=hidden_layers, batch_size=batch_size, hidden_dtype=hidden_dtype,
+                      overwrite=overwrite, progress=progress)
+    finally:
+        if own:
+            dist.destroy_process_group()
+
+
+def _build(model, ids, out_dir, *, seq_len, n_windows, top_k, hidden_layers, batch_size, hidden_dtype,
+           overwrite, progress) -> Path:
     if not isinstance(ids, np.ndarray) or ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"ids must be a 1-D integer numpy array (n,), got {type(ids).__name__} "
                          f"of shape {getattr(ids, 'shape', None)}")
@@ -105,65 +131,171 @@ def build_teacher_cache(model, ids: np.ndarray, out_dir: str | os.PathLike, *, s
     np_dtype, torch_dtype = HIDDEN_DTYPES[hidden_dtype]
 
     out = Path(out_dir)
-    remove_stale_tmp(out)  # temporaries of a build that was killed
+    world, rank = _world()
     meta = {"format": FORMAT_VERSION, "n_windows": n_windows, "seq_len": seq_len, "top_k": top_k,
             "hidden_layers": layers, "hidden_dtype": hidden_dtype, "d_model": config.hidden_size,
             "vocab": vocab, "n_layers": n_layers, "ids_sha1": _fingerprint_ids(ids),
             "teacher": _fingerprint_model(model),
             "teacher_name": str(getattr(config, "name_or_path", "") or "")}
+    n, d = n_windows, config.hidden_size
+    shapes = {"tokens.npy": ((n, seq_len + 1), np.int32), "topk_idx.npy": ((n, seq_len, top_k), np.int32),
+              "topk_logp.npy": ((n, seq_len, top_k), np.float32),
+              **{f"hidden_{i}.npy": ((n, seq_len, d), np_dtype) for i in layers}}
+
+    # rank 0 decides and makes the temporary directory with full-size files; the others follow
+    plan, tmp = None, None
+    if rank == 0:
+        try:
+            plan, tmp = _plan(out, meta, overwrite)
+            if plan == "build":
+                for name, (shape, dt) in shapes.items():
+                    a = np.lib.format.open_memmap(tmp / name, mode="w+", dtype=dt, shape=shape)
+                    if name == "tokens.npy":
+                        a[:] = np.asarray(ids[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+                    a.flush()
+                    del a
+        except Exception as e:  # noqa: BLE001  (raised below on every rank)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            plan, tmp = e, None
+    if world > 1:
+        box = [plan if not isinstance(plan, Exception) else ("error", type(plan).__name__, str(plan)), tmp]
+        dist.broadcast_object_list(box, src=0)
+        plan, tmp = box
+        if isinstance(plan, tuple):
+            plan = (FileExistsError if plan[1] == "FileExistsError" else RuntimeError)(plan[2])
+    if isinstance(plan, Exception):
+        raise plan
+    if plan == "keep":
+        return out
+
+    err, files = None, {}
+    try:
+        if not tmp.is_dir():
+            raise FileNotFoundError(f"teacher cache: rank {rank} does not see the temporary directory {tmp} that "
+                                    f"rank 0 made; the cache directory must be on a filesystem shared by all ranks")
+        try:
+            for name in shapes:
+                files[name] = _Rows(tmp / name)
+            tokens = np.load(tmp / "tokens.npy", mmap_mode="r")
+            device = next(model.parameters()).device
+            mine = [s for j, s in enumerate(range(0, n, batch_size)) if j % world == rank]
+            with torch.inference_mode(), tqdm(total=sum(min(batch_size, n - s) for s in mine), unit="win",
+                                              desc="teacher cache", disable=not progress or rank != 0) as bar:
+                for s in mine:
+                    e = min(s + batch_size, n)
+                    x = torch.from_numpy(np.asarray(tokens[s:e, :-1], dtype=np.int64)).to(device)
+                    o = model(input_ids=x, output_hidden_states=bool(layers), use_cache=False)
+                    logp = torch.log_softmax(o.logits.float(), dim=-1)
+                    where = f"teacher {meta['teacher_name'] or config.model_type!r}, windows {s}..{e - 1}"
+                    if not bool(torch.isfinite(logp).all()):
+                        raise FloatingPointError(f"the teacher's logits are not finite ({where}); nothing is cached")
+                    v, i = logp.topk(top_k, dim=-1)
+                    rows = {"topk_logp.npy": v.cpu().numpy(), "topk_idx.npy": i.to(torch.int32).cpu().numpy()}
+                    for li in layers:
+                        h = o.hidden_states[li].float().to(torch_dtype)
+                        if not bool(torch.isfinite(h).all()):
+                            raise FloatingPointError(f"hidden_states[{li}] is not finite in {hidden_dtype} ({where}); "
+                                                     f"nothing is cached")
+                        rows[f"hidden_{li}.npy"] = (h.view(torch.int16) if hidden_dtype == "bfloat16" else h).cpu().numpy()
+                    for name, r in rows.items():  # written once the whole batch is checked
+                        files[name].write(s, r.astype(shapes[name][1], copy=False))
+                    del o, logp
+                    bar.update(e - s)
+            for f in files.values():
+                f.fsync()
+            del tokens
+        finally:
+            for f in files.values():
+                f.close()
+    except Exception as e:  # noqa: BLE001  (every rank learns of it below)
+        err = e
+    errors = [err]
+    if world > 1:
+        errors = [None] * world
+        dist.all_gather_object(errors, None if err is None else (type(err).__name__, str(err)))
+    bad = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
+    try:
+        if bad is not None:
+            if err is not None:
+                raise err
+            r, (kind, msg) = bad
+            raise (FloatingPointError if kind == "FloatingPointError" else RuntimeError)(f"rank {r}: {msg}")
+        if rank == 0:
+            np.save(tmp / "starts.npy", starts)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+    except BaseException:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if world > 1:
+            dist.barrier()  # the cache is in place (or gone) before any rank goes on
+    return out
+
+
+_GROUPS_MADE = [0]  # builds that made their own group in this process (the same count on every rank)
+
+
+def _join_ranks() -> bool:
+    """Under a launcher (WORLD_SIZE > 1) with no process group up: start a gloo group for the build, its
+    keys under a prefix of their own in the launcher's store (a later env:// group, the engine's,
+    must not find this one's addresses there). True when it made one."""
+    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    store, rank, world = next(dist.rendezvous("env://"))
+    _GROUPS_MADE[0] += 1
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"transmamba_teacher_cache_{_GROUPS_MADE[0]}", store),
+                            rank=rank, world_size=world)
+    return True
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _plan(out: Path, meta: dict, overwrite: bool) -> tuple[str, Path | None]:
+    """("keep", None) for a complete cache of the same settings at `out`, else ("build", fresh temporary
+    directory); FileExistsError for anything else at `out` unless `overwrite`."""
+    remove_stale_tmp(out)  # temporaries of a build that was killed
     if out.exists():
         old = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else None
         if old is not None and all(old.get(k) == v for k, v in meta.items() if k != "teacher_name"):
-            return out
+            return "keep", None
         if not overwrite:
             what = "a teacher cache built with other settings" if old else "something that is no teacher cache"
             raise FileExistsError(f"{out} holds {what}; pass overwrite=True or another out_dir")
+    return "build", atomic_dir(out)
 
-    tmp = atomic_dir(out)
-    try:
-        n, d = n_windows, config.hidden_size
 
-        def mm(name, shape, dt):
-            return np.lib.format.open_memmap(tmp / name, mode="w+", dtype=dt, shape=shape)
+class _Rows:
+    """Writes whole leading-axis rows of an existing .npy file at their byte offsets (os.pwrite)."""
 
-        tokens = mm("tokens.npy", (n, seq_len + 1), np.int32)
-        tokens[:] = np.asarray(ids[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
-        topk_idx = mm("topk_idx.npy", (n, seq_len, top_k), np.int32)
-        topk_logp = mm("topk_logp.npy", (n, seq_len, top_k), np.float32)
-        hidden = {i: mm(f"hidden_{i}.npy", (n, seq_len, d), np_dtype) for i in layers}
-        device = next(model.parameters()).device
-        with torch.inference_mode(), tqdm(total=n, unit="win", desc="teacher cache", disable=not progress) as bar:
-            for s in range(0, n, batch_size):
-                e = min(s + batch_size, n)
-                x = torch.from_numpy(np.asarray(tokens[s:e, :-1], dtype=np.int64)).to(device)
-                o = model(input_ids=x, output_hidden_states=bool(layers), use_cache=False)
-                logp = torch.log_softmax(o.logits.float(), dim=-1)
-                where = f"teacher {meta['teacher_name'] or config.model_type!r}, windows {s}..{e - 1}"
-                if not bool(torch.isfinite(logp).all()):
-                    raise FloatingPointError(f"the teacher's logits are not finite ({where}); nothing is cached")
-                v, i = logp.topk(top_k, dim=-1)
-                topk_logp[s:e] = v.cpu().numpy()
-                topk_idx[s:e] = i.to(torch.int32).cpu().numpy()
-                for li in layers:
-                    h = o.hidden_states[li].float().to(torch_dtype)
-                    if not bool(torch.isfinite(h).all()):
-                        raise FloatingPointError(f"hidden_states[{li}] is not finite in {hidden_dtype} ({where}); "
-                                                 f"nothing is cached")
-                    hidden[li][s:e] = (h.view(torch.int16) if hidden_dtype == "bfloat16" else h).cpu().numpy()
-                del o, logp
-                bar.update(e - s)
-        for a in (tokens, topk_idx, topk_logp, *hidden.values()):
-            a.flush()
-        del tokens, topk_idx, topk_logp, hidden
-        np.save(tmp / "starts.npy", starts)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            self.offset = f.tell()
+        self.row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+        self.path, self.fd = path, os.open(path, os.O_WRONLY)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        data = np.ascontiguousarray(rows).data.cast("B")
+        pos, done = self.offset + start * self.row, 0
+        while done < len(data):
+            done += os.pwrite(self.fd, data[done:], pos + done)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class TeacherCache:
@@ -230,56 +362,3 @@ class TeacherCache:
         stop = len(self) - len(self) % batch_size if drop_last else len(self)
         for s in range(0, stop, batch_size):
             yield self.batch(np.sort(order[s:s + batch_size]), device=device, hidden_dtype=hidden_dtype)
-
-
-def _check_kl_args(student_logits, topk_idx, topk_logp, T):
-    check_tensor("student_logits", student_logits, 3, "(b, l, v)")
-    check_tensor("topk_logp", topk_logp, 3, "(b, l, k)")
-    if not isinstance(topk_idx, torch.Tensor) or topk_idx.dim() != 3 or topk_idx.is_floating_point():
-        raise ValueError(f"topk_idx must be an integer tensor of shape (b, l, k), got "
-                         f"{getattr(topk_idx, 'dtype', type(topk_idx).__name__)} of shape "
-                         f"{tuple(getattr(topk_idx, 'shape', ()))}")
-    check_dim("topk_idx", topk_idx, 0, student_logits.shape[0], "student_logits (b, l, v)")
-    check_dim("topk_idx", topk_idx, 1, student_logits.shape[1], "student_logits (b, l, v)")
-    for dim in range(3):
-        check_dim("topk_logp", topk_logp, dim, topk_idx.shape[dim], "topk_idx (b, l, k)")
-    if topk_idx.numel() and (topk_idx.min() < 0 or topk_idx.max() >= student_logits.shape[-1]):
-        raise ValueError(f"topk_idx holds ids outside [0, v={student_logits.shape[-1]})")
-    if not T > 0:
-        raise ValueError(f"T must be > 0, got {T}")
-
-
-def topk_kl(student_logits: torch.Tensor, topk_idx: torch.Tensor, topk_logp: torch.Tensor,
-            T: float = 1.0, reduction: str = "mean") -> torch.Tensor:
-    """KL(teacher || student) on the teacher's top-k tokens, both renormalized over those k.
-
-        p_j = softmax_j(topk_logp_j / T),   q_j = softmax_j(student_logits[topk_idx_j] / T)
-        KL  = sum_j p_j (log p_j - log q_j)                       (j = 1..k, per position)
-
-    student_logits "(b, l, v)", topk_idx "(b, l, k)", topk_logp "(b, l, k)". Zero iff the student's
-    logits on the k tokens equal the teacher's up to a constant. reduction "mean" (over b l),
-    "sum" or "none" -> "(b, l)". Not multiplied by T^2 (do that in the loss if wanted).
-    """
-    _check_kl_args(student_logits, topk_idx, topk_logp, T)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    log_q = F.log_softmax(student_logits.gather(-1, topk_idx.long()) / T, dim=-1)
-    log_p = F.log_softmax(topk_logp.to(log_q.dtype) / T, dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    return kl.mean() if reduction == "mean" else kl.sum() if reduction == "sum" else kl
-
-
-def topk_kl_ref(student_logits: torch.Tensor, topk_idx: torch.Tensor, topk_logp: torch.Tensor,
-                T: float = 1.0) -> torch.Tensor:
-    """Slow twin of `topk_kl` (reduction "mean"): one position at a time, softmax written out."""
-    _check_kl_args(student_logits, topk_idx, topk_logp, T)
-    b, l, _ = topk_idx.shape
-    total = student_logits.new_zeros(())
-    for bi in range(b):
-        for t in range(l):
-            s = torch.stack([student_logits[bi, t, int(v)] for v in topk_idx[bi, t]]) / T
-            a = topk_logp[bi, t].to(s.dtype) / T
-            p = torch.exp(a - a.max()) / torch.exp(a - a.max()).sum()
-            q = torch.exp(s - s.max()) / torch.exp(s - s.max()).sum()
-            total = total + (p * (torch.log(p) - torch.log(q))).sum()
-    return total / (b * l)

@@ -17,13 +17,12 @@ compares both when `accelerate` is installed).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from transmamba.data.text import SMOLLM2_GGUF, SMOLLM2_PACKAGE
-from transmamba.io.files import atomic_dir, package_dir, publish_dir, remove_stale_tmp, set_hf_offline
+from transmamba.io.files import atomic_directory, package_dir, remove_stale_tmp, set_hf_offline
 from transmamba.io.model_dir import check_model_dir, refuse_pickle_weights
 
 LLAMA_FAMILY = ("llama", "mistral")
@@ -93,14 +92,10 @@ def prepare_smollm2(cache_dir: str | os.PathLike = SMOLLM2_CACHE) -> Path:
     if (final / "config.json").exists() and (final / "model.safetensors").exists():
         return final
     model, tok = load_smollm2_gguf()  # built from a config without quantization_config
-    tmp = atomic_dir(final)
-    try:
+    with atomic_directory(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return publish_dir(tmp, final)
+    return final
 
 
 def load_teacher(path_or_name: str | os.PathLike, *, dtype: torch.dtype = torch.float32,

@@ -51,6 +51,7 @@ from transmamba.hardware.precision import resolve_amp
 from transmamba.io import checkpoint as ckpt
 from transmamba.ops.validate import NumericalError
 from transmamba.training import fsdp, heap
+from transmamba.training.rng import get_rng_state, set_rng_state
 from transmamba.training.memory import check_device, check_fits, state_bytes
 from transmamba.training.metrics import MetricsLog, plot_loss_curve, read_metrics_header
 from transmamba.training.optim import lr_at, make_optimizer
@@ -297,7 +298,8 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
         best = math.inf if st.get("best") is None else float(st["best"])
         last_eval = st.get("last_eval") or st.get("last_val") or {}
         dropped = metrics.truncate_after(step) if main else 0
-        ckpt.set_rng_state(st["rng"])  # last: building the modules consumed RNG
+        if st.get("rng") is not None:  # None: a checkpoint not written by a run (save_checkpoint without rng)
+            set_rng_state(st["rng"])  # last: building the modules consumed RNG
         if main:
             print(f"resumed from {latest} at step {step}/{run.total_steps}"
                   + (f" (dropped {dropped} metric rows logged after it)" if dropped else ""), file=sys.stderr)
@@ -366,7 +368,7 @@ def _fit(run, acc, device, world, rank, main, out_dir, root, saved, accum, resum
         state = {"units": units, "tokens": units, "elapsed_s": elapsed0 + time.perf_counter() - t_start,
                  "best": best if math.isfinite(best) else None, "last_eval": last_eval,
                  "metrics": {"train_loss": train_loss, **last_eval}, "total_steps": run.total_steps}
-        pending[:] = [(at_step, state, ckpt.get_rng_state())]
+        pending[:] = [(at_step, state, get_rng_state())]
         if now or sharded is not None:
             flush()
 

@@ -21,8 +21,9 @@ resolved amp to bf16 (instead of autocast); fp32 otherwise. Gradient clipping:
 Sharded checkpoints (`save_sharded` / `load_sharded`): `<step_dir>/dcp/` written by
 `torch.distributed.checkpoint` ({"model", "optim"} keyed by parameter names, so any world size
 loads it, and a DDP run loads it into its full tensors), config.json, state.json and checksums.json
-(`transmamba.io.checkpoint.write_manifest`, every file under dcp/ included), built in a
-`<dir>.tmp-XXXX` sibling and renamed into place by rank 0 once every rank's shard is written. A
+(every file under dcp/ included), built in one temporary sibling that every rank writes into
+(`transmamba.io.files.atomic_directory`, made and renamed into place by rank 0 once every rank's
+shard is written). A
 DDP checkpoint (model.safetensors + optimizer.pt, full tensors) resumes under FSDP through the
 plain modules: the sharded copy is taken from them and the optimizer state is scattered with
 `set_optimizer_state_dict(full_state_dict=True)`.
@@ -30,13 +31,11 @@ plain modules: the sharded copy is taken from them and the optimizer state is sc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 import torch
@@ -44,6 +43,8 @@ import torch.distributed as dist
 from torch import nn
 
 from transmamba.io import checkpoint as ckpt
+from transmamba.io.files import atomic_directory
+from transmamba.training.rng import get_rng_state
 
 SHARDED_DIR = "dcp"  # a sharded checkpoint's torch.distributed.checkpoint folder
 PARALLEL = ("ddp", "fsdp")
@@ -247,13 +248,6 @@ def _all(flag: bool) -> bool:
     return int(t) == 0
 
 
-def _fsync_json(path: Path, obj, **kw) -> None:
-    with open(path, "w") as f:
-        f.write(json.dumps(obj, **kw))
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def is_sharded(dir: str | os.PathLike) -> bool:
     return (Path(dir) / SHARDED_DIR).is_dir()
 
@@ -277,50 +271,24 @@ def save_sharded(final: str | os.PathLike, module: nn.Module, optimizer: torch.o
                                         f"{'tensor ' + repr(bad) if bad else 'another rank shard'} holds NaN/Inf "
                                         f"values (the model diverged); earlier checkpoints are left as they are",
                                         tensor=bad)
-    parent = final.parent
-    tmp = None
-    if _main():
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=parent)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        box = [tmp]
-        dist.broadcast_object_list(box, src=0)
-        tmp = box[0]
-    tmp = Path(tmp)
+    # rank 0 makes the temporary directory (the one scheme of io/files.py) and publishes it once every
+    # rank's shards are in (dcp.save ends with a collective); the other ranks write into it
     try:
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / SHARDED_DIR))
-        if _main():
-            state = {"step": int(step), "rng": ckpt.get_rng_state(), "checksums": ckpt.MANIFEST_FILE,
-                     "parallel": "fsdp", "world": dist.get_world_size() if dist.is_initialized() else 1, **extra}
-            _fsync_json(tmp / ckpt.CONFIG_FILE, config, indent=2, default=str)
-            _fsync_json(tmp / ckpt.STATE_FILE, state, default=_json_default)
-            files = sorted(str(p.relative_to(tmp)) for p in (tmp / SHARDED_DIR).rglob("*") if p.is_file())
-            ckpt.write_manifest(tmp, files + [ckpt.CONFIG_FILE, ckpt.STATE_FILE])  # last: complete
-            if final.exists():
-                old = parent / f"{final.name}.old-{uuid.uuid4().hex[:8]}"
-                os.rename(final, old)
-                os.rename(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
-    except BaseException:
-        if _main():
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(final, replace=True, manifest=True) if _main() else contextlib.nullcontext() as tmp:
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                box = [None if tmp is None else str(tmp)]
+                dist.broadcast_object_list(box, src=0)
+                tmp = Path(box[0])
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / SHARDED_DIR))
+            if _main():  # checksums.json (every file under dcp/ included) is written last by atomic_directory
+                state = {"step": int(step), "rng": get_rng_state(), "checksums": ckpt.MANIFEST_FILE,
+                         "parallel": "fsdp", "world": dist.get_world_size() if dist.is_initialized() else 1, **extra}
+                (tmp / ckpt.CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
+                (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, default=ckpt.json_default))
     finally:
         if dist.is_initialized():
             dist.barrier()
     return final
-
-
-def _json_default(o):
-    if isinstance(o, torch.Tensor) and o.numel() == 1:
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(f"state.json cannot hold {type(o).__name__}")
 
 
 def load_sharded(dir: str | os.PathLike, module: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
