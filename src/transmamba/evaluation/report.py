@@ -357,7 +357,6 @@ def generation_lines(results: dict) -> list[str]:
     results["generation"] = compare_generation(s["generation"], t["generation"] if same_tok else None)
     if t is not None and "generation" in t and not same_tok:  # task answers are text: still comparable
         results["generation"]["task"] = compare_generation(s["generation"], t["generation"])["task"]
-    ci = lambda r: f"{r['acc']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({r['hits']}/{r['n']})"  # noqa: E731
     lines = []
     g = results["generation"]
     if g["agreement"]:
@@ -366,17 +365,26 @@ def generation_lines(results: dict) -> list[str]:
                   "positional: fraction of positions with equal tokens; exact: continuations identical "
                   "(95% Wilson interval). A continuation ends at its EOS; both ended counts as equal.", "",
                   "| prompts | new tokens | prefix | positional | exact match |", "|---|---|---|---|---|"]
-        lines += [f"| {r['set']} | {r['tokens']} | {r['prefix']:.3f} | {r['positional']:.3f} | {ci(r['exact'])} |"
+        lines += [f"| {r['set']} | {r['tokens']} | {r['prefix']:.3f} | {r['positional']:.3f} | {accuracy_cell(r['exact'])} |"
                   for r in g["agreement"]]
     elif t is not None:
         lines += ["", "Greedy agreement not computed: student and teacher tokenizers differ."]
     lines += ["", "## Generative task (exact match, 95% Wilson interval)", "",
               "| task | student | teacher | pct of teacher |", "|---|---|---|---|"]
-    for r in g["task"]:
-        p = r["pct_of_teacher"]
-        lines.append(f"| {r['task']} | {ci(r['student'])} | {'' if r['teacher'] is None else ci(r['teacher'])} | "
-                     f"{'' if p is None else f'{p:.0f}'} |")
+    lines += [f"| {r['task']} | {accuracy_cells(r)} |" for r in g["task"]]
     return lines
+
+
+def accuracy_cell(r: dict) -> str:
+    """An accuracy with its 95% Wilson interval and counts: "0.50 [0.24, 0.76] (5/10)"."""
+    return f"{r['acc']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({r['hits']}/{r['n']})"
+
+
+def accuracy_cells(r: dict) -> str:
+    """The student | teacher | pct of teacher cells of a row {"student", "teacher", "pct_of_teacher"}."""
+    p = r["pct_of_teacher"]
+    teacher = "" if r["teacher"] is None else accuracy_cell(r["teacher"])
+    return f"{accuracy_cell(r['student'])} | {teacher} | {'' if p is None else f'{p:.0f}'}"
 
 
 def write_report(out: Path, results: dict) -> Path:
@@ -402,13 +410,9 @@ def write_report(out: Path, results: dict) -> Path:
                 s[kind] = compare_to_teacher(s[kind], t[kind])
     results["retrieval"] = retrieval_rows(s, t)
     if results["retrieval"]:
-        ci = lambda r: f"{r['acc']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({r['hits']}/{r['n']})"  # noqa: E731
         lines += ["", "## Retrieval accuracy (95% Wilson interval)", "",
                   "| task | tokens | student | teacher | pct of teacher |", "|---|---|---|---|---|"]
-        for r in results["retrieval"]:
-            p = r["pct_of_teacher"]
-            lines.append(f"| {r['task']} | {r['length']} | {ci(r['student'])} | "
-                         f"{'' if r['teacher'] is None else ci(r['teacher'])} | {'' if p is None else f'{p:.0f}'} |")
+        lines += [f"| {r['task']} | {r['length']} | {accuracy_cells(r)} |" for r in results["retrieval"]]
     lines += text_lines(results) + generation_lines(results)
     for who, r in (("student", s), ("teacher", t)):
         if r is not None:
