@@ -10,6 +10,7 @@ from transmamba.hf.modeling_transmamba import TransMambaForCausalLM
 from transmamba.models.lm import LM, LMConfig
 
 
+@pytest.mark.slow  # lm-eval twice over two tasks (~20 s): make test-slow, CI
 def test_batched_requests_score_as_one_at_a_time(tmp_path):
     tok = load_tokenizer("smollm2")  # the shared cache/text: read from the GGUF once per machine
     torch.manual_seed(0)

@@ -56,6 +56,7 @@ def test_eval_bad_model_dir_is_an_error(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the real SmolLM2 teacher (~20 s on a fresh machine): make test-slow, CI
 def test_smollm2_teacher_loads_as_model_and_tokenizer():
     """`--teacher smollm2` (the default teacher) gives a transformers model in eval mode and its tokenizer."""
     from transmamba.evaluation.report import load_hf_model
