@@ -11,12 +11,7 @@ from transmamba.modules.switch import SwitchConfig, SwitchMixer
 from transmamba.ops.rope import apply_rope, rope_cos_sin
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tests/modules/conftest.py
 
 
 def make(h=4, g=2, n=8, d=16, rope=False, act="silu", use_D=False, chunk=8, seed=0):

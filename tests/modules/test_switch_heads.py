@@ -19,12 +19,7 @@ from transmamba.modules.switch import SwitchConfig, SwitchMixer
 A = ATTENTION_ONLY
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tests/modules/conftest.py
 
 
 def make(h=4, g=2, n=8, d=16, rope=True, use_D=False, chunk=8, seed=0, **kw):

@@ -22,12 +22,7 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tests/modules/conftest.py
 
 
 def make(opts, h=4, g=2, n=8, d=16, seed=0):

@@ -315,8 +315,8 @@ class LM(nn.Module):
         rows = []
         for r in pad.tolist():
             tps = transpoints if transpoints is not None else self.transpoints_for(max(total_len - r, 0), step)
-            rows.append([layer_transpoint(P).shifted(r) if isinstance(layer_transpoint(P), HeadTransPoints)
-                         else int(P) + r for P in tps])
+            rows.append([H.shifted(r) if isinstance(H := layer_transpoint(P), HeadTransPoints) else int(P) + r
+                         for P in tps])
         return [torch.tensor([row[i] for row in rows], dtype=torch.long, device=pad.device)
                 for i in range(self.cfg.n_layers)]
 
