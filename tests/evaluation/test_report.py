@@ -51,6 +51,58 @@ def test_quick_eval_writes_a_teacher_relative_report(tmp_path):
     assert (out / "passkey_student.png").exists() and (out / "needle_teacher.png").exists()
 
 
+def _tiny_student_and_teacher(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from transmamba.data.text import load_tokenizer
+    from transmamba.hf.student import save_hf
+    from transmamba.models.lm import LM, LMConfig
+
+    tok = load_tokenizer("smollm2")
+    torch.manual_seed(0)
+    lm = LM(LMConfig(vocab_size=len(tok), d_model=16, n_layers=2, n_heads=1, head_dim=16, d_state=16,
+                     chunk_size=8, schedule={"name": "per_layer", "P": [0, 40]}))
+    save_hf(lm, tmp_path / "student", tok)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                           max_position_embeddings=512))
+    teacher.save_pretrained(tmp_path / "teacher")
+    tok.save_pretrained(tmp_path / "teacher")
+    return tmp_path / "student", tmp_path / "teacher"
+
+
+def test_quality_suite_runs_its_parts_and_reuses_the_teachers_results(tmp_path):
+    """--suite quality: perplexity and generation only; with --teacher-cache the second run reads the
+    teacher's results instead of running it, and writes the same report; another suite misses the cache."""
+    student, teacher = _tiny_student_and_teacher(tmp_path)
+    args = ["eval", "--model", str(student), "--teacher", str(teacher), "--quick", "--suite", "quality",
+            "--teacher-cache", str(tmp_path / "tcache")]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert a["parts"] == ["perplexity", "text", "generation"] and "teacher_results_from" not in a
+    assert set(a["student"]) == {"perplexity", "tokenizer_key", "generation", "seconds"}
+    assert len(list((tmp_path / "tcache").glob("teacher-*.json"))) == 1
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert b["teacher_results_from"].startswith(str(tmp_path / "tcache"))
+    assert b["teacher"] == a["teacher"] and b["table"] == a["table"]
+    assert (tmp_path / "a" / "report.md").read_text() == (tmp_path / "b" / "report.md").read_text()
+    assert main(args[:-2] + ["--parts", "perplexity", "--teacher-cache", str(tmp_path / "tcache"),
+                             "--out", str(tmp_path / "c")]) == 0
+    c = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert "teacher_results_from" not in c and set(c["student"]) == {"perplexity", "tokenizer_key", "seconds"}
+    assert len(list((tmp_path / "tcache").glob("teacher-*.json"))) == 2
+
+
+@pytest.mark.parametrize("suite,parts,msg", [("nope", None, "--suite"), ("default", "perplexity,speedy", "speedy"),
+                                             ("quick", None, "--suite")])
+def test_bad_suite_or_part_is_refused(suite, parts, msg):
+    from transmamba.evaluation.report import suite_spec
+
+    with pytest.raises(ValueError, match=msg):
+        suite_spec(suite, parts=parts)
+
+
 def test_eval_bad_model_dir_is_an_error(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "nope"), "--quick"]) == 2
     assert "error:" in capsys.readouterr().err

@@ -1,7 +1,13 @@
-"""`transmamba eval --model DIR [--teacher smollm2|DIR] [--suite default] [--quick] [--out DIR] [--text PATH [--text-field F]]`.
+"""`transmamba eval --model DIR [--teacher smollm2|DIR] [--suite default|quality|retrieval] [--parts A,B]
+[--teacher-cache DIR] [--quick] [--out DIR] [--text PATH [--text-field F]]`.
 
 One report of a Hugging Face-format student (`transmamba convert` / `train` write one; any local
-causal-LM directory works), with the teacher side by side and "% of teacher" per metric:
+causal-LM directory works), with the teacher side by side and "% of teacher" per metric. The
+default suite runs every part below; `quality` runs perplexity (256 / 1k), `--text` and generation;
+`retrieval` runs perplexity at 1k / 4k, passkey and needle at 1k-4k and the probe; `--parts`
+keeps only the named parts (PARTS). `--teacher-cache DIR` keeps the teacher's results under a key of
+its weights, the suite, the precision, `--text` and this package's code, so that judging several
+students against one teacher runs the teacher once.
 
 - perplexity on held-out Shakespeare at 256 / 1k / 4k tokens, per position bucket
   (`evaluation.context_perplexity`); % of teacher = teacher ppl / student ppl;
@@ -54,17 +60,25 @@ from pathlib import Path
 
 import torch
 
+PARTS = ("perplexity", "text", "generation", "passkey", "needle", "probe", "lm_eval", "speed")
+_DEFAULT = dict(ppl_lengths=[256, 1024, 4096], ppl_windows=2, ret_lengths=[1024, 2048, 4096, 8192],
+                depths=[0.0, 0.25, 0.5, 0.75, 1.0], ret_trials=10, probe_lengths=[1024, 2048], probe_trials=2,
+                lm_eval_limit=100, lm_eval_batch=16, speed_contexts=[1024, 4096, 16384],
+                prefill_lengths=[1024, 4096], decode_tokens=8, synthetic_decode=True,
+                text_windows=8, gen_lengths=[32, 128], gen_plain=12, gen_chat=6, gen_task=40, gen_task_tokens=12,
+                parts=PARTS)
 SUITES = {
-    "default": dict(ppl_lengths=[256, 1024, 4096], ppl_windows=2, ret_lengths=[1024, 2048, 4096, 8192],
-                    depths=[0.0, 0.25, 0.5, 0.75, 1.0], ret_trials=10, probe_lengths=[1024, 2048], probe_trials=2,
-                    lm_eval_limit=100, lm_eval_batch=16, speed_contexts=[1024, 4096, 16384],
-                    prefill_lengths=[1024, 4096], decode_tokens=8, synthetic_decode=True,
-                    text_windows=8, gen_lengths=[32, 128], gen_plain=12, gen_chat=6, gen_task=40, gen_task_tokens=12),
+    "default": _DEFAULT,
+    # what a user judges a student on besides retrieval: likelihood in and out of domain, and generation
+    "quality": _DEFAULT | dict(ppl_lengths=[256, 1024], parts=("perplexity", "text", "generation")),
+    # long-context retrieval (issue 38's table): passkey / needle at 1k-4k, the probe, perplexity at 1k / 4k
+    "retrieval": _DEFAULT | dict(ppl_lengths=[1024, 4096], ret_lengths=[1024, 2048, 4096],
+                                 parts=("perplexity", "passkey", "needle", "probe")),
     "quick": dict(ppl_lengths=[32, 64], ppl_windows=1, ret_lengths=[48, 96], depths=[0.0, 0.5, 1.0], ret_trials=1,
                   probe_lengths=[96], probe_trials=1,
                   lm_eval_limit=4, lm_eval_batch=2, speed_contexts=[16, 32], prefill_lengths=[32], decode_tokens=2,
                   synthetic_decode=True, text_windows=1, gen_lengths=[4, 8], gen_plain=2, gen_chat=1, gen_task=4,
-                  gen_task_tokens=6),
+                  gen_task_tokens=6, parts=PARTS),
 }
 
 
@@ -199,11 +213,14 @@ def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str], text_s
         seconds[name] = round(time.perf_counter() - t0, 1)
         return out
 
+    parts = suite["parts"]
     text = "\n".join(texts)
-    ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"])
-    res = {"perplexity": timed("perplexity", lambda: bucketed_perplexity(
-        lambda x: model(x).logits, ids, suite["ppl_lengths"], n_windows=suite["ppl_windows"]))}
-    if text_spec is not None:
+    res = {}
+    if "perplexity" in parts:
+        ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"])
+        res["perplexity"] = timed("perplexity", lambda: bucketed_perplexity(
+            lambda x: model(x).logits, ids, suite["ppl_lengths"], n_windows=suite["ppl_windows"]))
+    if text_spec is not None and "text" in parts:
         tids = text_ids(text_spec, tok, cache_dir)
         res["text_perplexity"] = timed("text_perplexity", lambda: bucketed_perplexity(
             lambda x: model(x).logits, tids, text_lengths(suite, tids, text_spec), n_windows=suite["text_windows"]))
@@ -211,9 +228,10 @@ def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str], text_s
     from transmamba.evaluation.generation import run_generation
 
     res["tokenizer_key"] = tokenizer_key(tok)
-    res["generation"] = timed("generation", lambda: run_generation(
-        model, tok, lengths=suite["gen_lengths"], n_plain=suite["gen_plain"], n_chat=suite["gen_chat"],
-        n_task=suite["gen_task"], task_tokens=suite["gen_task_tokens"]))
+    if "generation" in parts:
+        res["generation"] = timed("generation", lambda: run_generation(
+            model, tok, lengths=suite["gen_lengths"], n_plain=suite["gen_plain"], n_chat=suite["gen_chat"],
+            n_task=suite["gen_task"], task_tokens=suite["gen_task_tokens"]))
 
     def answer(prompt, n):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -222,29 +240,33 @@ def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str], text_s
         return out[0, prompt.shape[1]:]
 
     for kind in ("passkey", "needle"):
-        res[kind] = timed(kind, lambda: retrieval_grid(answer, tok, kind, suite["ret_lengths"], suite["depths"],
-                                                       haystack=text[:200000], trials=suite["ret_trials"]))
+        if kind in parts:
+            res[kind] = timed(kind, lambda: retrieval_grid(answer, tok, kind, suite["ret_lengths"], suite["depths"],
+                                                           haystack=text[:200000], trials=suite["ret_trials"]))
     from transmamba.evaluation.retrieval_probe import probe_items, score_probe
 
-    res["probe"] = timed("probe", lambda: score_probe(
-        lambda x: model(x).logits, probe_items(tok, lengths=suite["probe_lengths"], depths=suite["depths"],
-                                               trials=suite["probe_trials"])))
-    task_dir = write_tasks(work / "lm_eval_tasks", texts, n=max(suite["lm_eval_limit"], 20))
-    res["lm_eval"] = timed("lm_eval", lambda: run_lm_eval(model, tok, task_dir, limit=suite["lm_eval_limit"],
-                                                          batch_size=suite["lm_eval_batch"]))
-    with torch.autocast("cpu", enabled=False):  # speeds in fp32 for both models (module docstring)
-        res["speed"] = timed("speed", lambda: hf_speed(model, suite["speed_contexts"],
-                                                       prefill_lengths=suite["prefill_lengths"],
-                                                       n_tokens=suite["decode_tokens"],
-                                                       synthetic=suite["synthetic_decode"]))
+    if "probe" in parts:
+        res["probe"] = timed("probe", lambda: score_probe(
+            lambda x: model(x).logits, probe_items(tok, lengths=suite["probe_lengths"], depths=suite["depths"],
+                                                   trials=suite["probe_trials"])))
+    if "lm_eval" in parts:
+        task_dir = write_tasks(work / "lm_eval_tasks", texts, n=max(suite["lm_eval_limit"], 20))
+        res["lm_eval"] = timed("lm_eval", lambda: run_lm_eval(model, tok, task_dir, limit=suite["lm_eval_limit"],
+                                                              batch_size=suite["lm_eval_batch"]))
+    if "speed" in parts:
+        with torch.autocast("cpu", enabled=False):  # speeds in fp32 for both models (module docstring)
+            res["speed"] = timed("speed", lambda: hf_speed(model, suite["speed_contexts"],
+                                                           prefill_lengths=suite["prefill_lengths"],
+                                                           n_tokens=suite["decode_tokens"],
+                                                           synthetic=suite["synthetic_decode"]))
     res["seconds"] = seconds
-    return res
+    return json.loads(json.dumps(res, default=str))  # as results.json (and a cached teacher) hold it: str keys
 
 
 def flat_metrics(r: dict) -> dict:
     """name -> (value, higher_is_better)."""
     out = {}
-    for L, p in r["perplexity"].items():
+    for L, p in r.get("perplexity", {}).items():
         out[f"ppl@{L}"] = (p["ppl"], False)
         for b, v in p["buckets"].items():
             out[f"ppl@{L}[{b}]"] = (v, False)
@@ -253,16 +275,16 @@ def flat_metrics(r: dict) -> dict:
         for b, v in p["buckets"].items():
             out[f"text_ppl@{L}[{b}]"] = (v, False)
     for kind in ("passkey", "needle"):
-        acc = r[kind]["acc"]
-        for L, row in zip(r[kind]["lengths"], acc):
+        acc = r.get(kind, {}).get("acc", [])
+        for L, row in zip(r.get(kind, {}).get("lengths", []), acc):
             out[f"{kind}@{L}"] = (sum(row) / len(row), True)
     for kind, p in r.get("probe", {}).items():
         for row in p["by_length"]:
             out[f"probe_{kind}@{row['length']}"] = (row["acc"], True)
-    for task, ms in r["lm_eval"].items():
+    for task, ms in r.get("lm_eval", {}).items():
         for k, v in ms.items():
             out[f"{task}.{k}"] = (v, k != "perplexity")
-    sp = r["speed"]
+    sp = r.get("speed", {"prefill": {}, "decode": {}})
     for L, v in sp["prefill"].items():
         out[f"prefill_tok_s@{L}"] = (v, True)
     for C, d in sp["decode"].items():
@@ -421,7 +443,7 @@ def write_report(out: Path, results: dict) -> Path:
     for who, r in (("student", s), ("teacher", t)):
         if r is None:
             continue
-        for kind in ("passkey", "needle"):
+        for kind in [k for k in ("passkey", "needle") if k in r]:
             png = heat_map(r[kind], out / f"{kind}_{who}.png", f"{kind} ({who})")
             lines += ["", f"![{kind} {who}]({png.name})"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -429,18 +451,51 @@ def write_report(out: Path, results: dict) -> Path:
     return out / "report.md"
 
 
-def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default", quick: bool = False,
-             out: str | None = None, amp: str = "auto", text: str | None = None, text_field: str | None = None,
-             cache_dir: str = "cache/text") -> dict:
-    """Evaluate the student (and the teacher) and write the report; returns results.json's content."""
-    from transmamba.data.text import split_texts
-    from transmamba.hardware.precision import autocast, resolve_amp
-
+def suite_spec(suite: str, quick: bool = False, parts: str | None = None) -> dict:
+    """The settings of a named suite (`quick`: its parts at the tiny lengths), restricted to `parts`
+    (comma-separated names of PARTS) when given; ValueError naming a bad suite or part."""
     if suite not in SUITES or suite == "quick":
         raise ValueError(f"--suite must be one of {[k for k in SUITES if k != 'quick']}, got {suite!r}")
+    spec = SUITES["quick"] | {"parts": SUITES[suite]["parts"]} if quick else dict(SUITES[suite])
+    if parts is not None:
+        names = [p.strip() for p in parts.split(",") if p.strip()]
+        bad = [p for p in names if p not in PARTS]
+        if bad or not names:
+            raise ValueError(f"--parts: {bad or parts!r} not among {list(PARTS)}")
+        spec["parts"] = tuple(p for p in PARTS if p in names)
+    return spec
+
+
+def teacher_results_key(model, spec: dict, precision: str, text_spec, text_tokens) -> str:
+    """What a teacher's results depend on: its weights (every byte), the suite's settings, the
+    precision, the `--text` stream, and the evaluation code (every file of this package)."""
+    import hashlib
+
+    from transmamba.teachers.sample import teacher_hash
+
+    h = hashlib.sha1()
+    h.update(json.dumps({"weights": teacher_hash(model), "spec": spec, "precision": precision, "text": text_spec,
+                         "torch": torch.__version__}, sort_keys=True, default=str).encode())
+    if text_tokens is not None:
+        h.update(text_tokens.tobytes())
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default", quick: bool = False,
+             out: str | None = None, amp: str = "auto", text: str | None = None, text_field: str | None = None,
+             cache_dir: str = "cache/text", parts: str | None = None, teacher_cache: str | None = None) -> dict:
+    """Evaluate the student (and the teacher) and write the report; returns results.json's content.
+    `teacher_cache`: a directory where the teacher's results are kept under `teacher_results_key`
+    and reused (judging several students against one teacher runs the teacher once)."""
+    from transmamba.data.text import split_texts
+    from transmamba.hardware.precision import autocast, resolve_amp
+    from transmamba.io.files import save_json_atomic
+
+    spec = suite_spec(suite, quick, parts)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    spec = SUITES["quick" if quick else suite]
     device = torch.device("cpu")
     precision = resolve_amp(amp, device)
     out_dir = Path(out) if out else Path(model_dir) / "eval"
@@ -457,15 +512,26 @@ def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default",
     texts = split_texts("val")
     judged = ["held-out Shakespeare (data/text.py VAL_WORKS)"] + ([f"--text {text}"] if text else []) + [
         "greedy generation on built-in prompts and an offline addition / copy task (evaluation/generation.py)"]
-    results = {"model": str(model_dir), "suite": "quick" if quick else suite, "teacher_name": teacher,
-               "precision": str(precision), "distilled_on": distilled_on(model_dir), "judged_on": judged,
-               "text": text}
+    results = {"model": str(model_dir), "suite": "quick" if quick else suite, "parts": list(spec["parts"]),
+               "teacher_name": teacher, "precision": str(precision), "distilled_on": distilled_on(model_dir),
+               "judged_on": judged, "text": text}
     with autocast(device, precision.amp):
         results["student"] = evaluate_model(model, tok, spec, out_dir, texts, tspec, cache_dir)
     if teacher:
         tmodel, ttok = load_hf_model(teacher)
-        with autocast(device, precision.amp):
-            results["teacher"] = evaluate_model(tmodel, ttok, spec, out_dir, texts, tspec, cache_dir)
+        cached = None
+        if teacher_cache is not None:
+            tt = text_ids(tspec, ttok, cache_dir) if tspec is not None else None
+            cached = Path(teacher_cache) / f"teacher-{teacher_results_key(tmodel, spec, str(precision), tspec, tt)}.json"
+        if cached is not None and cached.is_file():
+            results["teacher"] = json.loads(cached.read_text())
+            results["teacher_results_from"] = str(cached)
+        else:
+            with autocast(device, precision.amp):
+                results["teacher"] = evaluate_model(tmodel, ttok, spec, out_dir, texts, tspec, cache_dir)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                save_json_atomic(results["teacher"], cached)
     write_report(out_dir, results)
     return results
 
@@ -475,7 +541,12 @@ def eval_main(argv: list[str] | None = None) -> dict:
                                 description="Teacher-relative evaluation of a Hugging Face-format student.")
     p.add_argument("--model", required=True, help="the student's directory (Hugging Face format)")
     p.add_argument("--teacher", default=None, help="smollm2 or a local transformers model directory")
-    p.add_argument("--suite", default="default", help="default")
+    p.add_argument("--suite", default="default", help="default | quality (perplexity, --text, generation) | "
+                   "retrieval (passkey, needle, probe and perplexity at 1k-4k)")
+    p.add_argument("--parts", default=None, help=f"only these parts of the suite, comma-separated: {','.join(PARTS)}")
+    p.add_argument("--teacher-cache", default=None,
+                   help="directory where the teacher's results are kept and reused (keyed by its weights, "
+                        "the suite, the precision, --text and the evaluation code)")
     p.add_argument("--quick", action="store_true", help="tiny lengths and few documents (tests)")
     p.add_argument("--out", default=None, help="output directory (default MODEL/eval)")
     p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
@@ -486,6 +557,7 @@ def eval_main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     res = run_eval(args.model, args.teacher, args.suite, args.quick, args.out, amp=args.amp, text=args.text,
-                   text_field=args.text_field, cache_dir=args.cache_dir)
+                   text_field=args.text_field, cache_dir=args.cache_dir, parts=args.parts,
+                   teacher_cache=args.teacher_cache)
     print(Path(args.out or Path(args.model) / "eval") / "report.md")
     return res
