@@ -17,6 +17,10 @@ only):
   under `cache_dir/hf-datasets`.
 - `{"teacher_samples": "dir"}`: a corpus the teacher wrote (`transmamba teacher sample --out dir`,
   `data/teacher_samples.py`), one document per sample, in shard order.
+- `{"retrieval": "facts", "documents": 400, "min_tokens": 256, "max_tokens": 900, "seed": 0}`:
+  synthetic retrieval documents (`data/retrieval_docs.py`: facts hidden in Shakespeare's training
+  works, asked for and answered at the end), so that long distillation windows show the teacher
+  retrieving; `weight` sets their share of the mixture.
 - `{"chat": "x.jsonl"}`: JSON lines whose `messages` field (or `"field"`) is a list of
   `{"role", "content"}`, each record rendered with the tokenizer's chat template
   (`tok.apply_chat_template(messages, tokenize=False)`): refused when the tokenizer has none.
@@ -61,15 +65,17 @@ import numpy as np
 
 from transmamba.data.text import (document_separator, encode, ids_dtype, join_documents, load_tokenizer, save_ids,
                                   token_ids, tokenizer_key)
+from transmamba.data.retrieval_docs import FORMAT as RETRIEVAL_FORMAT, KINDS as RETRIEVAL_KINDS, fact_documents
 from transmamba.data.teacher_samples import corpus_documents, corpus_files
 from transmamba.io.files import set_hf_offline
 
-KINDS = ("name", "files", "jsonl", "parquet", "hf_disk", "dataset", "chat", "teacher_samples")
+KINDS = ("name", "files", "jsonl", "parquet", "hf_disk", "dataset", "chat", "teacher_samples", "retrieval")
 NAMES = ("shakespeare",)
 SPLITS = ("train", "val")
 DEFAULT_HELDOUT = 0.1
 _OPTIONS = {"name": (), "files": (), "jsonl": ("field",), "parquet": ("field",), "hf_disk": ("field", "split"),
-            "dataset": ("data_files", "field", "split"), "chat": ("field",), "teacher_samples": ()}
+            "dataset": ("data_files", "field", "split"), "chat": ("field",), "teacher_samples": (), "retrieval": ()}
+_INT_OPTIONS = {"retrieval": {"documents": None, "min_tokens": 256, "max_tokens": 900, "seed": 0}}
 _REQUIRED = {"jsonl": ("field",), "parquet": ("field",), "hf_disk": ("field",), "dataset": ("data_files", "field")}
 _FORMAT = 1  # bump when the cached layout or the split rule changes
 _BATCH_CHARS = 4_000_000  # texts tokenized per encode call
@@ -86,6 +92,7 @@ class Source:
     data_files: str | None = None
     weight: float = 1.0
     heldout: float = DEFAULT_HELDOUT
+    numbers: tuple = ()  # (name, value) of a generated source's integer settings (retrieval)
 
     @property
     def label(self) -> str:
@@ -107,7 +114,7 @@ def parse_source(spec) -> Source:
         what = "no" if not kinds else f"several ({', '.join(kinds)})"
         raise ValueError(f"data source {spec!r} names {what} source kind; give exactly one of {', '.join(KINDS)}")
     kind = kinds[0]
-    allowed = {kind, "weight", "heldout", *_OPTIONS[kind]}
+    allowed = {kind, "weight", "heldout", *_OPTIONS[kind], *_INT_OPTIONS.get(kind, {})}
     unknown = sorted(set(spec) - allowed, key=str)
     if unknown:
         raise ValueError(f"data source {spec!r}: unknown key(s) {unknown} for a {kind!r} source "
@@ -118,6 +125,7 @@ def parse_source(spec) -> Source:
     for k in (kind, *_OPTIONS[kind]):
         if k in spec and not (isinstance(spec[k], str) and spec[k]):
             raise ValueError(f"data source {spec!r}: {k!r} must be a non-empty string, got {spec[k]!r}")
+    numbers = _int_options(spec, kind)
     if kind == "name" and spec["name"] not in NAMES:
         raise ValueError(f"data source {spec!r}: unknown source name {spec['name']!r} (known: {', '.join(NAMES)})")
     if kind == "dataset" and spec["dataset"] not in ("json", "parquet"):
@@ -133,7 +141,29 @@ def parse_source(spec) -> Source:
         raise ValueError(f"data source {spec!r}: 'heldout' must be a number in [0, 1], got {heldout!r}")
     field = spec.get("field", "messages" if kind == "chat" else None)
     return Source(kind, spec[kind], field=field, split=spec.get("split"), data_files=spec.get("data_files"),
-                  weight=float(weight), heldout=float(heldout))
+                  weight=float(weight), heldout=float(heldout), numbers=numbers)
+
+
+def _int_options(spec: dict, kind: str) -> tuple:
+    """The checked integer settings of a generated source, defaults filled in (None = required)."""
+    defaults = _INT_OPTIONS.get(kind)
+    if not defaults:
+        return ()
+    if kind == "retrieval" and spec[kind] not in RETRIEVAL_KINDS:
+        raise ValueError(f"data source {spec!r}: 'retrieval' must be one of {RETRIEVAL_KINDS}, got {spec[kind]!r}")
+    got = {}
+    for name, default in defaults.items():
+        v = spec.get(name, default)
+        if v is None:
+            raise ValueError(f"data source {spec!r}: a {kind!r} source needs {name!r} (an integer)")
+        if not (isinstance(v, int) and not isinstance(v, bool)) or (name != "seed" and v < 1):
+            raise ValueError(f"data source {spec!r}: {name!r} must be an integer{'' if name == 'seed' else ' >= 1'}, "
+                             f"got {v!r}")
+        got[name] = v
+    if kind == "retrieval" and not 64 <= got["min_tokens"] <= got["max_tokens"]:
+        raise ValueError(f"data source {spec!r}: need 64 <= 'min_tokens' <= 'max_tokens', got "
+                         f"{got['min_tokens']} and {got['max_tokens']}")
+    return tuple(got.items())
 
 
 def _real(v) -> bool:
@@ -302,6 +332,10 @@ def documents(src: Source, tok, cache_dir: str | os.PathLike = "cache/text"):
     if src.kind == "teacher_samples":
         yield from ((w, t) for w, t in corpus_documents(src.target) if t.strip())
         return
+    if src.kind == "retrieval":
+        o = dict(src.numbers)
+        yield from fact_documents(tok, o["documents"], o["min_tokens"], o["max_tokens"], o["seed"])
+        return
     if src.kind in ("jsonl", "chat"):
         records = _jsonl_records(src)
     elif src.kind == "parquet":
@@ -344,14 +378,16 @@ def source_key(src: Source, tok) -> str:
     h = hashlib.sha1(json.dumps({"format": _FORMAT, "kind": src.kind, "field": src.field, "split": src.split,
                                  "builder": src.target if src.kind == "dataset" else None,
                                  "heldout": src.heldout, "tokenizer": tokenizer_key(tok),
-                                 "chat_template": getattr(tok, "chat_template", None) if src.kind == "chat" else None},
+                                 "chat_template": getattr(tok, "chat_template", None) if src.kind == "chat" else None,
+                                 **({"retrieval": [src.target, list(src.numbers), RETRIEVAL_FORMAT]}
+                                    if src.kind == "retrieval" else {})},
                                 sort_keys=True).encode())
     if src.kind == "hf_disk":
         root = Path(src.target)
         _hash_files(h, sorted(p for p in root.rglob("*") if p.is_file()))
     elif src.kind == "teacher_samples":
         _hash_files(h, corpus_files(src.target))
-    else:
+    elif src.kind != "retrieval":  # retrieval: generated from the settings above and the pinned Shakespeare works
         _hash_files(h, _match(src.data_files if src.kind == "dataset" else src.target, src.label))
     return h.hexdigest()[:16]
 
