@@ -141,3 +141,12 @@ def test_bad_input_is_refused():
     tf = LM(LMConfig(vocab_size=50, d_model=32, n_layers=1, arch="transformer", n_heads=2, head_dim=16))
     with pytest.raises(ValueError, match="Switch"):
         head_ablation(tf, [batch])
+
+
+def test_random_ranking_is_a_seeded_permutation_of_every_head():
+    from transmamba.adapt.head_ranking import random_ranking
+
+    a = random_ranking([3, 3, 2], seed=1)
+    assert sorted((i, j) for i, j, _ in a) == [(i, j) for i, n in enumerate([3, 3, 2]) for j in range(n)]
+    assert a == random_ranking([3, 3, 2], seed=1) and a != random_ranking([3, 3, 2], seed=2)
+    assert ranking({(i, j): s for i, j, s in a}) == a  # scores keep the drawn order

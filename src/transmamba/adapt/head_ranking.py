@@ -237,6 +237,16 @@ def ranking(scores: dict) -> list[tuple[int, int, float]]:
     return sorted(((i, j, float(s)) for (i, j), s in scores.items()), key=lambda r: (-r[2], r[0], r[1]))
 
 
+def random_ranking(n_kv_heads: list[int], seed: int) -> list[tuple[int, int, float]]:
+    """Every (layer, kv_head) in a random order drawn from `seed` (the control for a ranking: keeping
+    the first K is keeping K heads at random), scored n-1 ... 0 so that `ranking` order is kept."""
+    import random
+
+    heads = [(i, j) for i, n in enumerate(n_kv_heads) for j in range(n)]
+    random.Random(seed).shuffle(heads)
+    return [(i, j, float(len(heads) - 1 - r)) for r, (i, j) in enumerate(heads)]
+
+
 def kept_heads_schedule(base_spec, ranked: list, k: int, n_kv_heads) -> dict:
     """The `head_hybrid` schedule spec keeping the k highest-ranked KV heads of `ranked` ([(layer,
     kv_head, score)] most important first, `ranking`) on attention at every position; every other

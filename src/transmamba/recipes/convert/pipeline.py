@@ -19,7 +19,7 @@ student, the cached teacher batches, the loss (`DistillStep`) and the held-out p
 
 After the layer-local stage, `recipe.keep_attention = k` keeps the k layers whose switch costs most on
 attention, or `recipe.keep_heads = K` the K highest-ranked KV heads (`recipe.keep_heads_by`:
-switch_cost | retrieval, `adapt.head_ranking`); the schedule is saved with the student.
+switch_cost | retrieval | random, `adapt.head_ranking`); the schedule is saved with the student.
 Stages: `recipes.convert.stages`; the loss: `adapt.lm_distill.DistillStep`; the report:
 `evaluation.convert_report`.
 
@@ -104,7 +104,7 @@ CONVERT_RULES = {**TRAIN_RULES, "train.w_kl": NONNEG, "train.w_hidden": NONNEG, 
                  "recipe.keep_attention": NONNEG_INT, "recipe.keep_attention_windows": POSITIVE_INT,
                  "eval.speed_rounds": POSITIVE_INT, "eval.speed_tokens": POSITIVE_INT,
                  "eval.prefill_rounds": POSITIVE_INT | NONE, "recipe.keep_heads": NONNEG_INT,
-                 "recipe.keep_heads_by": one_of("switch_cost", "retrieval")}
+                 "recipe.keep_heads_by": one_of("switch_cost", "retrieval", "random")}
 
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from transmamba.adapt.attention_layers import costliest, switch_costs
-from transmamba.adapt.head_ranking import head_switch_costs, kept_heads_schedule, kv_heads_per_layer, ranking
+from transmamba.adapt.head_ranking import (head_switch_costs, kept_heads_schedule, kv_heads_per_layer, random_ranking,
+                                           ranking)
 from transmamba.adapt.layer_local import LayerLocalStep, check_cached
 from transmamba.adapt.lm_distill import DistillStep
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
@@ -153,7 +154,7 @@ def keep_kv_heads(student, cache: TeacherCache, cfg, tok) -> dict:
     top-k KL to the teacher when the head alone switches at its TransPoint, on the first
     recipe.keep_attention_windows cached windows; "retrieval": the drop in the answer's log-probability
     on the retrieval probe (`evaluation.retrieval_probe.rank_heads`, data.seq_len-token prompts) when
-    the head alone is the SSM. Records kept_heads and head_costs ([layer, kv_head, cost], highest first)."""
+    the head alone is the SSM; "random": K heads drawn by the recipe's seed (the control). Records kept_heads and head_costs ([layer, kv_head, cost], highest first)."""
     rec = cfg["recipe"]
     if rec["keep_heads_by"] == "retrieval":
         from transmamba.evaluation.retrieval_probe import rank_heads
@@ -165,6 +166,8 @@ def keep_kv_heads(student, cache: TeacherCache, cfg, tok) -> dict:
                                 seed=int(cfg["seed"]))
         student.train(was_training)
         seconds = time.perf_counter() - t0
+    elif rec["keep_heads_by"] == "random":  # the control: K heads drawn by the recipe's seed
+        ranked, seconds = random_ranking(kv_heads_per_layer(student), int(cfg["seed"])), 0.0
     else:
         scores, seconds = switch_cost_of(student, cache, cfg, head_switch_costs)
         ranked = ranking(scores)
