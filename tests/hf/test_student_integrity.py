@@ -14,27 +14,16 @@ from safetensors.torch import load_file, save_file
 
 from transmamba.cli import main
 from transmamba.io.checkpoint import MANIFEST_FILE, read_manifest, write_manifest
-from transmamba.models.lm import LM, LMConfig
+from transmamba.models.lm import LM
 from transmamba.hf.student import load_model, save_hf
 
-CFG = dict(d_model=16, n_layers=2, n_heads=1, head_dim=16, d_state=16, chunk_size=4,
-           schedule={"name": "per_layer", "P": [0, 40]})
 W = "model.safetensors"
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    from tiny_fixtures import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    lm = LM(LMConfig(vocab_size=len(tok), **CFG)).eval()
-    return save_hf(lm, tmp_path_factory.mktemp("saved") / "student", tok), lm
-
-
 @pytest.fixture
-def student(saved, tmp_path):
-    return Path(shutil.copytree(saved[0], tmp_path / "student"))
+def student(tiny_student, tmp_path):
+    """A copy of the session's saved student (tests/conftest.py), to damage."""
+    return Path(shutil.copytree(tiny_student.dir, tmp_path / "student"))
 
 
 def _reseal(d: Path) -> None:
@@ -162,14 +151,14 @@ def test_generate_names_a_missing_tokenizer(student, capsys):
     assert f"{student} holds no tokenizer" in err and "pass --tokenizer" in err
 
 
-def test_a_student_without_manifest_still_loads(saved, student):
+def test_a_student_without_manifest_still_loads(tiny_student, student):
     _unseal(student)
     idx = torch.randint(0, 300, (1, 8))
-    torch.testing.assert_close(load_model(student)(idx)[0], saved[1](idx)[0], rtol=0, atol=0)
+    torch.testing.assert_close(load_model(student)(idx)[0], tiny_student.lm(idx)[0], rtol=0, atol=0)
 
 
-def test_save_hf_writes_a_manifest_atomically_and_keeps_other_entries(saved, tmp_path):
-    d, lm = saved
+def test_save_hf_writes_a_manifest_atomically_and_keeps_other_entries(tiny_student, tmp_path):
+    d, lm = tiny_student.dir, tiny_student.lm
     listed = read_manifest(d)["files"]
     assert {W, "config.json", "generation_config.json", "tokenizer.json"} <= set(listed)
     assert set(listed) == {p.name for p in d.iterdir()} - {MANIFEST_FILE}
@@ -185,15 +174,15 @@ def test_save_hf_writes_a_manifest_atomically_and_keeps_other_entries(saved, tmp
     load_model(new)
 
 
-def test_save_hf_refuses_nan_and_a_foreign_directory_writing_nothing(saved, tmp_path):
-    lm = saved[1]
+def test_save_hf_refuses_nan_and_a_foreign_directory_writing_nothing(tiny_student, tmp_path):
+    lm = tiny_student.lm
     other = tmp_path / "notes"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="does not hold a transmamba student"):
         save_hf(lm, other)
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
-    bad = LM(LMConfig(vocab_size=lm.cfg.vocab_size, **CFG))
+    bad = LM(lm.cfg)
     with torch.no_grad():
         bad.blocks[0].mixer.out_proj.weight[0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"tensor 'blocks.0.mixer.out_proj.weight' holds NaN/Inf"):

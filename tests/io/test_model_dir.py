@@ -6,6 +6,7 @@ imported) never runs."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,30 +40,21 @@ def _add_evil(d: Path, marker: Path, **config) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
+def dirs(tmp_path_factory, tiny_student):
     """An auto_map teacher (model_type unknown to transformers: it would prompt), a student with
-    auto_map (model_type transmamba) and an intact student, both with a tokenizer, and a tiny
-    convert config."""
-    from tiny_fixtures import tiny_tokenizer
-
-    from transmamba.models.lm import LM, LMConfig
-    from transmamba.hf.student import save_hf
-
+    auto_map (model_type transmamba: a copy of the session's saved student, tests/conftest.py) and an
+    intact student (that one, read only), both with a tokenizer, and a tiny convert config."""
     root = tmp_path_factory.mktemp("model_dir")
     marker = root / "MARKER"
-    tok = tiny_tokenizer()
+    tok = tiny_student.tok
     teacher = root / "evil_teacher"
     tiny_llama(vocab_size=len(tok)).save_pretrained(teacher)
     tok.save_pretrained(teacher)
     _add_evil(teacher, marker, model_type="evil")
-    torch.manual_seed(0)
-    lm = LM(LMConfig(vocab_size=len(tok), d_model=16, n_layers=2, n_heads=1, head_dim=16, d_state=16, chunk_size=4,
-                     schedule={"name": "per_layer", "P": [0, 40]}))
-    save_hf(lm, root / "student", tok)
-    save_hf(lm, root / "evil_student", tok)
+    shutil.copytree(tiny_student.dir, root / "evil_student")
     _add_evil(root / "evil_student", marker)
     (root / "student.yaml").write_text("student: {n_layers: 2, d_model: 24, n_heads: 2, n_kv_heads: 1, d_ff: 32}\n")
-    return {"root": root, "marker": marker, "teacher": teacher, "student": root / "student",
+    return {"root": root, "marker": marker, "teacher": teacher, "student": tiny_student.dir,
             "evil_student": root / "evil_student", "config": root / "student.yaml"}
 
 

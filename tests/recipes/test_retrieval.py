@@ -62,10 +62,25 @@ def test_hard_candidates_put_the_positive_first_and_skip_same_captions():
     assert c[3].tolist() == [3, 0, 2]
 
 
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory, init_vit):
+    """trained_teacher(task) -> (its out dir, train_retrieval's result): the dual-encoder teacher of a
+    task, trained once per module for the tests that only read it (its files, or as a student's teacher)."""
+    runs = {}
+
+    def get(task):
+        if task not in runs:
+            out = tmp_path_factory.mktemp(f"ret-{task}") / "teacher"
+            runs[task] = out, train_retrieval(_cfg(out, task, "teacher", init_vit, extra=["--fusion", "none"]),
+                                              hashed_text_STAND_IN)
+        return runs[task]
+
+    return get
+
+
 @pytest.mark.parametrize("task", ["grids", "clips", "twin_clips"])
-def test_teacher_then_students_through_the_engine(tmp_path, init_vit, task):
-    t_out = tmp_path / "teacher"
-    res = train_retrieval(_cfg(t_out, task, "teacher", init_vit, extra=["--fusion", "none"]), hashed_text_STAND_IN)
+def test_teacher_then_students_through_the_engine(tmp_path, init_vit, trained_teacher, task):
+    t_out, res = trained_teacher(task)
     assert res["steps"] == 3 and (t_out / "vit" / "model.safetensors").is_file()
     assert (t_out / "recall.png").is_file() and (t_out / "metrics.csv").is_file()
     saved = json.loads((t_out / "result.json").read_text())
@@ -110,11 +125,11 @@ def test_an_untrained_reranker_keeps_the_first_stage_ranking(tmp_path, init_vit)
     assert evaluate_retrieval(model, data, rerank_k=5, max_k=6)["t2v_r1"] == ev["t2v_r1"]
 
 
-def test_teacher_window_reaches_every_distillation_call_and_a_bad_one_is_refused(tmp_path, init_vit, monkeypatch):
+def test_teacher_window_reaches_every_distillation_call_and_a_bad_one_is_refused(tmp_path, init_vit, trained_teacher,
+                                                                                 monkeypatch):
     from transmamba.models.vit import ViT
 
-    t_out = tmp_path / "teacher"
-    train_retrieval(_cfg(t_out, "grids", "teacher", init_vit, extra=["--fusion", "none"]), hashed_text_STAND_IN)
+    t_out, _ = trained_teacher("grids")
     seen, forward = [], ViT.forward
 
     def recording(self, x, return_hidden=False, stats=None, window=0):

@@ -14,14 +14,24 @@ checks that the fields cover LMConfig's, so a new LMConfig field cannot be forgo
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import MISSING, field, fields
 
 from transformers import PretrainedConfig
 
 from transmamba.models.lm import LMConfig
 
-_DEFAULT = LMConfig(vocab_size=8192)
 RENAMED = {"tie_embeddings": "tie_word_embeddings"}  # LMConfig name -> the name here
+
+
+def _declare_lm_fields(namespace: dict) -> None:
+    """Declare in a class body (`namespace`: its `locals()`) one field per LMConfig field, with
+    LMConfig's type and default (a default_factory stays one), named as RENAMED says; transformers
+    makes every annotated name of a config class body a dataclass field."""
+    annotations = namespace.setdefault("__annotations__", {})
+    for f in fields(LMConfig):
+        name = RENAMED.get(f.name, f.name)
+        annotations[name] = f.type
+        namespace[name] = f.default if f.default_factory is MISSING else field(default_factory=f.default_factory)
 
 
 class TransMambaConfig(PretrainedConfig):
@@ -30,39 +40,7 @@ class TransMambaConfig(PretrainedConfig):
                      "num_key_value_heads": "n_kv_heads", "intermediate_size": "d_ff",
                      "max_position_embeddings": "max_seq_len", "rms_norm_eps": "norm_eps"}
 
-    vocab_size: int = _DEFAULT.vocab_size
-    d_model: int = _DEFAULT.d_model
-    n_layers: int = _DEFAULT.n_layers
-    arch: str = _DEFAULT.arch
-    n_heads: int = _DEFAULT.n_heads
-    n_kv_heads: int | None = _DEFAULT.n_kv_heads
-    head_dim: int = _DEFAULT.head_dim
-    d_ff: int | None = None
-    balance_params: bool = _DEFAULT.balance_params
-    d_state: int = _DEFAULT.d_state
-    expand: int = _DEFAULT.expand
-    d_conv: int = _DEFAULT.d_conv
-    chunk_size: int = _DEFAULT.chunk_size
-    hybrid_attn_every: int = _DEFAULT.hybrid_attn_every
-    schedule: str | dict | int | None = _DEFAULT.schedule
-    rope_theta: float = _DEFAULT.rope_theta
-    switch_rope: bool = _DEFAULT.switch_rope
-    conv_activation: str | None = _DEFAULT.conv_activation
-    conv_init_identity: bool = _DEFAULT.conv_init_identity
-    switch_gate_bias: bool = _DEFAULT.switch_gate_bias
-    switch_options: dict = field(default_factory=dict)
-    switch_layer_options: list = field(default_factory=list)
-    pre_norms: bool = _DEFAULT.pre_norms
-    post_norms: bool = _DEFAULT.post_norms
-    mlp_act: str = _DEFAULT.mlp_act
-    mlp_bias: bool = _DEFAULT.mlp_bias
-    embed_scale: float = _DEFAULT.embed_scale
-    final_softcap: float | None = _DEFAULT.final_softcap
-    norm_eps: float = _DEFAULT.norm_eps
-    tie_word_embeddings: bool = _DEFAULT.tie_embeddings
-    init_std: float = _DEFAULT.init_std
-    max_seq_len: int = _DEFAULT.max_seq_len
-    extra: dict = field(default_factory=dict)
+    _declare_lm_fields(locals())  # vocab_size ... extra, in LMConfig's order
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
@@ -74,9 +52,7 @@ class TransMambaConfig(PretrainedConfig):
 
     def to_lm_config(self) -> LMConfig:
         """The LMConfig these fields describe (d_ff None is resolved as LMConfig does)."""
-        from dataclasses import fields as dc_fields
-
-        kw = {f.name: getattr(self, RENAMED.get(f.name, f.name)) for f in dc_fields(LMConfig)}
+        kw = {f.name: getattr(self, RENAMED.get(f.name, f.name)) for f in fields(LMConfig)}
         return LMConfig(**kw)
 
     @classmethod

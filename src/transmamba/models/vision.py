@@ -59,10 +59,6 @@ class StudentConfig(PatchGrid):
     """Shape of a student; None fields take the arch's default from ARCH_DEFAULTS."""
 
     arch: str = "vim"
-    img_size: int = 28
-    patch_size: int = 4
-    in_chans: int = 1
-    num_classes: int = 10
     d_model: int = 96
     depth: int = 4
     d_state: int = 16
@@ -90,6 +86,11 @@ class StudentConfig(PatchGrid):
     @property
     def d_ff(self) -> int:
         return int(round(self.mlp_ratio * self.d_model))
+
+    def to_dict(self) -> dict:
+        """The fields as a student's config.json holds them: arch first, then PatchGrid's image fields
+        and the rest (the order students were saved in before PatchGrid held the image fields)."""
+        return {"arch": self.arch, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StudentConfig":
@@ -308,7 +309,7 @@ def save_student(model: VisionMamba, out_dir, extra: dict | None = None) -> Path
     from transmamba.io.files import save_weights_and_config
 
     return save_weights_and_config(out_dir, model.state_dict(), {"format": "transmamba-vision-student",
-                                                                 "student": asdict(model.cfg), **(extra or {})})
+                                                                 "student": model.cfg.to_dict(), **(extra or {})})
 
 
 def load_student(path) -> VisionMamba:

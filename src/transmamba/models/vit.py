@@ -30,9 +30,16 @@ from transmamba.ops.validate import check_dim, check_tensor
 FORMAT = "transmamba-vit"  # config.json["format"] of `save_vit` directories
 
 
+@dataclass
 class PatchGrid:
-    """Image geometry shared by `ViTConfig` and the students' `StudentConfig`: in_chans x img_size x
-    img_size images cut into a grid x grid raster of patch_size patches. A dataclass mixin (no fields)."""
+    """Image geometry shared by `ViTConfig` and the students' `StudentConfig` (their first fields):
+    in_chans x img_size x img_size images cut into a grid x grid raster of patch_size patches, and
+    the num_classes of the head that classifies them."""
+
+    img_size: int = 28
+    patch_size: int = 4
+    in_chans: int = 1
+    num_classes: int = 10
 
     def _check_grid(self) -> None:
         if self.img_size % self.patch_size:
@@ -64,12 +71,9 @@ def patch_tokens(cfg: PatchGrid, patch_embed: nn.Module, x: torch.Tensor) -> tor
 
 @dataclass
 class ViTConfig(PatchGrid):
-    """Shape of a ViT teacher. d_ff is the MLP hidden width; distilled adds DeiT's token."""
+    """Shape of a ViT teacher (after PatchGrid's image fields). d_ff is the MLP hidden width;
+    distilled adds DeiT's token."""
 
-    img_size: int = 28
-    patch_size: int = 4
-    in_chans: int = 1
-    num_classes: int = 10
     d_model: int = 128
     depth: int = 6
     num_heads: int = 4

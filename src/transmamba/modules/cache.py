@@ -124,19 +124,21 @@ class SwitchCache:
     def batch(self) -> int:
         return self.conv_state.shape[0]
 
-    @property
-    def min_transpoint(self) -> int:
+    def _transpoint_bound(self, pick) -> int:
+        """pick (`min` or `max`) of this cache's TransPoints: over the KV heads of a HeadTransPoints,
+        over the rows (and heads) of a tensor (0 when it is empty), or the one int."""
         P = self.transpoint
         if isinstance(P, HeadTransPoints):
-            return min(P.P)
-        return (int(P.min()) if P.numel() else 0) if isinstance(P, torch.Tensor) else P
+            return pick(P.P)
+        return pick(P.flatten().tolist(), default=0) if isinstance(P, torch.Tensor) else P
+
+    @property
+    def min_transpoint(self) -> int:
+        return self._transpoint_bound(min)
 
     @property
     def max_transpoint(self) -> int:
-        P = self.transpoint
-        if isinstance(P, HeadTransPoints):
-            return max(P.P)
-        return (int(P.max()) if P.numel() else 0) if isinstance(P, torch.Tensor) else P
+        return self._transpoint_bound(max)
 
     def nbytes(self) -> int:
         """Bytes held by the tensors of this cache (and of its head groups' sub-caches)."""
