@@ -48,6 +48,8 @@ def test_quick_eval_writes_a_teacher_relative_report(tmp_path):
         assert key in table and table[key]["teacher"] is not None, key
     assert table["ppl@64"]["pct_of_teacher"] > 0
     assert (out / "report.md").read_text().count("% of teacher") == 1
+    assert "| metric | student | teacher (teacher) | student / teacher | % of teacher |" in md
+    assert "thread(s), one measurement of each model." in md and res["speed_setup"]["threads"] >= 1
     assert (out / "passkey_student.png").exists() and (out / "needle_teacher.png").exists()
 
 
@@ -194,7 +196,8 @@ def test_out_of_domain_row_is_not_shakespeare(tmp_path):
 
     from transmamba.data.ood_text import ood_documents
     from transmamba.data.text import split_texts
-    from transmamba.evaluation.report import out_of_domain_line, out_of_domain_row
+    from transmamba.evaluation.report import out_of_domain_row
+    from transmamba.evaluation.report_md import out_of_domain_metric, row_line
     from transmamba.models.lm import LM, LMConfig
 
     what, docs = ood_documents()
@@ -206,4 +209,67 @@ def test_out_of_domain_row_is_not_shakespeare(tmp_path):
     lm = LM(LMConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=1, head_dim=16, d_state=16, chunk_size=8))
     row = out_of_domain_row(lm, tiny_llama(vocab_size=len(tok)), tok, seq_len=16, batch_size=2, n_batches=1)
     assert row["tokens"] == 32 and row["student"] > 1 and row["teacher"] > 1
-    assert out_of_domain_line(row).startswith(f"| out-of-domain text: {what}, ppl, 16-token windows | ")
+    assert row_line(out_of_domain_metric(row)).startswith(f"| out-of-domain text: {what}, ppl, 16-token windows | "
+                                                        f"{row['student']:.2f} | {row['teacher']:.2f} | ")
+
+
+def _fake_convert_summary():
+    """A `transmamba convert` summary with one row of each kind, made up."""
+    return {"name": "c", "student_params": 1.2e6, "teacher_params": 1.6e6, "transpoints": [0, 16], "tokens": 256,
+            "train_s": 1.0, "amp": "none", "amp_reason": "asked", "seq_len": 32,
+            "teacher": {"name": "tiny", "model_type": "llama", "params": 1.6e6},
+            "tokenizer": {"size": 300, "setting": "teacher"},
+            "lossless_check": {"seq_len": 32, "rel_logit_diff": 0.0, "dtype": "float32"},
+            "ppl_by_context": {"32": {"student": 12.0, "teacher": 10.0}}, "init_val_ppl": 50.0,
+            "out_of_domain": {"what": "licences", "seq_len": 32, "student": 30.0, "teacher": 20.0, "tokens": 64},
+            "speed": [{"context": 8, "batch": 1, "student_tok_s": 50.0, "teacher_tok_s": 25.0, "student_cache_mb": 1.0,
+                       "teacher_cache_mb": 4.0, "synthetic_cache": True}],
+            "prefill": [], "speed_rounds": 3, "prefill_rounds": 3, "cpu": "a cpu", "speed_threads": 2,
+            "transpoint_sweep_ppl": {0: 13.0, 16: 12.0}, "samples": [{"prompt": "ROMEO:", "teacher": "a", "student": "b"}]}
+
+
+def test_eval_and_convert_write_one_report(tmp_path, monkeypatch):
+    """`transmamba eval` and `transmamba convert` write one report: the header and the main table of
+    each are what report_md's `header_lines` / `table_lines` make (marked here), and each report holds
+    one main table; a second table writer in either fails this."""
+    import transmamba.evaluation.report_md as md
+    from transmamba.evaluation.report import write_report as write_eval
+    from transmamba.recipes.convert.report import write_report as write_convert
+
+    for name in ("header_lines", "table_lines"):
+        monkeypatch.setattr(md, name, lambda r, f=getattr(md, name), name=name: f(r) + [f"<{name}>"])
+    (tmp_path / "e").mkdir()
+    (tmp_path / "c").mkdir()
+    reports = {"eval": write_eval(tmp_path / "e", _fake_results([[7, 10], [0, 3]], [[10, 10], [0, 0]])).read_text(),
+               "convert": write_convert(tmp_path / "c", _fake_convert_summary()).read_text()}
+    for who, text in reports.items():
+        lines = text.splitlines()
+        assert "<header_lines>" in lines and "<table_lines>" in lines, who
+        assert text.count("| metric |") == 1 and text.count("distilled on:") == 1 and text.count("judged on:") == 1, who
+        head = lines.index("<header_lines>") + 1  # the table follows the header
+        assert lines[head].startswith("| metric | student | teacher") and lines[head].endswith(
+            " | student / teacher | % of teacher |"), who
+    assert "| ppl@1024 | 10 | 10 | 1.00x | 100.0 |" in reports["eval"]
+
+
+def test_convert_report_rows_keep_their_values_and_add_pct_of_teacher(tmp_path):
+    """Convert's rows: its values and student / teacher as before (2 decimals for perplexity, 1 for
+    speeds and MB), and % of teacher (100 = as good; teacher ppl / student ppl, student tok/s /
+    teacher tok/s, teacher MB / student MB); the speed note, the sweep and the samples."""
+    from transmamba.recipes.convert.report import write_report
+
+    text = write_report(tmp_path, _fake_convert_summary(), [{"files": "mine/*.txt"}]).read_text()
+    for line in ("| metric | student | teacher (tiny) | student / teacher | % of teacher |",
+                 "| held-out ppl, 32-token windows | 12.00 | 10.00 | 1.20x | 83.3 |",
+                 "| out-of-domain text: licences, ppl, 32-token windows | 30.00 | 20.00 | 1.50x | 66.7 |",
+                 "| held-out ppl at init (32) | 50.00 |  |  |  |",
+                 "| decode tok/s at 8 context (batch 1, caches filled to size) | 50.0 | 25.0 | 2.00x | 200.0 |",
+                 "| cache MB at 8 context, batch 1 | 1.0 | 4.0 | 0.25x | 400.0 |",
+                 'distilled on: data.sources [{"files": "mine/*.txt"}]',
+                 "judged on: the held-out split of data.sources; out-of-domain text: licences; "
+                 "greedy samples on eval.prompts, beside the teacher's",
+                 "Speeds: fp32 (training ran none: asked), a cpu, 2 thread(s), each the median of 3 rounds "
+                 "alternating student and teacher.",
+                 "| 16 | 12.00 |", "- student: 'b'", "![loss curve](loss_curve.png)"):
+        assert line in text.splitlines(), line
+    assert text.startswith("# transmamba convert: c\n") and (tmp_path / "transpoint_tradeoff.png").stat().st_size > 0

@@ -36,7 +36,13 @@ def test_full_recipe_writes_a_loadable_student_and_report(tmp_path, teacher_dir)
     ood = s["out_of_domain"]  # text in neither split (software licences), student and teacher on the same windows
     assert ood["what"].startswith("software licence texts") and ood["seq_len"] == 32 and ood["tokens"] > 0
     assert min(ood["student"], ood["teacher"]) > 1 and "| out-of-domain text: software licence texts" in (out / "report.md").read_text()
-    assert (out / "report.md").read_text().startswith("# transmamba convert")
+    md = (out / "report.md").read_text()  # the one teacher-vs-student report (evaluation.report_md)
+    assert md.startswith("# transmamba convert") and "distilled on: held-out-split Shakespeare" in md
+    assert f"| metric | student | teacher ({s['teacher']['name']}) | student / teacher | % of teacher |" in md
+    assert f"| held-out ppl at init (32) | {s['init_val_ppl']:.2f} |" in md
+    v = s["ppl_by_context"]["64"]
+    assert (f"| held-out ppl, 64-token windows | {v['student']:.2f} | {v['teacher']:.2f} | "
+            f"{v['student'] / v['teacher']:.2f}x | {100 * v['teacher'] / v['student']:.1f} |") in md
     assert (out / "loss_curve.png").stat().st_size > 0
     assert (out / "transpoint_tradeoff.png").stat().st_size > 0
     assert json.loads((out / "summary.json").read_text())["val_ppl"] == s["val_ppl"]
@@ -187,7 +193,8 @@ def test_speeds_are_medians_of_rounds_alternating_student_and_teacher(monkeypatc
     """A drift of the machine's speed hits both models alike: each round runs the student, then the
     teacher, and each speed is the median over the rounds."""
     import transmamba.evaluation.speed as speed
-    from transmamba.recipes.convert import DEFAULTS, speed_and_samples
+    from transmamba.evaluation.speed import speed_and_samples
+    from transmamba.recipes.convert import DEFAULTS
 
     calls, ms = [], {"student": iter([10.0, 30.0, 20.0]), "teacher": iter([50.0, 40.0, 90.0])}
 

@@ -3,7 +3,8 @@
 
 One report of a Hugging Face-format student (`transmamba convert` / `train` write one; any local
 causal-LM directory works), with the teacher side by side and "% of teacher" per metric. The
-default suite runs every part below; `quality` runs perplexity (256 / 1k), `--text` and generation;
+default suite runs every part below; `quality` runs perplexity (256 / 1k, 8 windows), `--text` and
+generation (100 task questions);
 `retrieval` runs perplexity at 1k / 4k, passkey and needle at 1k-4k and the probe; `--parts`
 keeps only the named parts (PARTS). `--teacher-cache DIR` keeps the teacher's results under a key of
 its weights, the suite, the precision, `--text` and this package's code, so that judging several
@@ -47,7 +48,8 @@ fp32 whatever `--amp` says: they compare architectures, and under bf16 autocast 
 decodes the HF teacher slower than in fp32 (91 vs 79 ms/token at 2k, SmolLM2) while our student
 decodes faster, which would flatter the student. `--quick` runs
 tiny lengths and few documents (for tests). Written to --out (default DIR/eval): report.md,
-results.json, the PNGs.
+results.json, the PNGs. report.md is `evaluation.report_md`'s, the one teacher-vs-student report
+`transmamba convert` writes too (`write_report` turns these results into its report dict).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ from pathlib import Path
 
 import torch
 
+from transmamba.evaluation.report_md import (SHAKESPEARE_HELD_OUT, distilled_on_words, metric_row,
+                                              write_report_md)
+
 PARTS = ("perplexity", "text", "generation", "passkey", "needle", "probe", "lm_eval", "speed")
 _DEFAULT = dict(ppl_lengths=[256, 1024, 4096], ppl_windows=2, ret_lengths=[1024, 2048, 4096, 8192],
                 depths=[0.0, 0.25, 0.5, 0.75, 1.0], ret_trials=10, probe_lengths=[1024, 2048], probe_trials=2,
@@ -70,7 +75,8 @@ _DEFAULT = dict(ppl_lengths=[256, 1024, 4096], ppl_windows=2, ret_lengths=[1024,
 SUITES = {
     "default": _DEFAULT,
     # what a user judges a student on besides retrieval: likelihood in and out of domain, and generation
-    "quality": _DEFAULT | dict(ppl_lengths=[256, 1024], parts=("perplexity", "text", "generation")),
+    "quality": _DEFAULT | dict(ppl_lengths=[256, 1024], ppl_windows=8, gen_task=100,
+                               parts=("perplexity", "text", "generation")),
     # long-context retrieval (issue 38's table): passkey / needle at 1k-4k, the probe, perplexity at 1k / 4k
     "retrieval": _DEFAULT | dict(ppl_lengths=[1024, 4096], ret_lengths=[1024, 2048, 4096],
                                  parts=("perplexity", "passkey", "needle", "probe")),
@@ -169,14 +175,11 @@ def distilled_on(model_dir: str) -> str:
             break
     if data is None:
         return f"unknown (no data section in {RUN_INFO})"
-    sources = data.get("sources")
-    if not sources:
-        return "held-out-split Shakespeare: the training works of data/text.py (the default corpus)"
-    return "data.sources " + json.dumps(sources)
+    return distilled_on_words(data.get("sources"))
 
 
 def out_of_domain_row(student, teacher, tok, *, seq_len: int, batch_size: int, n_batches: int) -> dict:
-    """The convert report's out-of-domain row: held-out perplexity of our student (an `LM`) and its HF
+    """The out-of-domain row of convert's report: held-out perplexity of our student (an `LM`) and its HF
     teacher on text in neither split of the training data (`data.ood_text`: software licences),
     same windows for both: {"what", "seq_len", "student", "teacher", "tokens"}."""
     from transmamba.data.ood_text import ood_ids
@@ -187,12 +190,6 @@ def out_of_domain_row(student, teacher, tok, *, seq_len: int, batch_size: int, n
     st, te = lm_perplexity(student, ids, **kw), hf_perplexity(teacher, ids, **kw)
     return {"what": what, "seq_len": seq_len, "student": st["val_ppl"], "teacher": te["val_ppl"],
             "tokens": st["val_tokens"]}
-
-
-def out_of_domain_line(row: dict) -> str:
-    """The row as a line of the convert report's table (metric | teacher | student | student / teacher)."""
-    return (f"| out-of-domain text: {row['what']}, ppl, {row['seq_len']}-token windows | {row['teacher']:.2f} | "
-            f"{row['student']:.2f} | {row['student'] / row['teacher']:.2f}x |")
 
 
 def evaluate_model(model, tok, suite: dict, work: Path, texts: list[str], text_spec=None,
@@ -293,33 +290,6 @@ def flat_metrics(r: dict) -> dict:
     return out
 
 
-def percent_of_teacher(student: float, teacher: float, higher_is_better: bool) -> float | None:
-    """100 = as good as the teacher; > 100 better (ratio of values, inverted where lower is better)."""
-    if higher_is_better:
-        return None if teacher == 0 else 100.0 * student / teacher
-    return None if student == 0 else 100.0 * teacher / student
-
-
-def heat_map(grid: dict, png: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    im = ax.imshow(grid["acc"], vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-    ax.set_xticks(range(len(grid["depths"])), [f"{d:.2f}" for d in grid["depths"]])
-    ax.set_yticks(range(len(grid["lengths"])), [str(L) for L in grid["lengths"]])
-    ax.set_xlabel("depth")
-    ax.set_ylabel("context tokens")
-    ax.set_title(title)
-    fig.colorbar(im)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return png
-
-
 def retrieval_rows(s: dict, t: dict | None) -> list[dict]:
     """Per task and length: {"task", "length", "student": {acc, ci, hits, n}, "teacher": ... | None,
     "pct_of_teacher"} for passkey, needle and the probe's tasks (accuracy with its 95% interval)."""
@@ -355,75 +325,43 @@ def text_rows(s: dict, t: dict | None) -> list[dict]:
     return rows
 
 
-def text_lines(results: dict) -> list[str]:
-    s, t = results["student"], results.get("teacher")
-    results["text_perplexity"] = text_rows(s, t)
-    if not results["text_perplexity"]:
-        return []
-    f = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
-    lines = ["", f"## Held-out text: {results.get('text', '')} (perplexity by position bucket)", "",
-             "| window | positions | student ppl | teacher ppl | ratio student / teacher |", "|---|---|---|---|---|"]
-    lines += [f"| {r['length']} | {r['bucket']} | {f(r['student'])} | {f(r['teacher'])} | {f(r['ratio'])} |"
-              for r in results["text_perplexity"]]
-    return lines
-
-
-def generation_lines(results: dict) -> list[str]:
-    """The generation sections (evaluation.generation); sets results["generation"]."""
+def generation_rows(s: dict, t: dict | None) -> dict:
+    """`compare_generation` of the student's generation with the teacher's: greedy agreement only
+    where both tokenizers are the same, the task's exact matches (text) in any case."""
     from transmamba.evaluation.generation import compare_generation
 
-    s, t = results["student"], results.get("teacher")
-    if "generation" not in s:
-        return []
     same_tok = t is not None and "generation" in t and t.get("tokenizer_key") == s.get("tokenizer_key")
-    results["generation"] = compare_generation(s["generation"], t["generation"] if same_tok else None)
+    rows = compare_generation(s["generation"], t["generation"] if same_tok else None)
     if t is not None and "generation" in t and not same_tok:  # task answers are text: still comparable
-        results["generation"]["task"] = compare_generation(s["generation"], t["generation"])["task"]
-    lines = []
-    g = results["generation"]
-    if g["agreement"]:
-        lines += ["", "## Greedy generation vs the teacher", "",
-                  "prefix: fraction of the n new tokens equal to the teacher's up to the first divergence; "
-                  "positional: fraction of positions with equal tokens; exact: continuations identical "
-                  "(95% Wilson interval). A continuation ends at its EOS; both ended counts as equal.", "",
-                  "| prompts | new tokens | prefix | positional | exact match |", "|---|---|---|---|---|"]
-        lines += [f"| {r['set']} | {r['tokens']} | {r['prefix']:.3f} | {r['positional']:.3f} | {accuracy_cell(r['exact'])} |"
-                  for r in g["agreement"]]
-    elif t is not None:
-        lines += ["", "Greedy agreement not computed: student and teacher tokenizers differ."]
-    lines += ["", "## Generative task (exact match, 95% Wilson interval)", "",
-              "| task | student | teacher | pct of teacher |", "|---|---|---|---|"]
-    lines += [f"| {r['task']} | {accuracy_cells(r)} |" for r in g["task"]]
-    return lines
+        rows["task"] = compare_generation(s["generation"], t["generation"])["task"]
+    return rows
 
 
-def accuracy_cell(r: dict) -> str:
-    """An accuracy with its 95% Wilson interval and counts: "0.50 [0.24, 0.76] (5/10)"."""
-    return f"{r['acc']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({r['hits']}/{r['n']})"
-
-
-def accuracy_cells(r: dict) -> str:
-    """The student | teacher | pct of teacher cells of a row {"student", "teacher", "pct_of_teacher"}."""
-    p = r["pct_of_teacher"]
-    teacher = "" if r["teacher"] is None else accuracy_cell(r["teacher"])
-    return f"{accuracy_cell(r['student'])} | {teacher} | {'' if p is None else f'{p:.0f}'}"
+def eval_report(results: dict, rows: list[dict], speed_setup: dict | None) -> dict:
+    """The report dict (`evaluation.report_md`'s schema) of `run_eval`'s results, once `write_report`
+    has added the table's rows and the retrieval, text and generation comparisons to them."""
+    s, t = results["student"], results.get("teacher")
+    teacher = results.get("teacher_name")
+    return {"title": f"Evaluation of {results['model']}", "model": results["model"], "suite": results["suite"],
+            "teacher_name": teacher, "teacher_label": Path(str(teacher)).name if teacher else None,
+            "precision": results.get("precision", "none"), "distilled_on": results.get("distilled_on", "unknown"),
+            "judged_on": results.get("judged_on", [SHAKESPEARE_HELD_OUT]), "rows": rows, "speed_setup": speed_setup,
+            "seconds": {who: r["seconds"] for who, r in (("student", s), ("teacher", t)) if r is not None},
+            "retrieval": results["retrieval"], "text": results.get("text"),
+            "text_perplexity": results["text_perplexity"], "generation": results.get("generation"),
+            "heat_maps": [{"kind": kind, "who": who, "grid": r[kind]} for who, r in (("student", s), ("teacher", t))
+                          if r is not None for kind in ("passkey", "needle") if kind in r]}
 
 
 def write_report(out: Path, results: dict) -> Path:
+    """report.md (`report_md.write_report_md`) and results.json of `run_eval`'s results, to which it
+    adds "table" (metric -> student, teacher, pct_of_teacher, higher_is_better), "retrieval",
+    "text_perplexity" and "generation"."""
     s, t = results["student"], results.get("teacher")
     fs, ft = flat_metrics(s), (flat_metrics(t) if t else {})
-    lines = [f"# Evaluation of {results['model']}", "", f"suite: {results['suite']}; teacher: {results.get('teacher_name')}; "
-             f"precision: {results.get('precision', 'none')}", "",
-             f"distilled on: {results.get('distilled_on', 'unknown')}", "",
-             "judged on: " + "; ".join(results.get("judged_on", ["held-out Shakespeare (data/text.py VAL_WORKS)"])), "",
-             "| metric | student | teacher | % of teacher |", "|---|---|---|---|"]
-    rows = {}
-    for name, (v, hib) in fs.items():
-        tv = ft.get(name, (None, hib))[0]
-        pct = percent_of_teacher(v, tv, hib) if tv is not None else None
-        rows[name] = {"student": v, "teacher": tv, "pct_of_teacher": pct, "higher_is_better": hib}
-        lines.append(f"| {name} | {v:.4g} | {'' if tv is None else f'{tv:.4g}'} | {'' if pct is None else f'{pct:.1f}'} |")
-    results["table"] = rows
+    rows = [metric_row(name, v, ft.get(name, (None, hib))[0], hib) for name, (v, hib) in fs.items()]
+    results["table"] = {r["metric"]: {k: r[k] for k in ("student", "teacher", "pct_of_teacher", "higher_is_better")}
+                        for r in rows}
     if t is not None:  # "% of teacher" per cell of the retrieval grids
         from transmamba.evaluation.long_context import compare_to_teacher
 
@@ -431,24 +369,15 @@ def write_report(out: Path, results: dict) -> Path:
             if "by_length" in s.get(kind, {}) and "by_length" in t.get(kind, {}):
                 s[kind] = compare_to_teacher(s[kind], t[kind])
     results["retrieval"] = retrieval_rows(s, t)
-    if results["retrieval"]:
-        lines += ["", "## Retrieval accuracy (95% Wilson interval)", "",
-                  "| task | tokens | student | teacher | pct of teacher |", "|---|---|---|---|---|"]
-        lines += [f"| {r['task']} | {r['length']} | {accuracy_cells(r)} |" for r in results["retrieval"]]
-    lines += text_lines(results) + generation_lines(results)
-    for who, r in (("student", s), ("teacher", t)):
-        if r is not None:
-            parts = ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items())
-            lines.append(f"\n{who}: {sum(r['seconds'].values()):.0f} s ({parts})")
-    for who, r in (("student", s), ("teacher", t)):
-        if r is None:
-            continue
-        for kind in [k for k in ("passkey", "needle") if k in r]:
-            png = heat_map(r[kind], out / f"{kind}_{who}.png", f"{kind} ({who})")
-            lines += ["", f"![{kind} {who}]({png.name})"]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    results["text_perplexity"] = text_rows(s, t)
+    if "generation" in s:
+        results["generation"] = generation_rows(s, t)
+    setup = results.get("speed_setup")
+    if setup is not None and results.get("teacher_results_from"):
+        setup = setup | {"teacher_from": results["teacher_results_from"]}
+    path = write_report_md(out, eval_report(results, rows, setup))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    return out / "report.md"
+    return path
 
 
 def suite_spec(suite: str, quick: bool = False, parts: str | None = None) -> dict:
@@ -510,13 +439,17 @@ def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default",
         raise ValueError("--text-field needs --text")
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = split_texts("val")
-    judged = ["held-out Shakespeare (data/text.py VAL_WORKS)"] + ([f"--text {text}"] if text else []) + [
+    judged = [SHAKESPEARE_HELD_OUT] + ([f"--text {text}"] if text else []) + [
         "greedy generation on built-in prompts and an offline addition / copy task (evaluation/generation.py)"]
     results = {"model": str(model_dir), "suite": "quick" if quick else suite, "parts": list(spec["parts"]),
                "teacher_name": teacher, "precision": str(precision), "distilled_on": distilled_on(model_dir),
                "judged_on": judged, "text": text}
     with autocast(device, precision.amp):
         results["student"] = evaluate_model(model, tok, spec, out_dir, texts, tspec, cache_dir)
+    if "speed" in spec["parts"]:  # the machine the speeds were measured on (report.md's speed note)
+        from transmamba.hardware.machine import cpu_model
+
+        results["speed_setup"] = {"cpu": cpu_model(), "threads": torch.get_num_threads()}
     if teacher:
         tmodel, ttok = load_hf_model(teacher)
         cached = None

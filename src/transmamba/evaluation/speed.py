@@ -11,8 +11,13 @@ decoding caches hold there, for our LMs and for Hugging Face teachers.
 
 The context is prefilled for real by default. With `synthetic=True` the caches are filled to the
 context's size directly (random contents): the cost of one decoding step depends on the caches'
-sizes, not on what they hold, and a long teacher prefill can take minutes on a CPU. Used by
-`transmamba convert`'s report and by the `bench lm` / `bench convert` benchmarks.
+sizes, not on what they hold, and a long teacher prefill can take minutes on a CPU.
+
+- `speed_and_samples(teacher, student, cfg, tok)`: what `transmamba convert` measures of both models
+  after training (decoding and prefill speeds, cache sizes, greedy samples) for its report
+  (`evaluation.report_md`: `speed_rows`, `speed_setup`, the samples section).
+
+Used by `transmamba convert` and by the `bench lm` / `bench convert` benchmarks.
 """
 
 from __future__ import annotations
@@ -161,3 +166,54 @@ def teacher_decode_speed(teacher, context: int, n_tokens: int, *, synthetic: boo
 
     ms = time_ms(one, reps=n_tokens, warmup=warmup, max_s=max_s)
     return ms, teacher_kv_nbytes(state["past"]) / 2**20
+
+
+def speed_and_samples(teacher, student, cfg, tok) -> dict:
+    """Both models, fp32 (an architecture comparison: under bf16 autocast an AVX512-BF16 CPU decodes
+    the HF teacher slower than in fp32 and our student faster, which would flatter the student):
+    decoding ms/token and cache MB at each `eval.speed_contexts` context and
+    `eval.speed_batches` batch (caches filled to its size with `eval.speed_synthetic`, else by a
+    real prefill), prefill tokens/s at each `eval.prefill_contexts` length (batch 1), and greedy
+    continuations. Each speed is the median of `eval.speed_rounds` rounds that alternate student
+    and teacher, so that a drift of a shared machine's speed hits both alike; prefill takes
+    `eval.prefill_rounds` rounds (None: as many), as one round of a long prefill is seconds long.
+    Returns {"speed": [{context, batch, student_tok_s, teacher_tok_s, student_cache_mb,
+    teacher_cache_mb, synthetic_cache}], "speed_rounds", "speed_threads", "cpu", "prefill":
+    [{context, student_tok_s, teacher_tok_s}], "prefill_rounds", "samples": [{prompt, teacher, student}]}."""
+    from transmamba.hardware.machine import cpu_model
+
+    ev, res = cfg["eval"], {}
+    student.eval()
+    contexts = ev.get("speed_contexts") or ([ev["speed_context"]] if ev.get("speed_context") else [])
+    synthetic = bool(ev.get("speed_synthetic"))
+    rounds, n = int(ev["speed_rounds"]), ev["speed_tokens"]
+    res["speed"], res["speed_rounds"], res["speed_threads"] = [], rounds, torch.get_num_threads()
+    res["cpu"] = cpu_model()
+    for C in contexts:
+        for B in ev.get("speed_batches") or [1]:
+            kw = dict(synthetic=synthetic, batch=int(B))
+            (ms_s, mb_s), (ms_t, mb_t) = alternating_medians(
+                [lambda: decode_speed(student, int(C), n, warmup=1, max_s=60, **kw),
+                 lambda: teacher_decode_speed(teacher, int(C), n, **kw)], rounds)
+            res["speed"].append({"context": int(C), "batch": int(B), "student_tok_s": B * 1e3 / ms_s,
+                                 "teacher_tok_s": B * 1e3 / ms_t, "student_cache_mb": mb_s, "teacher_cache_mb": mb_t,
+                                 "synthetic_cache": synthetic})
+    res["prefill"], res["prefill_rounds"] = [], int(ev.get("prefill_rounds") or rounds)
+    for L in ev.get("prefill_contexts") or []:
+        idx = torch.randint(0, student.cfg.vocab_size, (1, int(L)))
+        with torch.no_grad():
+            (t_s,), (t_t,) = alternating_medians(
+                [lambda: (time_ms(lambda: student(idx), reps=1, warmup=0),),
+                 lambda: (time_ms(lambda: teacher(idx, use_cache=False), reps=1, warmup=0),)], res["prefill_rounds"])
+        res["prefill"].append({"context": int(L), "student_tok_s": L / t_s * 1e3, "teacher_tok_s": L / t_t * 1e3})
+    samples = []
+    for prompt in ev["prompts"]:
+        ids = torch.tensor([tok.encode(prompt)])
+        with torch.no_grad():
+            s_out = student.generate(ids, ev["prompt_tokens"], temperature=0)
+            t_out = teacher.generate(ids, max_new_tokens=ev["prompt_tokens"], do_sample=False,
+                                     pad_token_id=tok.eos_token_id or 0)
+        samples.append({"prompt": prompt, "teacher": tok.decode(t_out[0, ids.shape[1]:]),
+                        "student": tok.decode(s_out[0, ids.shape[1]:])})
+    res["samples"] = samples
+    return res

@@ -20,8 +20,9 @@ student, the cached teacher batches, the loss (`DistillStep`) and the held-out p
 After the layer-local stage, `recipe.keep_attention = k` keeps the k layers whose switch costs most on
 attention, or `recipe.keep_heads = K` the K highest-ranked KV heads (`recipe.keep_heads_by`:
 switch_cost | retrieval | random, `adapt.head_ranking`); the schedule is saved with the student.
-Stages: `recipes.convert.stages`; the loss: `adapt.lm_distill.DistillStep`; the report:
-`evaluation.convert_report`.
+Stages: `recipes.convert.stages`; the loss: `adapt.lm_distill.DistillStep`; speeds and samples:
+`evaluation.speed.speed_and_samples`; the report: `recipes.convert.report` (the teacher-vs-student
+report.md of `evaluation.report_md`, the one `transmamba eval` writes).
 
 Recipe switches give the comparison runs at equal tokens: from scratch (`recipe.subclone false,
 recipe.distill false`), subcloning + init only (`recipe.distill false`), the full recipe, and the full
@@ -38,10 +39,11 @@ from pathlib import Path
 from transmamba.adapt.attention_layers import check_keep_attention, check_switching
 from transmamba.config import (NONE, NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, load_config,
                                one_of)
-from transmamba.evaluation.convert_report import speed_and_samples, write_report
 from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
 from transmamba.evaluation.report import out_of_domain_row
+from transmamba.evaluation.speed import speed_and_samples
 from transmamba.hf.student import save_hf
+from transmamba.recipes.convert.report import write_report
 from transmamba.recipes.convert.stages import (build_student, distill, distill_local, keep_attention_layers,
                                                keep_kv_heads, student_config)
 from transmamba.recipes.scaffold import recipe_main, write_result
@@ -228,7 +230,7 @@ def convert(cfg: dict, progress: bool = True, resume: bool = False) -> dict:
     summary |= {"setup_s": t_stages - t_start, "stages_s": t_eval - t_stages, "eval_s": t_speed - t_eval,
                 "speed_s": t_end - t_speed, "wall_s": t_end - t_start}
     write_result(out / "summary.json", summary, config_yaml=cfg)
-    write_report(out, summary)
+    write_report(out, summary, d.get("sources"))
     return summary
 
 

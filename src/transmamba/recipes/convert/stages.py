@@ -20,7 +20,7 @@ import torch
 
 from transmamba.adapt.attention_layers import costliest, switch_costs
 from transmamba.adapt.head_ranking import (head_switch_costs, kept_heads_schedule, kv_heads_per_layer, random_ranking,
-                                           ranking)
+                                           ranking, read_ranking)
 from transmamba.adapt.layer_local import LayerLocalStep, check_cached
 from transmamba.adapt.lm_distill import DistillStep
 from transmamba.adapt.ssm_calibration import calibrate_ssm_paths
@@ -154,9 +154,12 @@ def keep_kv_heads(student, cache: TeacherCache, cfg, tok) -> dict:
     top-k KL to the teacher when the head alone switches at its TransPoint, on the first
     recipe.keep_attention_windows cached windows; "retrieval": the drop in the answer's log-probability
     on the retrieval probe (`evaluation.retrieval_probe.rank_heads`, data.seq_len-token prompts) when
-    the head alone is the SSM; "random": K heads drawn by the recipe's seed (the control). Records kept_heads and head_costs ([layer, kv_head, cost], highest first)."""
+    the head alone is the SSM; "random": K heads drawn by the recipe's seed (the control). recipe.keep_heads_ranking (a
+    ranking.json of `transmamba heads`, e.g. of the teacher) replaces the ranking. Records kept_heads and head_costs ([layer, kv_head, cost], highest first)."""
     rec = cfg["recipe"]
-    if rec["keep_heads_by"] == "retrieval":
+    if rec.get("keep_heads_ranking"):  # a ranking computed once (`transmamba heads`), e.g. on the teacher
+        ranked, seconds = read_ranking(rec["keep_heads_ranking"], kv_heads_per_layer(student)), 0.0
+    elif rec["keep_heads_by"] == "retrieval":
         from transmamba.evaluation.retrieval_probe import rank_heads
 
         t0, was_training = time.perf_counter(), student.training
