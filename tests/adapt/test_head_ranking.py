@@ -150,3 +150,23 @@ def test_random_ranking_is_a_seeded_permutation_of_every_head():
     assert sorted((i, j) for i, j, _ in a) == [(i, j) for i, n in enumerate([3, 3, 2]) for j in range(n)]
     assert a == random_ranking([3, 3, 2], seed=1) and a != random_ranking([3, 3, 2], seed=2)
     assert ranking({(i, j): s for i, j, s in a}) == a  # scores keep the drawn order
+
+
+def test_read_ranking_checks_the_file_against_the_model(tmp_path):
+    import json
+
+    from transmamba.adapt.head_ranking import read_ranking
+
+    p = tmp_path / "ranking.json"
+    p.write_text(json.dumps({"ranking": [[1, 0, 2.5], [0, 1, 1.0]]}))
+    assert read_ranking(p, [2, 2]) == [(1, 0, 2.5), (0, 1, 1.0)]
+    with pytest.raises(ValueError, match=r"entry 0 \[1, 0, 2.5\] is not"):
+        read_ranking(p, [2])  # one layer: layer 1 does not exist
+    p.write_text(json.dumps({"ranking": [[0, 1, 1.0], [0, 1, 0.5]]}))
+    with pytest.raises(ValueError, match="repeats head"):
+        read_ranking(p, [2, 2])
+    p.write_text("{}")
+    with pytest.raises(ValueError, match="not a ranking.json"):
+        read_ranking(p, [2, 2])
+    with pytest.raises(FileNotFoundError, match="transmamba heads"):
+        read_ranking(tmp_path / "nope.json", [2, 2])

@@ -248,8 +248,24 @@ def test_keep_heads_saves_a_head_hybrid_student_that_decodes_exactly(tmp_path, t
     (("--recipe.keep_heads", "1", "--recipe.keep_attention", "1"), r"recipe.keep_heads \(1\) and recipe.keep_attention"),
     (("--recipe.keep_heads", "3"), r"recipe.keep_heads must be in \[0, 2\]"),
     (("--recipe.keep_heads_by", "votes"), "recipe.keep_heads_by"),
+    (("--recipe.keep_heads", "1", "--recipe.keep_heads_ranking", "/nonexistent/ranking.json"), "no such file"),
 ])
 def test_bad_keep_heads_is_refused_before_any_work(tmp_path, teacher_dir, extra, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
         run(tmp_path, teacher_dir, "bad", *extra)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_keep_heads_from_a_ranking_file_and_at_random(tmp_path, teacher_dir):
+    """recipe.keep_heads_ranking: the file's top K heads are kept (no ranking computed); keep_heads_by
+    random: K heads drawn by the recipe's seed, the same for the same seed."""
+    import json
+
+    f = tmp_path / "ranking.json"
+    f.write_text(json.dumps({"ranking": [[1, 1, 9.0], [0, 0, 3.0], [0, 1, 1.0], [1, 0, 0.5]]}))
+    common = ("--student.schedule", "{name: fixed, P: 8}", "--student.n_kv_heads", "2", "--recipe.keep_heads", "2")
+    s = run(tmp_path, teacher_dir, "file", *common, "--recipe.keep_heads_ranking", str(f))
+    assert s["kept_heads"] == [[0, 0], [1, 1]] and s["keep_heads_s"] == 0.0
+    r1 = run(tmp_path, teacher_dir, "rand1", *common, "--recipe.keep_heads_by", "random")
+    r2 = run(tmp_path, teacher_dir, "rand2", *common, "--recipe.keep_heads_by", "random")
+    assert r1["kept_heads"] == r2["kept_heads"] and len(r1["kept_heads"]) == 2

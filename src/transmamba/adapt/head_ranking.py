@@ -247,6 +247,34 @@ def random_ranking(n_kv_heads: list[int], seed: int) -> list[tuple[int, int, flo
     return [(i, j, float(len(heads) - 1 - r)) for r, (i, j) in enumerate(heads)]
 
 
+def read_ranking(path, n_kv_heads: list[int]) -> list[tuple[int, int, float]]:
+    """The ranking of a ranking.json (`transmamba heads`: {"ranking": [[layer, kv_head, score], ...]},
+    most important first), checked against a model with `n_kv_heads` KV heads per layer: ValueError /
+    FileNotFoundError naming the file and the bad entry."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"head ranking {path}: no such file (write one with `transmamba heads`)")
+    try:
+        rows = json.loads(p.read_text())["ranking"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"head ranking {path}: not a ranking.json of `transmamba heads` ({type(e).__name__}: {e})") from None
+    out, seen = [], set()
+    for k, r in enumerate(rows if isinstance(rows, list) else [None]):
+        ok = isinstance(r, (list, tuple)) and len(r) == 3 and all(isinstance(v, (int, float)) for v in r)
+        if not ok or not (0 <= r[0] < len(n_kv_heads) and r[0] == int(r[0])) or not (
+                0 <= r[1] < n_kv_heads[int(r[0])] and r[1] == int(r[1])):
+            raise ValueError(f"head ranking {path}: entry {k} {r!r} is not [layer, kv_head, score] of this model "
+                             f"({len(n_kv_heads)} layers x {n_kv_heads[0] if n_kv_heads else 0} KV heads)")
+        if (int(r[0]), int(r[1])) in seen:
+            raise ValueError(f"head ranking {path}: entry {k} repeats head {[int(r[0]), int(r[1])]}")
+        seen.add((int(r[0]), int(r[1])))
+        out.append((int(r[0]), int(r[1]), float(r[2])))
+    return out
+
+
 def kept_heads_schedule(base_spec, ranked: list, k: int, n_kv_heads) -> dict:
     """The `head_hybrid` schedule spec keeping the k highest-ranked KV heads of `ranked` ([(layer,
     kv_head, score)] most important first, `ranking`) on attention at every position; every other

@@ -19,7 +19,8 @@ student, the cached teacher batches, the loss (`DistillStep`) and the held-out p
 
 After the layer-local stage, `recipe.keep_attention = k` keeps the k layers whose switch costs most on
 attention, or `recipe.keep_heads = K` the K highest-ranked KV heads (`recipe.keep_heads_by`:
-switch_cost | retrieval | random, `adapt.head_ranking`); the schedule is saved with the student.
+switch_cost | retrieval | random, `adapt.head_ranking`; or `recipe.keep_heads_ranking`: a
+ranking.json of `transmamba heads`); the schedule is saved with the student.
 Stages: `recipes.convert.stages`; the loss: `adapt.lm_distill.DistillStep`; speeds and samples:
 `evaluation.speed.speed_and_samples`; the report: `recipes.convert.report` (the teacher-vs-student
 report.md of `evaluation.report_md`, the one `transmamba eval` writes).
@@ -37,8 +38,8 @@ import time
 from pathlib import Path
 
 from transmamba.adapt.attention_layers import check_keep_attention, check_switching
-from transmamba.config import (NONE, NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULES, UNIT, check_config, load_config,
-                               one_of)
+from transmamba.config import (NONE, NONNEG, NONNEG_INT, POSITIVE_INT, TRAIN_RULES, UNIT, Rule, check_config,
+                               load_config, one_of)
 from transmamba.evaluation.perplexity import hf_perplexity, lm_perplexity
 from transmamba.evaluation.report import out_of_domain_row
 from transmamba.evaluation.speed import speed_and_samples
@@ -63,7 +64,7 @@ DEFAULTS = {
                "adaptive": True, "anneal_frac": 0.0, "anneal_mode": "together", "ssm_calib": True,
                "local_tokens": 0, "local_train": "block", "local_lr": None,
                "keep_attention": 0, "keep_attention_windows": 4,
-               "keep_heads": 0, "keep_heads_by": "switch_cost"},  # K > 0: the top K KV heads never switch
+               "keep_heads": 0, "keep_heads_by": "switch_cost", "keep_heads_ranking": None},  # K > 0: the top K KV heads never switch
     "data": {"tokenizer": "teacher", "cache_dir": "cache/text", "seq_len": 256, "calib_windows": 8,
              "cache_windows": 256, "top_k": 32, "teacher_cache_dir": "cache/teacher_outputs", "sources": None},
     "train": {**copy.deepcopy(ENGINE_DEFAULTS), "tokens": 1_000_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-4,
@@ -106,7 +107,9 @@ CONVERT_RULES = {**TRAIN_RULES, "train.w_kl": NONNEG, "train.w_hidden": NONNEG, 
                  "recipe.keep_attention": NONNEG_INT, "recipe.keep_attention_windows": POSITIVE_INT,
                  "eval.speed_rounds": POSITIVE_INT, "eval.speed_tokens": POSITIVE_INT,
                  "eval.prefill_rounds": POSITIVE_INT | NONE, "recipe.keep_heads": NONNEG_INT,
-                 "recipe.keep_heads_by": one_of("switch_cost", "retrieval", "random")}
+                 "recipe.keep_heads_by": one_of("switch_cost", "retrieval", "random"),
+                 "recipe.keep_heads_ranking": NONE | Rule("a path to a ranking.json of `transmamba heads`",
+                                                          lambda v: isinstance(v, str) and bool(v))}
 
 
 
@@ -141,6 +144,10 @@ def check_before_work(cfg: dict, teacher, spec, tok, who: dict) -> dict:
                         int(d["seq_len"]))
     n_kv = int(scfg.n_kv_heads or scfg.n_heads)
     check_keep_heads(rec, scfg.n_layers * n_kv, f"{scfg.n_layers} layers x {n_kv}")
+    if rec["keep_heads_ranking"]:
+        from transmamba.adapt.head_ranking import read_ranking
+
+        read_ranking(rec["keep_heads_ranking"], [n_kv] * scfg.n_layers)  # a bad file is refused here
     return lossless_gate(teacher, tok, int(d["seq_len"]), who["name"])
 
 
