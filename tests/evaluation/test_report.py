@@ -273,3 +273,13 @@ def test_convert_report_rows_keep_their_values_and_add_pct_of_teacher(tmp_path):
                  "| 16 | 12.00 |", "- student: 'b'", "![loss curve](loss_curve.png)"):
         assert line in text.splitlines(), line
     assert text.startswith("# transmamba convert: c\n") and (tmp_path / "transpoint_tradeoff.png").stat().st_size > 0
+
+
+def test_retrieval_lengths_override_the_suites():
+    from transmamba.evaluation.report import SUITES, suite_spec
+
+    spec = suite_spec("retrieval", parts="passkey", ret_lengths=[2048, 1024])
+    assert spec["ret_lengths"] == [1024, 2048] and spec["parts"] == ("passkey",)
+    assert SUITES["retrieval"]["ret_lengths"] == [1024, 2048, 4096]  # the suite itself is untouched
+    with pytest.raises(ValueError, match="--ret-lengths"):
+        suite_spec("retrieval", ret_lengths=[8])

@@ -5,7 +5,7 @@ One report of a Hugging Face-format student (`transmamba convert` / `train` writ
 causal-LM directory works), with the teacher side by side and "% of teacher" per metric. The
 default suite runs every part below; `quality` runs perplexity (256 / 1k, 8 windows), `--text` and
 generation (100 task questions);
-`retrieval` runs perplexity at 1k / 4k, passkey and needle at 1k-4k and the probe; `--parts`
+`retrieval` runs perplexity at 1k / 4k, passkey and needle at 1k-4k (`--ret-lengths` to change) and the probe; `--parts`
 keeps only the named parts (PARTS). `--teacher-cache DIR` keeps the teacher's results under a key of
 its weights, the suite, the precision, `--text` and this package's code, so that judging several
 students against one teacher runs the teacher once.
@@ -380,9 +380,10 @@ def write_report(out: Path, results: dict) -> Path:
     return path
 
 
-def suite_spec(suite: str, quick: bool = False, parts: str | None = None) -> dict:
+def suite_spec(suite: str, quick: bool = False, parts: str | None = None, ret_lengths: list[int] | None = None) -> dict:
     """The settings of a named suite (`quick`: its parts at the tiny lengths), restricted to `parts`
-    (comma-separated names of PARTS) when given; ValueError naming a bad suite or part."""
+    (comma-separated names of PARTS) when given, with passkey / needle at `ret_lengths` when given;
+    ValueError naming a bad suite, part or length."""
     if suite not in SUITES or suite == "quick":
         raise ValueError(f"--suite must be one of {[k for k in SUITES if k != 'quick']}, got {suite!r}")
     spec = SUITES["quick"] | {"parts": SUITES[suite]["parts"]} if quick else dict(SUITES[suite])
@@ -392,6 +393,10 @@ def suite_spec(suite: str, quick: bool = False, parts: str | None = None) -> dic
         if bad or not names:
             raise ValueError(f"--parts: {bad or parts!r} not among {list(PARTS)}")
         spec["parts"] = tuple(p for p in PARTS if p in names)
+    if ret_lengths is not None:
+        if not ret_lengths or any(isinstance(L, bool) or not isinstance(L, int) or L < 16 for L in ret_lengths):
+            raise ValueError(f"--ret-lengths must be integers >= 16, got {ret_lengths!r}")
+        spec["ret_lengths"] = sorted(set(ret_lengths))
     return spec
 
 
@@ -414,7 +419,8 @@ def teacher_results_key(model, spec: dict, precision: str, text_spec, text_token
 
 def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default", quick: bool = False,
              out: str | None = None, amp: str = "auto", text: str | None = None, text_field: str | None = None,
-             cache_dir: str = "cache/text", parts: str | None = None, teacher_cache: str | None = None) -> dict:
+             cache_dir: str = "cache/text", parts: str | None = None, teacher_cache: str | None = None,
+             ret_lengths: list[int] | None = None) -> dict:
     """Evaluate the student (and the teacher) and write the report; returns results.json's content.
     `teacher_cache`: a directory where the teacher's results are kept under `teacher_results_key`
     and reused (judging several students against one teacher runs the teacher once)."""
@@ -422,7 +428,7 @@ def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default",
     from transmamba.hardware.precision import autocast, resolve_amp
     from transmamba.io.files import save_json_atomic
 
-    spec = suite_spec(suite, quick, parts)
+    spec = suite_spec(suite, quick, parts, ret_lengths)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     device = torch.device("cpu")
@@ -487,10 +493,12 @@ def eval_main(argv: list[str] | None = None) -> dict:
     p.add_argument("--text", default=None, help="held-out text to judge on: a text file or glob, or a JSONL file")
     p.add_argument("--text-field", default=None, help="the JSONL field holding the text (default: text)")
     p.add_argument("--cache-dir", default="cache/text", help="where --text is tokenized once (content-hashed)")
+    p.add_argument("--ret-lengths", type=int, nargs="+", default=None,
+                   help="passkey / needle context lengths instead of the suite's")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     res = run_eval(args.model, args.teacher, args.suite, args.quick, args.out, amp=args.amp, text=args.text,
                    text_field=args.text_field, cache_dir=args.cache_dir, parts=args.parts,
-                   teacher_cache=args.teacher_cache)
+                   teacher_cache=args.teacher_cache, ret_lengths=args.ret_lengths)
     print(Path(args.out or Path(args.model) / "eval") / "report.md")
     return res
