@@ -4,9 +4,8 @@
 One report of a Hugging Face-format student (`transmamba convert` / `train` write one; any local
 causal-LM directory works), with the teacher side by side and "% of teacher" per metric. The
 default suite runs every part below; `quality` runs perplexity (256 / 1k, 8 windows), `--text` and
-generation (100 task questions);
-`retrieval` runs perplexity at 1k / 4k, passkey and needle at 1k-4k (`--ret-lengths` to change) and the probe; `--parts`
-keeps only the named parts (PARTS). `--teacher-cache DIR` keeps the teacher's results under a key of
+generation (100 task questions); `retrieval` runs perplexity at 1k / 4k, passkey and needle at 1k-4k
+(`--ret-lengths` to change) and the probe; `--parts` keeps only the named parts (PARTS). `--teacher-cache DIR` keeps the teacher's results under a key of
 its weights, the suite, the precision, `--text` and this package's code, so that judging several
 students against one teacher runs the teacher once.
 
