@@ -212,6 +212,10 @@ def test_speeds_are_medians_of_rounds_alternating_student_and_teacher(monkeypatc
     assert res["speed_rounds"] == 3
     assert res["speed"][0]["student_tok_s"] == pytest.approx(2 * 1e3 / 20.0)  # the median round
     assert res["speed"][0]["teacher_tok_s"] == pytest.approx(2 * 1e3 / 50.0)
+    calls.clear()  # eval.speed_contexts []: no decoding rows (not the eval.speed_context default)
+    res = speed_and_samples(None, torch.nn.Linear(1, 1), {"eval": ev | {"speed_contexts": []}, "data": DEFAULTS["data"]},
+                            None)
+    assert calls == [] and res["speed"] == []
 
 
 def test_bad_prefill_rounds_is_named(tmp_path, teacher_dir):

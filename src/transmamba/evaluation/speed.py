@@ -184,7 +184,9 @@ def speed_and_samples(teacher, student, cfg, tok) -> dict:
 
     ev, res = cfg["eval"], {}
     student.eval()
-    contexts = ev.get("speed_contexts") or ([ev["speed_context"]] if ev.get("speed_context") else [])
+    contexts = ev.get("speed_contexts")  # [] = no decoding rows; None = the one eval.speed_context
+    if contexts is None:
+        contexts = [ev["speed_context"]] if ev.get("speed_context") else []
     synthetic = bool(ev.get("speed_synthetic"))
     rounds, n = int(ev["speed_rounds"]), ev["speed_tokens"]
     res["speed"], res["speed_rounds"], res["speed_threads"] = [], rounds, torch.get_num_threads()
