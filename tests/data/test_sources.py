@@ -154,6 +154,28 @@ def test_mixture_weights_determinism_and_cache(tok, tmp_path, monkeypatch):
         S.mixture_ids(specs, tok, "train", cache)
 
 
+def test_long_documents_are_mixed_by_pieces(tok, tmp_path, monkeypatch):
+    """Two long documents against many short ones at 1:1: the shares follow the weights up to one
+    piece (MIX_PIECE tokens), not one whole long document; the long documents' pieces keep their order."""
+    monkeypatch.setattr(S, "MIX_PIECE", 64)
+    long_docs = [" ".join(f"L{d}w{i}" for i in range(400)) for d in range(2)]
+    for d, text in enumerate(long_docs):
+        (tmp_path / f"long{d}.txt").write_text(text)
+    (tmp_path / "s.jsonl").write_text("\n".join(json.dumps({"t": f"x{i} x{i}"}) for i in range(600)))
+    specs = [{"files": str(tmp_path / "long*.txt"), "weight": 1, "heldout": 0},
+             {"jsonl": str(tmp_path / "s.jsonl"), "field": "t", "weight": 1, "heldout": 0}]
+    ids = np.asarray(S.mixture_ids(specs, tok, "train", tmp_path / "c"))
+    pieces = _decoded_docs(ids, tok)
+    is_short = lambda p: "x" in p  # noqa: E731  (short documents are "x<i> x<i>" (< 64 tokens); long ones L<d>w<i>)
+    n_short = sum(len(T.encode(tok, [p])[0]) for p in pieces if is_short(p))
+    n_long = sum(len(T.encode(tok, [p])[0]) for p in pieces if not is_short(p))
+    assert n_long and n_short and abs(n_long / (n_long + n_short) - 0.5) < 0.05
+    long_text = "".join(p for p in pieces if not is_short(p))
+    flat = lambda t: "".join(t.split())  # noqa: E731
+    assert flat(long_text) == flat("".join(long_docs))  # every piece, in order
+    assert max(len(T.encode(tok, [p])[0]) for p in pieces) <= 64 + 1
+
+
 def _raises(spec, match, tok, tmp_path, exc=ValueError, **kw):
     with pytest.raises(exc, match=match):
         S.mixture_ids([spec] if isinstance(spec, dict) else spec, tok, kw.pop("split", "train"), tmp_path / "c", **kw)
