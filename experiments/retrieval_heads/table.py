@@ -43,9 +43,10 @@ for name in NAMES:
     cache = t.get("cache_mb@4096")
     dec = t.get("decode_ms@4096")
     pk_cells = [("" if x is None else f"{cell(x['student'])}, {x['pct_of_teacher'] or 0:.0f}% of teacher") for x in pk]
-    print(f"| {name} | {kept(s)} | {pk_cells[0]} | {pk_cells[1]} | {probe} | {ppl} | "
-          f"{'' if not cache else f'{cache['student']:.1f} / {cache['teacher']:.1f} = {cache['student'] / cache['teacher']:.3f}'} | "
-          f"{'' if not dec else f'{dec['teacher'] / dec['student']:.2f}'} |")
+    cache_cell = "" if not cache else (f"{cache['student']:.1f} / {cache['teacher']:.1f} = "
+                                       f"{cache['student'] / cache['teacher']:.3f}")
+    dec_cell = "" if not dec else f"{dec['teacher'] / dec['student']:.2f}"
+    print(f"| {name} | {kept(s)} | {pk_cells[0]} | {pk_cells[1]} | {probe} | {ppl} | {cache_cell} | {dec_cell} |")
     teacher = teacher or {L: rows[("passkey", L)]["teacher"] for L in (1024, 2048) if ("passkey", L) in rows}
 if teacher:
     print("\nteacher passkey: " + "; ".join(f"{L}: {cell(v)}" for L, v in teacher.items() if v))

@@ -401,7 +401,8 @@ def suite_spec(suite: str, quick: bool = False, parts: str | None = None, ret_le
 
 def teacher_results_key(model, spec: dict, precision: str, text_spec, text_tokens) -> str:
     """What a teacher's results depend on: its weights (every byte), the suite's settings, the
-    precision, the `--text` stream, and the evaluation code (every file of this package)."""
+    precision it computes in ("bf16" / "none", not the words saying why, which carry a measured speed
+    ratio), the `--text` stream, and the evaluation code (every file of this package)."""
     import hashlib
 
     from transmamba.teachers.sample import teacher_hash
@@ -460,7 +461,7 @@ def run_eval(model_dir: str, teacher: str | None = None, suite: str = "default",
         cached = None
         if teacher_cache is not None:
             tt = text_ids(tspec, ttok, cache_dir) if tspec is not None else None
-            cached = Path(teacher_cache) / f"teacher-{teacher_results_key(tmodel, spec, str(precision), tspec, tt)}.json"
+            cached = Path(teacher_cache) / f"teacher-{teacher_results_key(tmodel, spec, precision.amp, tspec, tt)}.json"
         if cached is not None and cached.is_file():
             results["teacher"] = json.loads(cached.read_text())
             results["teacher_results_from"] = str(cached)
