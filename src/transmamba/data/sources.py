@@ -44,9 +44,9 @@ tokens emitted per unit of weight (ties to the earlier source), so the token sha
 weights up to one piece, deterministically. A piece is a whole document, or MIX_PIECE tokens of a
 longer one (its consecutive pieces keep their order; a separator goes between any two pieces): a
 Shakespeare work is ~30-60k tokens, and mixing whole works against 200-token samples gave a "50:50"
-stream that was 68:32. The held-out split is still decided per whole document. Without `n_tokens` the stream ends when the
-source whose turn it is has no document left (no document repeats; one source gives all of its
-documents in order). With `n_tokens` it is cut at exactly n_tokens and a source that runs out
+stream that was 68:32. The held-out split is still decided per whole document. Without `n_tokens` the
+stream ends when the source whose turn it is has no document left (no document repeats; one source gives
+all of its documents in order). With `n_tokens` it is cut at exactly n_tokens and a source that runs out
 starts over from its first document (its documents repeat).
 
 Bad data is refused with the file and record named (ValueError / FileNotFoundError, which the
