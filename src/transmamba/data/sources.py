@@ -525,7 +525,8 @@ def mixture_ids(specs, tokenizer, split: str, cache_dir: str | os.PathLike = "ca
     if len(got) == 1 and n_tokens is None:
         ids = got[0][1][0]
     else:
-        mkey = hashlib.sha1(json.dumps([[r[2], src.weight] for src, r in got] + [split, n_tokens, _MIX_FORMAT]).encode())
+        parts = [[r[2], src.weight] for src, r in got] + [split, n_tokens, _MIX_FORMAT]
+        mkey = hashlib.sha1(json.dumps(parts).encode())
         path = cache_dir / f"mix-{mkey.hexdigest()[:16]}-{split}.npy"
         if not path.exists():
             tok = load_tokenizer(tokenizer, cache_dir) if isinstance(tokenizer, str) else tokenizer
